@@ -1,0 +1,255 @@
+//! Command-line flags → validated [`Config`]. Accepts the seeds' Go-style single-dash long flags
+//! (`-join`, `-haddr`, `-raddr`, `-id`, `-debug`, `-trace`) besides the usual `--join` spelling.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config;
+use crate::config::Config;
+use crate::config::Endpoint;
+
+/// Long flags that Go programs spell with one dash.
+const GO_STYLE_FLAGS: &[&str] = &[
+    "join",
+    "haddr",
+    "raddr",
+    "id",
+    "debug",
+    "trace",
+    "port",
+    "host",
+    "snapshot-every",
+    "max-value-bytes",
+    "timeout-ms",
+    "flush-wait-us",
+    "heartbeat-ms",
+    "source-ip",
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "A replicated key/value database on Raft (a successor of raftd and hraftd)",
+    disable_help_flag = true
+)]
+pub struct Args {
+    /// Directory holding this node's Raft log, snapshots and identity.
+    pub data_dir: PathBuf,
+    /// HTTP port; binds all interfaces. Raft RPC shares it unless --raddr is given.
+    #[arg(short = 'p', long, default_value_t = config::DEFAULT_PORT)]
+    pub port: u16,
+    /// Host name advertised to peers and clients.
+    #[arg(short = 'h', long, default_value = "localhost")]
+    pub host: String,
+    /// HTTP bind address, e.g. `:11000` or `127.0.0.1:11000` (overrides -p/-h).
+    #[arg(long)]
+    pub haddr: Option<String>,
+    /// Separate Raft RPC listen address, e.g. `:12000`.
+    #[arg(long)]
+    pub raddr: Option<String>,
+    /// Node name; default: generated on first start and kept in DATA_DIR.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// HTTP address of any member to join (only used when DATA_DIR holds no cluster state).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Verbose logging (info for raftkv, warnings for the Raft library).
+    #[arg(short = 'v')]
+    pub verbose: bool,
+    /// Debug-level logging.
+    #[arg(long)]
+    pub debug: bool,
+    /// Trace-level logging.
+    #[arg(long)]
+    pub trace: bool,
+    /// Build a snapshot (and compact the log) every N applied entries.
+    #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
+    pub snapshot_every: u64,
+    /// Largest accepted value in bytes (413 above it).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+    /// How long a write or linearizable read may wait for the cluster before answering 503.
+    #[arg(long, default_value_t = config::DEFAULT_TIMEOUT_MS)]
+    pub timeout_ms: u64,
+    /// Microseconds the log waits to gather more writes into one fsync (latency vs. batching).
+    #[arg(long, default_value_t = 50)]
+    pub flush_wait_us: u64,
+    /// Raft heartbeat interval in ms; election timeout is 5–10 heartbeats.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Local IP address to dial peers from (e.g. 127.0.0.12, so a test proxy can tell nodes apart).
+    #[arg(long)]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error("invalid {flag}: {source}")]
+    Addr {
+        flag: &'static str,
+        source: config::AddrError,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Rewrites `-join x` / `-join=x` into `--join x` / `--join=x` so clap accepts Go-style flags.
+pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
+    args.into_iter()
+        .map(|arg| {
+            let Some(s) = arg.to_str() else { return arg };
+            let Some(rest) = s.strip_prefix('-') else {
+                return arg;
+            };
+            if rest.starts_with('-') {
+                return arg;
+            }
+            let name = rest.split('=').next().unwrap_or(rest);
+            if GO_STYLE_FLAGS.contains(&name) {
+                OsString::from(format!("-{s}"))
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+/// Log filter for the verbosity flags; `RUST_LOG` (handled by the caller) wins over it.
+pub fn log_filter(args: &Args) -> &'static str {
+    if args.trace {
+        "trace"
+    } else if args.debug {
+        "raftkv=debug,openraft=info,info"
+    } else if args.verbose {
+        "raftkv=info,openraft=warn,warn"
+    } else {
+        "raftkv=info,openraft=error,warn"
+    }
+}
+
+impl Args {
+    pub fn parse_from_env() -> Result<Args, CliError> {
+        Ok(Args::try_parse_from(normalize_go_flags(
+            std::env::args_os(),
+        ))?)
+    }
+
+    pub fn into_config(self) -> Result<Config, CliError> {
+        let http = match &self.haddr {
+            Some(a) => config::parse_endpoint(a).map_err(|source| CliError::Addr {
+                flag: "-haddr",
+                source,
+            })?,
+            None => Endpoint {
+                bind: format!("0.0.0.0:{}", self.port),
+                advertise: format!("{}:{}", self.host, self.port),
+            },
+        };
+        let raft = match &self.raddr {
+            Some(a) => Some(config::parse_endpoint(a).map_err(|source| CliError::Addr {
+                flag: "-raddr",
+                source,
+            })?),
+            None => None,
+        };
+        let join = match &self.join {
+            Some(j) => Some(
+                config::normalize_peer_addr(j).map_err(|source| CliError::Addr {
+                    flag: "-join",
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        if let Some(name) = &self.id
+            && (name.is_empty() || name.len() > 128)
+        {
+            return Err(CliError::Invalid("-id must be 1 to 128 characters".into()));
+        }
+        if self.snapshot_every == 0
+            || self.max_value_bytes == 0
+            || self.timeout_ms == 0
+            || self.heartbeat_ms == 0
+        {
+            return Err(CliError::Invalid(
+                "--snapshot-every, --max-value-bytes, --timeout-ms and --heartbeat-ms must be positive".into(),
+            ));
+        }
+        Ok(Config {
+            data_dir: self.data_dir,
+            http,
+            raft,
+            node_name: self.id,
+            join,
+            snapshot_every: self.snapshot_every,
+            max_value_bytes: self.max_value_bytes,
+            request_timeout: Duration::from_millis(self.timeout_ms),
+            flush_batch_wait: Duration::from_micros(self.flush_wait_us),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            source_ip: self.source_ip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let argv = normalize_go_flags(args.iter().map(OsString::from));
+        Args::try_parse_from(argv).unwrap().into_config().unwrap()
+    }
+
+    #[test]
+    fn raftd_readme_commands() {
+        let c = parse(&["raftkv", "-p", "4002", "-join", "localhost:4001", "/tmp/n2"]);
+        assert_eq!(c.http.bind, "0.0.0.0:4002");
+        assert_eq!(c.http.advertise, "localhost:4002");
+        assert_eq!(c.join.as_deref(), Some("localhost:4001"));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/n2"));
+        assert!(c.raft.is_none());
+        assert_eq!(c.raft_advertise(), "localhost:4002");
+    }
+
+    #[test]
+    fn hraftd_readme_commands() {
+        let c = parse(&[
+            "raftkv", "-haddr", ":11001", "-raddr", ":12001", "-join", ":11000", "-id", "node1",
+            "d",
+        ]);
+        assert_eq!(c.http.advertise, "localhost:11001");
+        assert_eq!(c.raft_advertise(), "localhost:12001");
+        assert_eq!(c.join.as_deref(), Some("localhost:11000"));
+        assert_eq!(c.node_name.as_deref(), Some("node1"));
+    }
+
+    #[test]
+    fn double_dash_and_equals_forms() {
+        let c = parse(&[
+            "raftkv",
+            "--join=localhost:1",
+            "-haddr=127.0.0.1:5",
+            "-debug",
+            "d",
+        ]);
+        assert_eq!(c.join.as_deref(), Some("localhost:1"));
+        assert_eq!(c.http.bind, "127.0.0.1:5");
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        let argv = normalize_go_flags(["raftkv", "-haddr", "nope", "d"].iter().map(OsString::from));
+        assert!(Args::try_parse_from(argv).unwrap().into_config().is_err());
+        let argv = normalize_go_flags(["raftkv"].iter().map(OsString::from));
+        assert!(Args::try_parse_from(argv).is_err());
+    }
+}

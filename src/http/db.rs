@@ -1,0 +1,64 @@
+//! raftd's API: `/db/<key>` with the raw request body as the value.
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::extract::Query;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::response::Response;
+
+use crate::app::SharedApp;
+use crate::error::KvError;
+use crate::http::ReadParams;
+use crate::http::error::ApiError;
+use crate::http::read_limited;
+use crate::http::validate_key;
+use crate::http::write_response;
+use crate::raft::types::Command;
+
+/// `POST|PUT /db/<key>`: the body is the value.
+pub async fn put(
+    State(app): State<SharedApp>,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    let value = read_limited(body, app.max_value_bytes, "value").await?;
+    let ok = crate::raft::forward::write(
+        &app,
+        Command::Set {
+            key,
+            value: value.to_vec(),
+        },
+    )
+    .await?;
+    Ok(write_response(&ok))
+}
+
+/// `GET /db/<key>`: the raw value, 404 if absent.
+pub async fn get(
+    State(app): State<SharedApp>,
+    Path(key): Path<String>,
+    Query(params): Query<ReadParams>,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    crate::raft::read::read_barrier(&app, params.level()?).await?;
+    let value = app.state_machine.get(&key).ok_or(KvError::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+}
+
+/// `DELETE /db/<key>`.
+pub async fn delete(
+    State(app): State<SharedApp>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    let ok = crate::raft::forward::write(&app, Command::Delete { key }).await?;
+    Ok(write_response(&ok))
+}
+
+/// `/db/` with no key.
+pub async fn empty_key() -> ApiError {
+    ApiError(KvError::BadRequest("empty key: use /db/<key>".into()))
+}

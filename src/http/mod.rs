@@ -1,0 +1,103 @@
+//! The HTTP API: every route in one place. Public routes speak JSON (errors always JSON); the
+//! `/raft/...` routes are the internal node-to-node API (postcard bodies, see `raft/rpc.rs`).
+
+pub mod admin;
+pub mod db;
+pub mod error;
+pub mod keys;
+
+use axum::Router;
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::http::HeaderValue;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::routing::post;
+use serde::Deserialize;
+
+use crate::app::SharedApp;
+use crate::config::MAX_KEY_BYTES;
+use crate::error::KvError;
+use crate::raft::forward::WriteOk;
+use crate::raft::read::ReadLevel;
+
+/// The whole router: public API + internal Raft routes.
+pub fn router(app: SharedApp) -> Router {
+    Router::new()
+        .route(
+            "/db/",
+            get(db::empty_key)
+                .post(db::empty_key)
+                .put(db::empty_key)
+                .delete(db::empty_key),
+        )
+        .route(
+            "/db/{*key}",
+            get(db::get).post(db::put).put(db::put).delete(db::delete),
+        )
+        .route("/key", post(keys::set))
+        .route("/key/", get(db::empty_key).delete(db::empty_key))
+        .route("/key/{*key}", get(keys::get).delete(keys::delete))
+        .route("/join", post(admin::join))
+        .route("/remove", post(admin::remove))
+        .route("/status", get(admin::status))
+        .merge(crate::raft::rpc::routes())
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(app)
+}
+
+/// `?level=stale|linearizable` on reads.
+#[derive(Debug, Deserialize, Default)]
+pub struct ReadParams {
+    #[serde(default)]
+    level: Option<String>,
+}
+
+impl ReadParams {
+    pub fn level(&self) -> Result<ReadLevel, KvError> {
+        ReadLevel::parse(self.level.as_deref().unwrap_or(""))
+    }
+}
+
+/// Rejects keys clients cannot address or that are unreasonably long.
+pub fn validate_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::BadRequest("empty key".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::BadRequest(format!(
+            "key is {} bytes, over the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a request body of at most `limit` bytes, answering 413 above it.
+pub async fn read_limited(body: Body, limit: usize, what: &str) -> Result<Bytes, KvError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // axum reports an over-limit body as a `LengthLimitError` source.
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            KvError::TooLarge {
+                what: what.to_string(),
+                size: limit + 1,
+                limit,
+            }
+        } else {
+            KvError::BadRequest(format!("cannot read {what}: {e}"))
+        }
+    })
+}
+
+/// A successful write: 200 with an empty body (as raftd/hraftd), the commit index in a header.
+pub fn write_response(ok: &WriteOk) -> Response {
+    let mut response = ().into_response();
+    if let Ok(v) = HeaderValue::from_str(&ok.index.to_string()) {
+        response.headers_mut().insert("x-raft-index", v);
+    }
+    response
+}

@@ -1,0 +1,22 @@
+//! raftkv: a replicated key/value database on Raft (openraft), a successor of raftd and hraftd.
+//!
+//! Modules in data-path order:
+//! - [`cli`] → [`config`]: flags (Go-style `-join` too) become a validated `Config`.
+//! - [`node`]: wiring — open the stores, build Raft, bind listeners, bootstrap/join, shut down.
+//! - [`http`]: the public API (raftd's `/db`, hraftd's `/key`, `/join`, `/remove`, `/status`) and
+//!   the one place errors become status codes.
+//! - [`raft`]: type config, outbound network, inbound RPC, write forwarding, read levels.
+//! - [`cluster`]: bootstrap, join (learner → voter), remove.
+//! - [`store`]: the durable Raft log (raft-log), the state machine and its snapshot files.
+//!
+//! Dependencies run one way: http → raft/cluster → store.
+
+pub mod app;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod node;
+pub mod raft;
+pub mod store;

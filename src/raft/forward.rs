@@ -1,0 +1,166 @@
+//! The write path: propose a command on the leader, or forward it to the leader from any other
+//! node, with one deadline for the whole request.
+//!
+//! Retries happen only when the previous attempt certainly did not apply the command (no leader
+//! known, the target refused before proposing, the connection to the leader was never made), so
+//! a retried write is never applied twice.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use openraft::errors::ClientWriteError;
+use openraft::errors::RaftError;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::app::SharedApp;
+use crate::error::KvError;
+use crate::raft::network::POSTCARD;
+use crate::raft::rpc::decode_body;
+use crate::raft::rpc::postcard_reply;
+use crate::raft::types::Command;
+use crate::raft::types::Node;
+use crate::raft::types::NodeId;
+use crate::raft::types::Response as CommandResponse;
+
+/// What a successful write reports: the log index it was committed at and the apply result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteOk {
+    pub index: u64,
+    pub response: CommandResponse,
+}
+
+/// Why one attempt failed.
+enum Attempt {
+    /// Certainly not applied; retry once a (new) leader is known.
+    RetryAfterLeaderChange(Option<NodeId>),
+    Done(Result<WriteOk, KvError>),
+}
+
+/// Applies `cmd` through the cluster's leader, waiting at most the request timeout.
+pub async fn write(app: &App, cmd: Command) -> Result<WriteOk, KvError> {
+    let deadline = Instant::now() + app.request_timeout;
+    loop {
+        let attempt = match app.leader() {
+            Some((id, _)) if id == app.node_id => propose_locally(app, cmd.clone(), deadline).await,
+            Some((id, node)) => forward_to(app, id, &node, &cmd, deadline).await,
+            None => Attempt::RetryAfterLeaderChange(None),
+        };
+        match attempt {
+            Attempt::Done(result) => return result,
+            Attempt::RetryAfterLeaderChange(stale_leader) => {
+                wait_for_other_leader(app, stale_leader, deadline).await?;
+            }
+        }
+    }
+}
+
+/// Waits until a leader other than `stale` is known, or fails with `NoLeader` at the deadline.
+async fn wait_for_other_leader(
+    app: &App,
+    stale: Option<NodeId>,
+    deadline: Instant,
+) -> Result<(), KvError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(KvError::NoLeader("no leader elected in time".into()));
+    }
+    // Poll briefly as well: a leader can be "known" but stale on this node (it then refuses).
+    let poll = remaining.min(Duration::from_millis(200));
+    let waited = app
+        .raft
+        .wait(Some(poll))
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != stale,
+            "leader known",
+        )
+        .await;
+    if waited.is_err() && Instant::now() >= deadline {
+        return Err(KvError::NoLeader("no leader elected in time".into()));
+    }
+    Ok(())
+}
+
+async fn propose_locally(app: &App, cmd: Command, deadline: Instant) -> Attempt {
+    let result = tokio::time::timeout_at(deadline, app.raft.client_write(cmd)).await;
+    match result {
+        Err(_elapsed) => Attempt::Done(Err(KvError::Timeout(app.request_timeout))),
+        Ok(Ok(resp)) => Attempt::Done(Ok(WriteOk {
+            index: resp.log_id.index,
+            response: resp.data,
+        })),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            // Refused before the entry was appended: not applied.
+            tracing::debug!(leader = ?f.leader_id, "no longer leader, retrying via the new one");
+            Attempt::RetryAfterLeaderChange(Some(app.node_id))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+            Attempt::Done(Err(KvError::Timeout(app.request_timeout)))
+        }
+        Ok(Err(e)) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
+    }
+}
+
+/// Sends `cmd` to the leader's `/raft/write`. The leader never re-forwards, so there are no loops.
+async fn forward_to(
+    app: &App,
+    leader_id: NodeId,
+    leader: &Node,
+    cmd: &Command,
+    deadline: Instant,
+) -> Attempt {
+    let body = match postcard::to_stdvec(cmd) {
+        Ok(b) => b,
+        Err(e) => return Attempt::Done(Err(KvError::Internal(format!("encode: {e}")))),
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let client = app.peers.get(&leader.api_addr, false);
+    // A little longer than the leader's own timeout, so the leader's answer arrives first.
+    let sent = client
+        .post(format!("http://{}/raft/write", leader.api_addr))
+        .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+        .timeout(remaining + Duration::from_millis(500))
+        .body(body)
+        .send()
+        .await;
+    let response = match sent {
+        Ok(r) => r,
+        // Never connected: the leader did not see the write.
+        Err(e) if e.is_connect() => {
+            tracing::debug!(leader = %leader, error = %e, "leader unreachable, waiting for another");
+            return Attempt::RetryAfterLeaderChange(Some(leader_id));
+        }
+        Err(e) => {
+            tracing::debug!(leader = %leader, error = %e, "forwarded write failed");
+            return Attempt::Done(Err(KvError::Timeout(app.request_timeout)));
+        }
+    };
+    match crate::raft::network::decode_response::<Result<WriteOk, KvError>>(response).await {
+        Ok(Err(KvError::NoLeader(_))) => Attempt::RetryAfterLeaderChange(Some(leader_id)),
+        Ok(result) => Attempt::Done(result),
+        Err(e) => {
+            tracing::debug!(error = %e, "forwarded write: bad answer");
+            Attempt::Done(Err(KvError::Timeout(app.request_timeout)))
+        }
+    }
+}
+
+/// `POST /raft/write` on the leader: propose locally, never forward again.
+pub async fn handle_forwarded_write(State(app): State<SharedApp>, body: Body) -> Response {
+    let cmd: Command = match decode_body(body).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let deadline = Instant::now() + app.request_timeout;
+    let result = match propose_locally(&app, cmd, deadline).await {
+        Attempt::Done(r) => r,
+        Attempt::RetryAfterLeaderChange(_) => Err(KvError::NoLeader(
+            "the forwarded-to node is not the leader".into(),
+        )),
+    };
+    postcard_reply::<Result<WriteOk, KvError>, String>(&Ok(result))
+}

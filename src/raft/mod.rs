@@ -1,0 +1,6 @@
+//! Raft glue: everything that talks to openraft's API except storage.
+pub mod forward;
+pub mod network;
+pub mod read;
+pub mod rpc;
+pub mod types;

@@ -1,0 +1,112 @@
+//! The read path's consistency levels.
+//!
+//! - `linearizable` (default): before reading the local state machine, make sure it reflects every
+//!   write acknowledged before the read began. On the leader: openraft's ReadIndex
+//!   (`ensure_linearizable`: confirm leadership with a quorum, wait until applied ≥ read index).
+//!   On a follower: ask the leader for a read index (`/raft/read_index`), then wait until the
+//!   local applied index reaches it. Bounded by the request timeout (then 503).
+//! - `stale`: read the local state machine at once (the seeds' behaviour; works without quorum).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use openraft::ReadPolicy;
+use openraft::errors::LinearizableReadError;
+use openraft::errors::RaftError;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::app::SharedApp;
+use crate::error::KvError;
+use crate::raft::network::POSTCARD;
+use crate::raft::rpc::postcard_reply;
+
+/// The consistency level of a read, from `?level=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadLevel {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+impl ReadLevel {
+    pub fn parse(s: &str) -> Result<ReadLevel, KvError> {
+        match s {
+            "linearizable" | "strong" | "" => Ok(ReadLevel::Linearizable),
+            "stale" | "none" => Ok(ReadLevel::Stale),
+            other => Err(KvError::BadRequest(format!(
+                "unknown read level {other:?}: use linearizable (default) or stale"
+            ))),
+        }
+    }
+}
+
+/// Waits until a read of the local state machine is linearizable at `level`.
+pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
+    if level == ReadLevel::Stale {
+        return Ok(());
+    }
+    let deadline = Instant::now() + app.request_timeout;
+    let unavailable = || KvError::ReadUnavailable(app.request_timeout);
+    let read_index = match app.leader() {
+        Some((id, _)) if id == app.node_id => {
+            return match tokio::time::timeout_at(
+                deadline,
+                app.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "linearizable read refused");
+                    Err(unavailable())
+                }
+                Err(_) => Err(unavailable()),
+            };
+        }
+        Some((_, leader)) => {
+            let client = app.peers.get(&leader.api_addr, false);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let response = client
+                .post(format!("http://{}/raft/read_index", leader.api_addr))
+                .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+                .timeout(remaining)
+                .send()
+                .await
+                .map_err(|_| unavailable())?;
+            crate::raft::network::decode_response::<Result<u64, KvError>>(response)
+                .await
+                .map_err(|_| unavailable())??
+        }
+        None => return Err(unavailable()),
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    app.raft
+        .wait(Some(remaining))
+        .applied_index_at_least(Some(read_index), "linearizable read")
+        .await
+        .map_err(|_| unavailable())?;
+    Ok(())
+}
+
+/// `POST /raft/read_index` on the leader: confirm leadership with a quorum and return the index
+/// a follower must have applied before it may serve a linearizable read.
+pub async fn handle_read_index(State(app): State<SharedApp>, _body: Body) -> Response {
+    let result = match tokio::time::timeout(
+        app.request_timeout,
+        app.raft.get_read_linearizer(ReadPolicy::ReadIndex),
+    )
+    .await
+    {
+        Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
+        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+            Err(KvError::NoLeader("the asked node is not the leader".into()))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "read index refused");
+            Err(KvError::ReadUnavailable(app.request_timeout))
+        }
+        Err(_) => Err(KvError::ReadUnavailable(app.request_timeout)),
+    };
+    postcard_reply::<Result<u64, KvError>, String>(&Ok(result))
+}

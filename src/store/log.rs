@@ -1,0 +1,933 @@
+//! The durable Raft log: votes, log entries, the committed log id and the purge point, kept in a
+//! `raft_log::RaftLog` write-ahead log (chunked WAL files `r-*.wal` in one directory, CRC32 per
+//! record) behind openraft's `RaftLogStorage` / `RaftLogReader`.
+//!
+//! This file owns the WAL directory (raft-log locks it exclusively: one store per directory),
+//! the on-disk encoding of log ids, votes and payloads, and the durability contract:
+//! - `save_vote` returns only after the vote record is fsynced;
+//! - `append` makes entries readable before it returns, and signals openraft's `IOFlushed` only
+//!   from raft-log's flush thread, after the fsync that covers the entries (appends are never
+//!   awaited one by one, so concurrent appends share one fsync: group commit);
+//! - every write goes into one WAL in submission order, so a later durable write (append, vote)
+//!   also makes every earlier non-synced record durable (truncate, purge, commit);
+//! - on open, an incomplete last record of the last WAL file (a torn write) is cut off with a
+//!   warning; any other damage fails with [`StoreError::Corrupt`] naming the file.
+
+use std::fmt;
+use std::io;
+use std::io::Read;
+use std::io::Write;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::OptionalSend;
+use openraft::alias::PayloadOf;
+use openraft::storage::IOFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogReader;
+use openraft::storage::RaftLogStorage;
+use raft_log::DumpApi;
+use raft_log::RaftLog;
+use raft_log::api::raft_log_writer::RaftLogWriter;
+use raft_log::codeq::Decode;
+use raft_log::codeq::Encode;
+use tokio::sync::oneshot;
+
+use crate::raft::types::Entry;
+use crate::raft::types::LogId;
+use crate::raft::types::TypeConfig;
+use crate::raft::types::Vote;
+use crate::store::error::StoreError;
+
+/// WAL file size at which raft-log starts a new file. Purge deletes whole files only, and the
+/// payloads of the file being written stay cached in memory, so this bounds both the disk kept
+/// after a purge and that memory (raft-log's default is 1 GiB).
+const CHUNK_MAX_SIZE: usize = 64 << 20;
+
+/// Bytes of already-persisted payloads kept in memory for replication reads (default 1 GiB).
+const LOG_CACHE_CAPACITY: usize = 64 << 20;
+
+/// Recommended `flush_batch_wait`: a single append pays about this much extra latency, and
+/// appends arriving meanwhile share its fsync. Zero turns group commit off (raft-log then takes
+/// one request per fsync: 200 outstanding appends cost 200 fsyncs), raft-log's 1 ms default adds
+/// ~1 ms to every lone write.
+pub const DEFAULT_FLUSH_BATCH_WAIT: Duration = Duration::from_micros(50);
+
+/// Largest encoded log id, vote or entry payload accepted; larger lengths on disk are corruption.
+const MAX_FRAME_LEN: u32 = 1 << 30;
+
+/// Writes `bytes` as `[len: u32 BE][!len: u32 BE][bytes]`. The complemented copy of the length
+/// turns a damaged length into `InvalidData` instead of a long read ending in `UnexpectedEof`,
+/// which raft-log would mistake for a torn tail and silently cut off.
+fn write_frame<W: Write>(mut w: W, bytes: &[u8]) -> io::Result<usize> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|len| *len <= MAX_FRAME_LEN)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "log record too large"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(&(!len).to_be_bytes())?;
+    w.write_all(bytes)?;
+    Ok(8 + bytes.len())
+}
+
+fn read_frame<R: Read>(mut r: R) -> io::Result<Vec<u8>> {
+    let mut header = [0u8; 8];
+    r.read_exact(&mut header)?;
+    let [a, b, c, d, e, f, g, h] = header;
+    let len = u32::from_be_bytes([a, b, c, d]);
+    if u32::from_be_bytes([e, f, g, h]) != !len || len > MAX_FRAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "damaged frame length",
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn invalid_data(e: impl fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+fn encode_postcard<T: serde::Serialize, W: Write>(value: &T, w: W) -> io::Result<usize> {
+    write_frame(w, &postcard::to_allocvec(value).map_err(invalid_data)?)
+}
+
+fn decode_postcard<T: serde::de::DeserializeOwned, R: Read>(r: R) -> io::Result<T> {
+    postcard::from_bytes(&read_frame(r)?).map_err(invalid_data)
+}
+
+/// An openraft log id as raft-log stores it (orphan rule: codeq's traits need a local type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WalLogId(LogId);
+
+/// An openraft vote as raft-log stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd)]
+pub(crate) struct WalVote(Vote);
+
+/// An entry payload, kept postcard-encoded so raft-log's payload cache holds its real size and
+/// cloning a cached payload is a reference-count increment.
+#[derive(Debug, Clone)]
+pub(crate) struct WalPayload(Bytes);
+
+impl Encode for WalLogId {
+    fn encode<W: Write>(&self, w: W) -> io::Result<usize> {
+        encode_postcard(&self.0, w)
+    }
+}
+impl Decode for WalLogId {
+    fn decode<R: Read>(r: R) -> io::Result<Self> {
+        decode_postcard(r).map(Self)
+    }
+}
+impl Encode for WalVote {
+    fn encode<W: Write>(&self, w: W) -> io::Result<usize> {
+        encode_postcard(&self.0, w)
+    }
+}
+impl Decode for WalVote {
+    fn decode<R: Read>(r: R) -> io::Result<Self> {
+        decode_postcard(r).map(Self)
+    }
+}
+impl Encode for WalPayload {
+    fn encode<W: Write>(&self, w: W) -> io::Result<usize> {
+        write_frame(w, &self.0)
+    }
+}
+impl Decode for WalPayload {
+    fn decode<R: Read>(r: R) -> io::Result<Self> {
+        read_frame(r).map(|v| Self(Bytes::from(v)))
+    }
+}
+
+/// Completion of a synced flush, run on raft-log's flush thread after the fsync (or its failure).
+pub(crate) enum FlushDone {
+    /// openraft's `append` callback.
+    Append(IOFlushed<TypeConfig>),
+    /// A task awaiting durability (`save_vote`, `sync`).
+    Waiter(oneshot::Sender<io::Result<()>>),
+}
+
+impl raft_log::Callback for FlushDone {
+    fn send(self, res: io::Result<()>) {
+        match self {
+            FlushDone::Append(cb) => cb.io_completed(res),
+            FlushDone::Waiter(tx) => {
+                // The waiter may have gone away (its task was cancelled); nothing to report to.
+                let _ = tx.send(res);
+            }
+        }
+    }
+}
+
+/// raft-log's type configuration for raftkv.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct WalTypes;
+
+impl raft_log::Types for WalTypes {
+    type LogId = WalLogId;
+    type LogPayload = WalPayload;
+    type Vote = WalVote;
+    type Callback = FlushDone;
+    type UserData = ();
+
+    fn log_index(log_id: &WalLogId) -> u64 {
+        log_id.0.index
+    }
+
+    fn payload_size(payload: &WalPayload) -> u64 {
+        payload.0.len() as u64 + 8
+    }
+}
+
+/// The durable Raft log. Cheap to clone; all clones share one WAL. The lock is never held
+/// across an `.await`.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<RaftLog<WalTypes>>>,
+    dir: Arc<PathBuf>,
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The last WAL file and its size, to tell whether opening cut off a torn tail.
+fn last_wal_file(dir: &Path) -> io::Result<Option<(PathBuf, u64)>> {
+    let mut last: Option<PathBuf> = None;
+    for dent in std::fs::read_dir(dir)? {
+        let path = dent?.path();
+        let is_wal = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| raft_log::chunked_wal::Config::parse_chunk_file_name(n).is_ok());
+        if is_wal && last.as_ref().is_none_or(|l| *l < path) {
+            last = Some(path);
+        }
+    }
+    let Some(path) = last else { return Ok(None) };
+    let len = std::fs::metadata(&path)?.len();
+    Ok(Some((path, len)))
+}
+
+/// Finds the first WAL file that holds an undecodable record (after a failed open).
+fn find_damaged_file(config: &Arc<raft_log::Config>) -> Option<PathBuf> {
+    let dump = raft_log::Dump::<WalTypes>::new(config.clone()).ok()?;
+    let mut damaged = None;
+    let _ = dump.write_with(|chunk_id, _index, res| match res {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            damaged = Some(PathBuf::from(config.wal.chunk_path(chunk_id)));
+            Err(e)
+        }
+    });
+    damaged
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the WAL in `dir`. `flush_batch_wait` is how long raft-log's
+    /// flush thread gathers more writes before one fsync (see [`DEFAULT_FLUSH_BATCH_WAIT`]);
+    /// `None` keeps raft-log's 1 ms default. Blocking: it replays the whole WAL.
+    pub fn open(dir: &Path, flush_batch_wait: Option<Duration>) -> Result<LogStore, StoreError> {
+        Self::open_with(dir, flush_batch_wait, CHUNK_MAX_SIZE)
+    }
+
+    fn open_with(
+        dir: &Path,
+        flush_batch_wait: Option<Duration>,
+        chunk_max_size: usize,
+    ) -> Result<LogStore, StoreError> {
+        let io_err = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let dir_str = dir.to_str().ok_or_else(|| StoreError::Open {
+            path: dir.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"),
+        })?;
+        let tail_before = last_wal_file(dir).map_err(io_err)?;
+        if flush_batch_wait == Some(Duration::ZERO) {
+            tracing::warn!(
+                "raft log: flush_batch_wait 0 disables group commit (one fsync per write)"
+            );
+        }
+
+        let mut config = raft_log::Config::new(dir_str);
+        // A crash mid-write leaves the last record of the last file incomplete (short, or
+        // zero-filled): that record was never acknowledged, so raft-log may cut it off.
+        config.wal.truncate_incomplete_record = Some(true);
+        config.wal.flush_batch_wait = flush_batch_wait;
+        config.wal.chunk_max_size = Some(chunk_max_size);
+        config.log_cache_capacity = Some(LOG_CACHE_CAPACITY);
+        let config = Arc::new(config);
+
+        let log = match RaftLog::<WalTypes>::open(config.clone()) {
+            Ok(log) => log,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                let path = find_damaged_file(&config).unwrap_or_else(|| dir.to_path_buf());
+                tracing::error!(path = %path.display(), error = %e, "raft log is corrupt");
+                return Err(StoreError::Corrupt {
+                    path,
+                    detail: e.to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        };
+
+        if let Some((path, before)) = tail_before {
+            let after = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if after < before {
+                tracing::warn!(
+                    path = %path.display(),
+                    before,
+                    after,
+                    "raft log: cut off an incomplete record at the end (torn write from a crash)"
+                );
+            }
+        }
+
+        let state = log.log_state();
+        tracing::info!(
+            dir = %dir.display(),
+            last = ?state.last().map(|l| &l.0),
+            purged = ?state.purged().map(|l| &l.0),
+            committed = ?state.committed().map(|l| &l.0),
+            "raft log opened"
+        );
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(log)),
+            dir: Arc::new(dir.to_path_buf()),
+        })
+    }
+
+    /// The directory holding the WAL files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The id of the last entry (or the purge point if the log is empty).
+    pub fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        Ok(self.lock()?.log_state().last().map(|l| l.0))
+    }
+
+    /// Makes every write issued so far durable (e.g. before a clean shutdown).
+    pub async fn sync(&self) -> io::Result<()> {
+        let rx = {
+            let mut log = self.lock()?;
+            let (tx, rx) = oneshot::channel();
+            log.flush(true, Some(FlushDone::Waiter(tx)))?;
+            rx
+        };
+        rx.await
+            .map_err(|_| io::Error::other("raft log flush thread stopped"))?
+    }
+
+    fn lock(&self) -> io::Result<MutexGuard<'_, RaftLog<WalTypes>>> {
+        self.inner
+            .lock()
+            .map_err(|_| io::Error::other("raft log lock poisoned"))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // Copy the (cheaply cloned) encoded payloads under the lock; decode outside it.
+        let raw = self
+            .lock()?
+            .read(from, to)
+            .collect::<io::Result<Vec<_>>>()?;
+        raw.into_iter()
+            .map(|(log_id, payload)| {
+                let payload: PayloadOf<TypeConfig> =
+                    postcard::from_bytes(&payload.0).map_err(invalid_data)?;
+                Ok(Entry {
+                    log_id: log_id.0,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(self.lock()?.log_state().vote().map(|v| v.0))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let log = self.lock()?;
+        let state = log.log_state();
+        Ok(LogState {
+            last_purged_log_id: state.purged().map(|l| l.0),
+            // raft-log keeps `last >= purged`, as openraft wants.
+            last_log_id: state.last().map(|l| l.0),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let rx = {
+            let mut log = self.lock()?;
+            log.save_vote(WalVote(*vote))?;
+            // The vote must be on disk before save_vote returns: request a synced flush here and
+            // wait below for its callback, which raft-log runs only after the fsync.
+            let (tx, rx) = oneshot::channel();
+            log.flush(true, Some(FlushDone::Waiter(tx)))?;
+            rx
+        };
+        rx.await
+            .map_err(|_| io::Error::other("raft log flush thread stopped"))?
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        let mut log = self.lock()?;
+        let state = log.log_state();
+        // raft-log refuses a committed id beyond the last entry or below the saved one. Such a
+        // call (e.g. committed moved to a snapshot's last id before the purge reaches the log)
+        // is skipped: a stale committed id only means replaying a little more after a restart.
+        let beyond_last = Some(&committed) > state.last().map(|l| &l.0);
+        if beyond_last || Some(&committed) <= state.committed().map(|l| &l.0) {
+            tracing::debug!(%committed, "save_committed skipped");
+            return Ok(());
+        }
+        log.commit(WalLogId(committed))?;
+        // Best effort: written to the OS now, made durable by the next synced flush.
+        log.flush(false, None)
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(self.lock()?.log_state().committed().map(|l| l.0))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Encode before taking the lock.
+        let records = entries
+            .into_iter()
+            .map(|e| {
+                let bytes = postcard::to_allocvec(&e.payload).map_err(invalid_data)?;
+                Ok((WalLogId(e.log_id), WalPayload(Bytes::from(bytes))))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut log = self.lock()?;
+        // The entries must be readable when append returns: raft-log applies them to its
+        // in-memory index and payload cache before this call returns.
+        log.append(records)?;
+        // The callback must run only after the entries are on disk: raft-log's flush thread calls
+        // it after the fsync covering this write. No waiting here, so that concurrent appends
+        // queue up and share one fsync.
+        log.flush(true, Some(FlushDone::Append(callback)))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let mut log = self.lock()?;
+        // openraft keeps `last_log_id`; raft-log's truncate(i) drops [i..).
+        let from = last_log_id.as_ref().map_or(0, |l| l.index + 1);
+        let next = log.log_state().last().map_or(0, |l| l.0.index + 1);
+        if from >= next {
+            return Ok(());
+        }
+        tracing::debug!(?last_log_id, "truncate log");
+        // Durable with the next synced flush, which precedes any later write's in the one WAL.
+        log.truncate(from)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, upto: LogId) -> io::Result<()> {
+        let mut log = self.lock()?;
+        tracing::debug!(%upto, "purge log");
+        log.purge(WalLogId(upto))?;
+        // Only a synced flush lets raft-log delete the chunk files the purge emptied; nobody
+        // needs to wait for it.
+        log.flush(true, None)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::io::Cursor;
+    use std::io::Seek;
+    use std::io::SeekFrom;
+    use std::os::unix::fs::FileExt;
+    use std::time::Instant;
+
+    use futures::Stream;
+    use futures::TryStreamExt;
+    use openraft::EntryPayload;
+    use openraft::StorageError;
+    use openraft::alias::SnapshotOf;
+    use openraft::storage::EntryResponder;
+    use openraft::storage::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+    use openraft::testing::log::StoreBuilder;
+    use openraft::testing::log::Suite;
+    use openraft::testing::log_id;
+    use openraft::type_config::TypeConfigExt;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::raft::types::Command;
+    use crate::raft::types::Response;
+    use crate::raft::types::SnapshotMeta;
+    use crate::raft::types::StoredMembership;
+
+    /// The smallest state machine openraft's suite accepts: it tracks only what the suite checks.
+    #[derive(Clone, Default)]
+    struct MemSm(Arc<Mutex<SmInner>>);
+
+    #[derive(Default)]
+    struct SmInner {
+        last_applied: Option<LogId>,
+        membership: StoredMembership,
+        snapshot: Option<SnapshotMeta>,
+    }
+
+    type MemSnapshot = SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+
+    impl RaftSnapshotBuilder<TypeConfig> for MemSm {
+        type SnapshotData = Cursor<Vec<u8>>;
+
+        async fn build_snapshot(&mut self) -> io::Result<MemSnapshot> {
+            let mut sm = self.0.lock().unwrap();
+            let meta = SnapshotMeta {
+                last_log_id: sm.last_applied,
+                last_membership: sm.membership.clone(),
+            };
+            sm.snapshot = Some(meta.clone());
+            Ok(MemSnapshot {
+                meta,
+                snapshot: Cursor::new(Vec::new()),
+            })
+        }
+    }
+
+    impl RaftStateMachine<TypeConfig> for MemSm {
+        type SnapshotData = Cursor<Vec<u8>>;
+        type SnapshotBuilder = MemSm;
+
+        async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+            let sm = self.0.lock().unwrap();
+            Ok((sm.last_applied, sm.membership.clone()))
+        }
+
+        async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+        where
+            S: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+        {
+            while let Some((entry, responder)) = entries.try_next().await? {
+                {
+                    let mut sm = self.0.lock().unwrap();
+                    sm.last_applied = Some(entry.log_id);
+                    if let EntryPayload::Membership(m) = &entry.payload {
+                        sm.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    }
+                }
+                if let Some(responder) = responder {
+                    responder.send(Response::default());
+                }
+            }
+            Ok(())
+        }
+
+        async fn get_snapshot_builder(&mut self) -> MemSm {
+            self.clone()
+        }
+
+        async fn install_snapshot(
+            &mut self,
+            meta: &SnapshotMeta,
+            _data: Cursor<Vec<u8>>,
+        ) -> io::Result<()> {
+            let mut sm = self.0.lock().unwrap();
+            sm.last_applied = meta.last_log_id;
+            sm.membership = meta.last_membership.clone();
+            sm.snapshot = Some(meta.clone());
+            Ok(())
+        }
+
+        async fn get_current_snapshot(&mut self) -> io::Result<Option<MemSnapshot>> {
+            let sm = self.0.lock().unwrap();
+            Ok(sm.snapshot.clone().map(|meta| MemSnapshot {
+                meta,
+                snapshot: Cursor::new(Vec::new()),
+            }))
+        }
+    }
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, MemSm, TempDir> for Builder {
+        async fn build(&self) -> Result<(TempDir, LogStore, MemSm), StorageError<TypeConfig>> {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LogStore::open(dir.path(), Some(Duration::from_micros(50))).unwrap();
+            Ok((dir, store, MemSm::default()))
+        }
+    }
+
+    #[tokio::test]
+    async fn openraft_conformance_suite() {
+        Suite::test_all(Builder).await.unwrap();
+    }
+
+    fn ent(index: u64, value_len: usize) -> Entry {
+        Entry {
+            log_id: log_id::<TypeConfig>(2, 1, index),
+            payload: EntryPayload::Normal(Command::Set {
+                key: format!("key-{index}"),
+                value: vec![index as u8; value_len],
+            }),
+        }
+    }
+
+    async fn append_durably(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    async fn read_all(store: &mut LogStore) -> Vec<Entry> {
+        store.try_get_log_entries(..).await.unwrap()
+    }
+
+    fn wal_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Copies a closed store's directory, so each damage case starts from the same bytes.
+    fn copy_dir(from: &Path) -> TempDir {
+        let to = tempfile::tempdir().unwrap();
+        for d in std::fs::read_dir(from).unwrap() {
+            let path = d.unwrap().path();
+            std::fs::copy(&path, to.path().join(path.file_name().unwrap())).unwrap();
+        }
+        to
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_vote_entries_committed_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (1..=10).map(|i| ent(i, 10)).collect();
+        let vote = Vote::new_committed(2, 1);
+        {
+            let mut store = LogStore::open(dir.path(), None).unwrap();
+            append_durably(&mut store, entries.clone()).await;
+            store.save_vote(&vote).await.unwrap();
+            store.save_committed(Some(entries[6].log_id)).await.unwrap();
+            // A committed id past the last entry is skipped, not an error.
+            store
+                .save_committed(Some(log_id::<TypeConfig>(3, 1, 20)))
+                .await
+                .unwrap();
+            store.truncate_after(Some(entries[8].log_id)).await.unwrap();
+            // Past the end: nothing to do.
+            store
+                .truncate_after(Some(log_id::<TypeConfig>(2, 1, 30)))
+                .await
+                .unwrap();
+            store.purge(entries[1].log_id).await.unwrap();
+            store.sync().await.unwrap();
+            assert_eq!(store.last_log_id().unwrap(), Some(entries[8].log_id));
+            // One store per directory.
+            assert!(matches!(
+                LogStore::open(dir.path(), None),
+                Err(StoreError::Open { .. })
+            ));
+        }
+        let mut store = LogStore::open(dir.path(), None).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(
+            store.read_committed().await.unwrap(),
+            Some(entries[6].log_id)
+        );
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entries[1].log_id));
+        assert_eq!(state.last_log_id, Some(entries[8].log_id));
+        assert_eq!(read_all(&mut store).await, entries[2..9].to_vec());
+        assert_eq!(
+            store.try_get_log_entries(4..=5).await.unwrap(),
+            entries[3..5].to_vec()
+        );
+        // The log continues where it left off.
+        append_durably(&mut store, vec![ent(10, 10)]).await;
+        assert_eq!(store.last_log_id().unwrap(), Some(ent(10, 10).log_id));
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_cut_off_on_open() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let orig = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (1..=6).map(|i| ent(i, 10)).collect();
+        let size = |dir: &Path| {
+            std::fs::metadata(wal_files(dir).pop().unwrap())
+                .unwrap()
+                .len()
+        };
+        let record_len = {
+            let mut store = LogStore::open(orig.path(), None).unwrap();
+            append_durably(&mut store, entries.clone()).await;
+            let before = size(orig.path());
+            append_durably(&mut store, vec![ent(7, 2000)]).await;
+            size(orig.path()) - before
+        };
+        for cut in [
+            1,
+            3,
+            4,
+            8,
+            100,
+            record_len / 2,
+            record_len - 8,
+            record_len - 1,
+        ] {
+            let dir = copy_dir(orig.path());
+            let last = wal_files(dir.path()).pop().unwrap();
+            let len = std::fs::metadata(&last).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&last)
+                .unwrap()
+                .set_len(len - cut)
+                .unwrap();
+
+            let mut store =
+                LogStore::open(dir.path(), None).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+            assert_eq!(read_all(&mut store).await, entries, "cut {cut}");
+            append_durably(&mut store, vec![ent(7, 5)]).await;
+            drop(store);
+            let mut store = LogStore::open(dir.path(), None).unwrap();
+            assert_eq!(read_all(&mut store).await.len(), 7, "cut {cut}");
+        }
+
+        // A crash can also leave the file extended over a zero-filled, never-written record.
+        let dir = copy_dir(orig.path());
+        let last = wal_files(dir.path()).pop().unwrap();
+        let len = std::fs::metadata(&last).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+        f.set_len(len - record_len).unwrap();
+        f.set_len(len).unwrap();
+        drop(f);
+        let mut store = LogStore::open(dir.path(), None).unwrap();
+        assert_eq!(read_all(&mut store).await, entries);
+    }
+
+    #[tokio::test]
+    async fn damage_in_the_middle_is_reported_as_corrupt() {
+        let orig = tempfile::tempdir().unwrap();
+        {
+            let mut store = LogStore::open(orig.path(), None).unwrap();
+            append_durably(&mut store, (1..=50).map(|i| ent(i, 100)).collect()).await;
+        }
+        for (num, den) in [(1u64, 4u64), (1, 3), (1, 2), (3, 4)] {
+            let dir = copy_dir(orig.path());
+            let file = wal_files(dir.path()).pop().unwrap();
+            let offset = std::fs::metadata(&file).unwrap().len() * num / den;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .unwrap();
+            let mut byte = [0u8];
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.read_exact(&mut byte).unwrap();
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.write_all(&[byte[0] ^ 0x5a]).unwrap();
+            drop(f);
+
+            match LogStore::open(dir.path(), None) {
+                Err(StoreError::Corrupt { path, detail }) => {
+                    assert_eq!(path, file, "offset {offset}: {detail}");
+                }
+                other => panic!("offset {offset}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    /// Several WAL files: rotation, purge deleting whole files, damage in a file before the last.
+    #[tokio::test]
+    async fn many_files_purge_and_damage_before_the_last_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (1..=200).map(|i| ent(i, 100)).collect();
+        {
+            let mut store = LogStore::open_with(dir.path(), None, 4096).unwrap();
+            for chunk in entries.chunks(7) {
+                append_durably(&mut store, chunk.to_vec()).await;
+            }
+        }
+        let files = wal_files(dir.path());
+        assert!(files.len() > 4, "{files:?}");
+
+        // Damage in a closed file is corruption even when it looks like a torn record.
+        for truncate in [false, true] {
+            let copy = copy_dir(dir.path());
+            let victim = wal_files(copy.path())[1].clone();
+            let len = std::fs::metadata(&victim).unwrap().len();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&victim)
+                .unwrap();
+            if truncate {
+                f.set_len(len - 10).unwrap();
+            } else {
+                f.write_all_at(&[0xff], len / 2).unwrap();
+            }
+            drop(f);
+            match LogStore::open_with(copy.path(), None, 4096) {
+                Err(StoreError::Corrupt { path, .. }) => assert_eq!(path, victim),
+                other => panic!("truncate={truncate}: expected Corrupt, got {other:?}"),
+            }
+        }
+
+        let mut store = LogStore::open_with(dir.path(), None, 4096).unwrap();
+        assert_eq!(read_all(&mut store).await, entries);
+        store.purge(entries[149].log_id).await.unwrap();
+        store.sync().await.unwrap();
+        drop(store);
+        assert!(
+            wal_files(dir.path()).len() < files.len(),
+            "purge deleted no file"
+        );
+        let mut store = LogStore::open_with(dir.path(), None, 4096).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entries[149].log_id));
+        assert_eq!(read_all(&mut store).await, entries[150..].to_vec());
+    }
+
+    #[tokio::test]
+    async fn frame_rejects_damaged_length() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"hello").unwrap();
+        assert_eq!(read_frame(&buf[..]).unwrap(), b"hello");
+        buf[3] ^= 0x40; // length now says 69 bytes: must not read on to EOF
+        assert_eq!(
+            read_frame(&buf[..]).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert_eq!(
+            read_frame(&buf[..6]).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+
+    /// Many outstanding appends complete, and share fsyncs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_group_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), Some(Duration::from_micros(50))).unwrap();
+        let mut waits = Vec::new();
+        for i in 1..=200 {
+            let (tx, rx) = TypeConfig::oneshot();
+            store
+                .append(vec![ent(i, 100)], IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.await.unwrap().unwrap();
+        }
+        let metrics = store.inner.lock().unwrap().stat().flush_metrics;
+        println!("200 appends: {} fsync batches", metrics.sync_batch_count);
+        assert!(metrics.sync_batch_count < 200, "{metrics:?}");
+        assert_eq!(read_all(&mut store).await.len(), 200);
+    }
+
+    /// Not a test: prints the latency of one durable append for a few batch waits.
+    /// `cargo test --lib append_latency -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore]
+    async fn append_latency() {
+        for wait in [None, Some(0), Some(20), Some(50), Some(100), Some(200)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = LogStore::open(dir.path(), wait.map(Duration::from_micros)).unwrap();
+            let mut times = Vec::new();
+            for i in 1..=300 {
+                let t = Instant::now();
+                append_durably(&mut store, vec![ent(i, 100)]).await;
+                times.push(t.elapsed());
+            }
+            times.sort();
+            let mut waits = Vec::new();
+            let t = Instant::now();
+            for i in 301..=500 {
+                let (tx, rx) = TypeConfig::oneshot();
+                let entries = vec![ent(i, 100)];
+                store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+                waits.push(rx);
+            }
+            for rx in waits {
+                rx.await.unwrap().unwrap();
+            }
+            let elapsed = t.elapsed();
+            let syncs = store
+                .inner
+                .lock()
+                .unwrap()
+                .stat()
+                .flush_metrics
+                .sync_batch_count;
+            println!(
+                "wait {wait:?} us: single append p50 {:?} p99 {:?}; 200 outstanding: {elapsed:?}, \
+                 {syncs} fsyncs in all",
+                times[150], times[297]
+            );
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Snapshot files: the on-disk format, durable writes, validated reads, and the snapshot
+//! directory (naming, finding the newest, deleting the rest). Blocking I/O only: callers keep it
+//! off the async executor.
+//!
+//! Format (all integers little-endian):
+//! ```text
+//! magic "RAFTKVSN" | version u32 | meta_len u32 | meta (postcard SnapshotMeta) | count u64
+//! count × ( key_len u32 | key (UTF-8) | value_len u32 | value | index u64 )  -- keys ascending
+//! crc32 u32 (of every byte before it) | EOF
+//! ```
+//! Invariants: a file under a final name (`snapshot-<term>-<index>.bin`, or `snapshot-none.bin`
+//! before anything was applied) is complete, fsynced, and holds the meta its name says; files
+//! being written end in `.tmp` and are deleted on startup. Any damage (truncation, flipped bit,
+//! trailing bytes, bad lengths) is reported as `io::ErrorKind::InvalidData` carrying a
+//! [`CorruptSnapshot`] that names the file.
+
+use std::fs;
+use std::fs::File;
+use std::io;
+use std::io::BufReader;
+use std::io::BufWriter;
+use std::io::Read;
+use std::io::Seek;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use crate::raft::types::LogId;
+use crate::raft::types::SnapshotMeta;
+use crate::store::kv::KvMap;
+use crate::store::kv::Value;
+
+/// What openraft passes between the state machine and the network: an open snapshot file,
+/// positioned at offset 0.
+pub type SnapshotData = File;
+
+pub const MAGIC: [u8; 8] = *b"RAFTKVSN";
+pub const FORMAT_VERSION: u32 = 1;
+/// Decoding limits: a damaged length must fail fast instead of allocating gigabytes. Writing
+/// enforces the same limits, so every file we write is readable.
+pub const META_BYTES_MAX: usize = 16 << 20;
+pub const KEY_BYTES_MAX: usize = 1 << 20;
+pub const VALUE_BYTES_MAX: usize = 256 << 20;
+const BUFFER_BYTES: usize = 256 << 10;
+const PREFIX: &str = "snapshot-";
+const SUFFIX: &str = ".bin";
+const TMP_SUFFIX: &str = ".tmp";
+/// Name of the temp file a received snapshot is copied into before its meta is known.
+const INCOMING_TMP: &str = "snapshot-incoming.tmp";
+
+/// The error inside an `InvalidData` io::Error for a damaged or foreign snapshot file.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt snapshot {file}: {detail}")]
+pub struct CorruptSnapshot {
+    /// The file's path, or a description such as "received snapshot".
+    pub file: String,
+    pub detail: String,
+}
+
+impl CorruptSnapshot {
+    /// The [`CorruptSnapshot`] inside `e`, if that is what `e` is.
+    pub fn inside(e: &io::Error) -> Option<&CorruptSnapshot> {
+        e.get_ref()?.downcast_ref::<CorruptSnapshot>()
+    }
+}
+
+fn corrupt(file: &str, detail: impl Into<String>) -> io::Error {
+    let (file, detail) = (file.to_string(), detail.into());
+    io::Error::new(io::ErrorKind::InvalidData, CorruptSnapshot { file, detail })
+}
+
+/// File name for a snapshot ending at `last_log_id`.
+pub fn file_name(last_log_id: Option<&LogId>) -> String {
+    match last_log_id {
+        Some(id) => format!("{PREFIX}{}-{}{SUFFIX}", id.leader_id.term, id.index),
+        None => format!("{PREFIX}none{SUFFIX}"),
+    }
+}
+
+/// Order key of a final snapshot file name: `Some(None)` for `snapshot-none.bin`,
+/// `Some(Some((term, index)))` for `snapshot-<term>-<index>.bin`, `None` for other names.
+fn name_key(name: &str) -> Option<Option<(u64, u64)>> {
+    let stem = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    if stem == "none" {
+        return Some(None);
+    }
+    let (term, index) = stem.split_once('-')?;
+    Some(Some((term.parse().ok()?, index.parse().ok()?)))
+}
+
+/// Encodes a snapshot to `out`, streaming the entries (the encoded map never exists in memory).
+pub fn encode(out: impl Write, meta: &SnapshotMeta, map: &KvMap) -> io::Result<()> {
+    let mut w = Crc::new(out);
+    let meta_bytes = postcard::to_stdvec(meta).map_err(io::Error::other)?;
+    w.write_all(&MAGIC)?;
+    w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    write_len(&mut w, meta_bytes.len(), META_BYTES_MAX, "meta")?;
+    w.write_all(&meta_bytes)?;
+    w.write_all(&(map.len() as u64).to_le_bytes())?;
+    for (key, value) in map.iter() {
+        write_len(&mut w, key.len(), KEY_BYTES_MAX, "key")?;
+        w.write_all(key.as_bytes())?;
+        write_len(&mut w, value.data.len(), VALUE_BYTES_MAX, "value")?;
+        w.write_all(&value.data)?;
+        w.write_all(&value.index.to_le_bytes())?;
+    }
+    let crc = w.crc.finalize();
+    w.inner.write_all(&crc.to_le_bytes())?;
+    w.inner.flush()
+}
+
+fn write_len(w: &mut impl Write, len: usize, max: usize, what: &str) -> io::Result<()> {
+    match u32::try_from(len) {
+        Ok(len32) if len <= max => w.write_all(&len32.to_le_bytes()),
+        _ => {
+            let detail = format!("snapshot {what} of {len} bytes is over the limit of {max}");
+            Err(io::Error::new(io::ErrorKind::InvalidInput, detail))
+        }
+    }
+}
+
+/// Decodes and validates a whole snapshot from `input` (magic, version, lengths, key order,
+/// checksum, end of file). `file` names the source in errors.
+pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvMap)> {
+    let mut r = Crc::new(input);
+    let eof = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt(file, "truncated"),
+        io::ErrorKind::InvalidData => e,
+        _ => io::Error::new(e.kind(), format!("reading snapshot {file}: {e}")),
+    };
+    let magic: [u8; 8] = read_array(&mut r).map_err(eof)?;
+    if magic != MAGIC {
+        return Err(corrupt(file, "bad magic: not a raftkv snapshot"));
+    }
+    let version = u32::from_le_bytes(read_array(&mut r).map_err(eof)?);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(file, format!("unknown format version {version}")));
+    }
+    let meta_bytes = read_bytes(&mut r, META_BYTES_MAX, file, "meta").map_err(eof)?;
+    let meta: SnapshotMeta = postcard::from_bytes(&meta_bytes)
+        .map_err(|e| corrupt(file, format!("undecodable meta: {e}")))?;
+    let count = u64::from_le_bytes(read_array(&mut r).map_err(eof)?);
+    let mut map = KvMap::new();
+    for n in 0..count {
+        let key = read_bytes(&mut r, KEY_BYTES_MAX, file, "key").map_err(eof)?;
+        let key = String::from_utf8(key)
+            .map_err(|_| corrupt(file, format!("entry {n}: key is not UTF-8")))?;
+        let data = read_bytes(&mut r, VALUE_BYTES_MAX, file, "value").map_err(eof)?;
+        let index = u64::from_le_bytes(read_array(&mut r).map_err(eof)?);
+        if map.last_key().is_some_and(|last| *last >= *key) {
+            return Err(corrupt(file, format!("entry {n}: keys out of order")));
+        }
+        map.restore(key, Value { data, index });
+    }
+    let computed = r.crc.finalize();
+    let stored = u32::from_le_bytes(read_array(&mut r.inner).map_err(eof)?);
+    if stored != computed {
+        let detail =
+            format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})");
+        return Err(corrupt(file, detail));
+    }
+    if r.inner.read(&mut [0u8; 1]).map_err(eof)? != 0 {
+        return Err(corrupt(file, "trailing bytes after the checksum"));
+    }
+    Ok((meta, map))
+}
+
+fn read_array<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn read_bytes(r: &mut impl Read, max: usize, file: &str, what: &str) -> io::Result<Vec<u8>> {
+    let len = u32::from_le_bytes(read_array(r)?) as usize;
+    if len > max {
+        return Err(corrupt(file, format!("{what} length {len} over {max}")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Writes the snapshot of `map` at `meta` durably into `dir`; returns the final path.
+pub fn write_snapshot(dir: &Path, meta: &SnapshotMeta, map: &KvMap) -> io::Result<PathBuf> {
+    let name = file_name(meta.last_log_id.as_ref());
+    // 1. Every byte must be written to a temp file in `dir` (same filesystem, so step 3 is a
+    //    rename) and flushed from the BufWriter before the file is synced.
+    let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+    let mut out = BufWriter::with_capacity(BUFFER_BYTES, File::create(&tmp)?);
+    encode(&mut out, meta, map)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    publish(dir, &tmp, file, &name)
+}
+
+/// Steps 2–4 of every durable snapshot write. A failed fsync is returned, never retried.
+fn publish(dir: &Path, tmp: &Path, file: File, name: &str) -> io::Result<PathBuf> {
+    // 2. The file must be fsynced before the rename: otherwise a crash could leave the final
+    //    name on a file whose data never reached the disk.
+    file.sync_all()?;
+    drop(file);
+    // 3. The rename must happen after the fsync and before the directory sync; it is atomic,
+    //    so readers see either the old set of files or the complete new one.
+    let path = dir.join(name);
+    fs::rename(tmp, &path)?;
+    // 4. The directory must be fsynced before the snapshot is reported durable: the rename lives
+    //    in the directory, and openraft may purge the log up to the snapshot once we return.
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// fsyncs a directory so entries created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads and validates the snapshot at `path`, including that its meta matches its name.
+pub fn read_snapshot(path: &Path) -> io::Result<(SnapshotMeta, KvMap)> {
+    let label = path.display().to_string();
+    let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{label}: {e}")))?;
+    let (meta, map) = decode(BufReader::with_capacity(BUFFER_BYTES, file), &label)?;
+    let want = file_name(meta.last_log_id.as_ref());
+    if path.file_name().is_some_and(|n| *n != *want) {
+        return Err(corrupt(&label, format!("holds the snapshot of {want}")));
+    }
+    Ok((meta, map))
+}
+
+/// Copies a received snapshot into `dir` durably, validating it on the way (one pass: every
+/// byte read is hashed, decoded and written). Returns the final path and the decoded contents.
+/// A file that is damaged or whose meta differs from `expected` never gets a final name.
+pub fn import_snapshot(
+    dir: &Path,
+    src: &mut File,
+    expected: &SnapshotMeta,
+) -> io::Result<(PathBuf, KvMap)> {
+    src.rewind()?;
+    // 1. As in `write_snapshot`, but the bytes are validated while they are copied.
+    let tmp = dir.join(INCOMING_TMP);
+    let out = BufWriter::with_capacity(BUFFER_BYTES, File::create(&tmp)?);
+    let src = BufReader::with_capacity(BUFFER_BYTES, src);
+    let mut tee = Tee { src, out };
+    let label = "received snapshot";
+    let decoded = decode(&mut tee, label).and_then(|(meta, map)| match meta == *expected {
+        true => Ok(map),
+        false => Err(corrupt(label, format!("holds {meta}, expected {expected}"))),
+    });
+    // Best effort on failure: a leftover temp file is also deleted on the next startup.
+    let map = decoded.inspect_err(|_| drop(fs::remove_file(&tmp)))?;
+    let file = tee.out.into_inner().map_err(|e| e.into_error())?;
+    let path = publish(dir, &tmp, file, &file_name(expected.last_log_id.as_ref()))?;
+    Ok((path, map))
+}
+
+/// An anonymous read/write file in `dir` for the network to receive a snapshot into before
+/// `install_snapshot`: its name is removed at once, so it can never be mistaken for a snapshot
+/// and its space is freed when the handle drops, even after a crash. Unix only.
+pub fn incoming_file(dir: &Path) -> io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("incoming-{}-{n}.part", std::process::id()));
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// The newest final snapshot file in `dir`, by its name's (term, index).
+pub fn find_latest(dir: &Path) -> io::Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(key) = entry.file_name().to_str().and_then(name_key) {
+            found.push((key, entry.path()));
+        }
+    }
+    Ok(found.into_iter().max().map(|(_, path)| path))
+}
+
+/// Deletes every snapshot file and temp file in `dir` except `keep`; returns how many.
+/// Files with other names are left alone. Deletions are not fsynced: an old file that
+/// reappears after a crash is older than `keep` and is deleted again.
+pub fn remove_others(dir: &Path, keep: Option<&Path>) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours =
+            name_key(name).is_some() || (name.starts_with(PREFIX) && name.ends_with(TMP_SUFFIX));
+        if ours && keep.is_none_or(|keep| keep.file_name() != Some(entry.file_name().as_os_str())) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Hashes every byte read from or written to `inner`.
+struct Crc<T> {
+    inner: T,
+    crc: crc32fast::Hasher,
+}
+
+impl<T> Crc<T> {
+    fn new(inner: T) -> Self {
+        let crc = crc32fast::Hasher::new();
+        Self { inner, crc }
+    }
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Crc<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads from `src` and writes every byte read to `out`.
+struct Tee<R, W> {
+    src: R,
+    out: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.src.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Membership;
+    use openraft::StoredMembership;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::raft::types::Command;
+    use crate::raft::types::Node;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(LeaderId { term, node_id: 1 }, index)
+    }
+
+    /// A map of `keys` keys (values of 0..97 bytes) and its meta at (term 3, index `keys`).
+    fn sample(keys: u64) -> (SnapshotMeta, KvMap) {
+        let mut map = KvMap::new();
+        for i in 0..keys {
+            let (key, value) = (format!("key-{i:05}"), vec![i as u8; (i % 97) as usize]);
+            map.apply(i + 1, &Command::Set { key, value });
+        }
+        let members = Membership::<u64, Node>::new_with_defaults(vec![[1, 2, 3].into()], [4]);
+        let last_membership = StoredMembership::new(Some(log_id(1, 1)), members);
+        let last_log_id = Some(log_id(3, keys));
+        (
+            SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
+            map,
+        )
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let entries = fs::read_dir(dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name());
+        let mut names: Vec<_> = entries.map(|n| n.to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    fn assert_corrupt(err: io::Error, file: &str, want: &str) {
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let inner = CorruptSnapshot::inside(&err).unwrap_or_else(|| panic!("not corrupt: {err}"));
+        let ok = inner.file.contains(file) && inner.detail.contains(want);
+        assert!(ok, "{inner}");
+    }
+
+    #[test]
+    fn round_trip_thousands_of_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (meta, map) = sample(5000);
+        let path = write_snapshot(dir.path(), &meta, &map).expect("write");
+        assert!(path.ends_with("snapshot-3-5000.bin"), "{}", path.display());
+        let (meta2, map2) = read_snapshot(&path).expect("read");
+        assert_eq!((&meta2, &map2), (&meta, &map));
+        assert_eq!(map2.digest(), map.digest());
+        assert_eq!(find_latest(dir.path()).expect("find"), Some(path));
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_rejected() {
+        let ((meta, map), mut good) = (sample(100), Vec::new());
+        encode(&mut good, &meta, &map).expect("encode");
+        assert!(decode(&good[..], "good").is_ok());
+        for len in 0..good.len() {
+            let err = decode(&good[..len], "mem").expect_err("truncated");
+            assert_corrupt(err, "mem", "truncated");
+        }
+        for at in 0..good.len() {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x01;
+            let err = decode(&bytes[..], "mem").expect_err("flipped byte accepted");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "byte {at}: {err}");
+        }
+        type Damage = fn(&mut Vec<u8>);
+        let cases: [(&str, Damage); 4] = [
+            ("checksum mismatch", |b| b[1000] ^= 0x10),
+            ("bad magic", |b| b[0] = b'X'),
+            ("version 9", |b| b[8] = 9),
+            ("trailing bytes", |b| b.push(0)),
+        ];
+        for (want, damage) in cases {
+            let mut bytes = good.clone();
+            damage(&mut bytes);
+            assert_corrupt(decode(&bytes[..], "mem").expect_err(want), "mem", want);
+        }
+    }
+
+    #[test]
+    fn damaged_files_are_rejected_with_the_file_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (meta, map) = sample(300);
+        let path = write_snapshot(dir.path(), &meta, &map).expect("write");
+        let good = fs::read(&path).expect("read");
+        fs::write(&path, &good[..good.len() - 10]).expect("truncate");
+        let err = read_snapshot(&path).expect_err("truncated");
+        assert_corrupt(err, "snapshot-3-300.bin", "truncated");
+        // A valid snapshot under another snapshot's name is refused too.
+        let renamed = dir.path().join("snapshot-3-301.bin");
+        fs::write(&renamed, &good).expect("write");
+        let err = read_snapshot(&renamed).expect_err("misnamed");
+        assert_corrupt(
+            err,
+            "snapshot-3-301.bin",
+            "holds the snapshot of snapshot-3-300",
+        );
+    }
+
+    #[test]
+    fn import_validates_before_publishing_and_latest_wins() {
+        let src_dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (meta, map) = sample(300);
+        let src = write_snapshot(src_dir.path(), &meta, &map).expect("write");
+        // Received the way the network does it: bytes copied into an incoming file.
+        let mut file = incoming_file(dir.path()).expect("incoming");
+        io::copy(&mut File::open(&src).expect("open"), &mut file).expect("copy");
+
+        let mut wrong = meta.clone();
+        wrong.last_log_id = Some(log_id(3, 299));
+        let err = import_snapshot(dir.path(), &mut file, &wrong).expect_err("meta mismatch");
+        assert_corrupt(err, "received snapshot", "expected");
+        assert!(names(dir.path()).is_empty(), "nothing left behind");
+
+        let (path, map2) = import_snapshot(dir.path(), &mut file, &meta).expect("import");
+        assert_eq!(map2, map);
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            fs::read(&src).expect("read")
+        );
+
+        // Older snapshots, the empty one and temp leftovers go; foreign files stay.
+        let (old_meta, old_map) = sample(10);
+        write_snapshot(dir.path(), &old_meta, &old_map).expect("old");
+        write_snapshot(dir.path(), &SnapshotMeta::default(), &KvMap::new()).expect("empty");
+        fs::write(dir.path().join("snapshot-9-9.bin.tmp"), b"partial").expect("tmp");
+        fs::write(dir.path().join("notes.txt"), b"mine").expect("foreign");
+        assert_eq!(find_latest(dir.path()).expect("find"), Some(path.clone()));
+        assert_eq!(remove_others(dir.path(), Some(&path)).expect("prune"), 3);
+        assert_eq!(names(dir.path()), ["notes.txt", "snapshot-3-300.bin"]);
+    }
+}

@@ -1,0 +1,475 @@
+//! The openraft state machine: applies committed entries to the in-memory [`KvMap`], builds and
+//! installs snapshots, and serves local reads to the HTTP layer.
+//!
+//! Owns: the map, the last applied log id and membership (all under one `RwLock`, so a read or a
+//! digest always matches an applied index), and the snapshot directory (through `snapshot.rs`).
+//! Does not own: the log (`log.rs`), commit order (openraft), read consistency levels (`raft/`).
+//!
+//! Durability: the map lives in memory; only snapshots are on disk. On `open` the newest snapshot
+//! is loaded and `applied_state` reports its log id; openraft then replays the committed log after
+//! it. A snapshot is reported (built or installed) only after it is durable, because openraft may
+//! purge the log up to it right after.
+//!
+//! Invariants: the map changes only in `apply` (in log order, one entry at a time) and in
+//! `install_snapshot` (a whole validated map swapped in at once). No lock is held across `.await`
+//! and no file I/O runs on the async executor except opening a file (`open` is sync startup code).
+//!
+//! Poisoned locks: the write path and openraft's calls return an `io::Error` (openraft then stops
+//! the node: fail-stop, restart recovers from disk). Calls that cannot return errors (`get`,
+//! `applied_index`, `digest`, `get_snapshot_builder`) recover the guard with `into_inner`; no code
+//! panics while holding the write lock (applying a command and swapping a map are panic-free).
+
+use std::fs;
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
+use std::sync::RwLockWriteGuard;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+
+use crate::raft::types::Entry;
+use crate::raft::types::LogId;
+use crate::raft::types::Response;
+use crate::raft::types::Snapshot;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::StoredMembership;
+use crate::raft::types::TypeConfig;
+use crate::store::error::StoreError;
+use crate::store::kv::KvMap;
+use crate::store::snapshot;
+use crate::store::snapshot::CorruptSnapshot;
+use crate::store::snapshot::SnapshotData;
+
+/// The state machine handle; clones share one state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    state: RwLock<State>,
+    /// The newest durable snapshot. Held only to read or swap it, or to open its file.
+    current: Mutex<Option<Current>>,
+    /// Serializes snapshot file writes and deletions; held only inside blocking tasks.
+    files: Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    map: KvMap,
+    /// Last applied log id and membership: exactly what a snapshot of `map` records.
+    applied: SnapshotMeta,
+}
+
+struct Current {
+    path: PathBuf,
+    meta: SnapshotMeta,
+}
+
+/// Builds one snapshot from a copy of the state taken when the builder was created.
+pub struct SnapshotBuilder {
+    inner: Arc<Inner>,
+    meta: SnapshotMeta,
+    map: Arc<KvMap>,
+}
+
+fn poisoned(what: &str) -> io::Error {
+    io::Error::other(format!("state machine {what} lock poisoned by a panic"))
+}
+
+fn join_error(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(format!("snapshot task failed: {e}"))
+}
+
+impl StateMachineStore {
+    /// Opens the state machine on snapshot directory `dir` (created if absent), loading the
+    /// newest snapshot in it. A damaged newest snapshot stops startup with
+    /// [`StoreError::Corrupt`]; older snapshots and temp files are deleted only after the newest
+    /// one has been validated.
+    pub fn open(dir: &Path) -> Result<StateMachineStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(open_err)?;
+            // The new directory's entry must be durable before snapshots are written into it.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                snapshot::sync_dir(parent).map_err(open_err)?;
+            }
+        }
+        let latest = snapshot::find_latest(dir).map_err(open_err)?;
+        let mut state = State::default();
+        let mut current = None;
+        if let Some(path) = latest {
+            let (meta, map) = snapshot::read_snapshot(&path).map_err(|e| load_error(&path, e))?;
+            let keys = map.len();
+            tracing::info!(path = %path.display(), keys, meta = %meta, "loaded snapshot");
+            state = State {
+                map,
+                applied: meta.clone(),
+            };
+            current = Some(Current { path, meta });
+        }
+        let keep = current.as_ref().map(|c| c.path.as_path());
+        let removed = snapshot::remove_others(dir, keep).map_err(open_err)?;
+        if removed > 0 {
+            tracing::info!(removed, dir = %dir.display(), "deleted old snapshot files");
+        }
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                state: RwLock::new(state),
+                current: Mutex::new(current),
+                files: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The value of `key` as of the last applied entry.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.read_state().map.get(key).map(|v| v.data.clone())
+    }
+
+    /// Index of the last applied log entry (None before anything was applied).
+    pub fn applied_index(&self) -> Option<u64> {
+        self.inner
+            .read_state()
+            .applied
+            .last_log_id
+            .map(|id| id.index)
+    }
+
+    /// `(applied index, map digest, key count)`, taken under one lock so they match. O(keys):
+    /// meant for tests and admin checks, not for the request path.
+    pub fn digest(&self) -> (Option<u64>, u64, usize) {
+        let state = self.inner.read_state();
+        let index = state.applied.last_log_id.map(|id| id.index);
+        (index, state.map.digest(), state.map.len())
+    }
+
+    /// A file for the network to write a received snapshot into before `install_snapshot`
+    /// (anonymous, on the snapshot directory's filesystem; see [`snapshot::incoming_file`]).
+    pub fn incoming_snapshot_file(&self) -> io::Result<File> {
+        snapshot::incoming_file(&self.inner.dir)
+    }
+
+    /// Applies one entry under the write lock and returns the response for its client.
+    fn apply_entry(&self, entry: Entry) -> io::Result<Response> {
+        let mut state = self.inner.write_state()?;
+        if let Some(last) = state
+            .applied
+            .last_log_id
+            .filter(|last| entry.log_id <= *last)
+        {
+            let detail = format!("apply out of order: entry {} after {last}", entry.log_id);
+            return Err(io::Error::other(detail));
+        }
+        let response = match entry.payload {
+            EntryPayload::Blank => Response::default(),
+            EntryPayload::Normal(cmd) => state.map.apply_owned(entry.log_id.index, cmd),
+            EntryPayload::Membership(membership) => {
+                state.applied.last_membership =
+                    StoredMembership::new(Some(entry.log_id), membership);
+                Response::default()
+            }
+        };
+        state.applied.last_log_id = Some(entry.log_id);
+        Ok(response)
+    }
+}
+
+/// A snapshot that cannot be loaded at startup: `Corrupt` if damaged, `Io` otherwise.
+fn load_error(path: &Path, source: io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    match CorruptSnapshot::inside(&source) {
+        Some(corrupt) => {
+            let detail = corrupt.detail.clone();
+            StoreError::Corrupt { path, detail }
+        }
+        None => StoreError::Io { path, source },
+    }
+}
+
+impl Inner {
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn write_state(&self) -> io::Result<RwLockWriteGuard<'_, State>> {
+        self.state.write().map_err(|_| poisoned("state"))
+    }
+
+    fn lock_current(&self) -> io::Result<MutexGuard<'_, Option<Current>>> {
+        self.current.lock().map_err(|_| poisoned("snapshot"))
+    }
+
+    /// Records a durable snapshot as current if it is the newest, then deletes every other
+    /// snapshot file. Call with the `files` lock held.
+    fn publish(&self, path: PathBuf, meta: SnapshotMeta) -> io::Result<()> {
+        let keep = {
+            let mut current = self.lock_current()?;
+            let newest = current
+                .as_ref()
+                .is_none_or(|c| meta.last_log_id >= c.meta.last_log_id);
+            if newest {
+                *current = Some(Current { path, meta });
+            }
+            current.as_ref().map(|c| c.path.clone())
+        };
+        snapshot::remove_others(&self.dir, keep.as_deref())?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (inner, meta, map) = (self.inner.clone(), self.meta.clone(), self.map.clone());
+        let task_meta = meta.clone();
+        let snapshot = tokio::task::spawn_blocking(move || -> io::Result<File> {
+            let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
+            let path = snapshot::write_snapshot(&inner.dir, &task_meta, &map)?;
+            // Must open the file before publishing: if a newer snapshot was installed meanwhile,
+            // publishing deletes this one, and the open handle keeps it readable.
+            let file = File::open(&path)?;
+            tracing::info!(path = %path.display(), keys = map.len(), "built snapshot");
+            inner.publish(path, task_meta)?;
+            Ok(file)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Snapshot { meta, snapshot })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self.inner.state.read().map_err(|_| poisoned("state"))?;
+        Ok((
+            state.applied.last_log_id,
+            state.applied.last_membership.clone(),
+        ))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = self.apply_entry(entry)?;
+            // Every responder must be answered, or the client's `client_write` never returns.
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // A consistent view: the map and its log id are copied under one read lock. The copy is
+        // O(keys) and blocks `apply` meanwhile; see the report on persistent maps.
+        let state = self.inner.read_state();
+        let (meta, map) = (state.applied.clone(), Arc::new(state.map.clone()));
+        let inner = self.inner.clone();
+        SnapshotBuilder { inner, meta, map }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut data: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let inner = self.inner.clone();
+        let task_meta = meta.clone();
+        // The file must be validated and durable before the state is swapped: a bad file leaves
+        // the state machine untouched, and openraft may purge the log once we return.
+        let map = tokio::task::spawn_blocking(move || -> io::Result<KvMap> {
+            let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
+            let (path, map) = snapshot::import_snapshot(&inner.dir, &mut data, &task_meta)?;
+            tracing::info!(path = %path.display(), keys = map.len(), "installed snapshot file");
+            inner.publish(path, task_meta)?;
+            Ok(map)
+        })
+        .await
+        .map_err(join_error)??;
+        let new_state = State {
+            map,
+            applied: meta.clone(),
+        };
+        let old_state = std::mem::replace(&mut *self.inner.write_state()?, new_state);
+        // The old map is freed after the lock is released, so readers do not wait for it.
+        drop(old_state);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        // Opened under the lock so `publish` cannot delete the file between lookup and open.
+        let current = self.inner.lock_current()?;
+        let Some(current) = current.as_ref() else {
+            return Ok(None);
+        };
+        let snapshot = File::open(&current.path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", current.path.display())))?;
+        let meta = current.meta.clone();
+        Ok(Some(Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use openraft::Membership;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::raft::types::Command;
+
+    fn log_id(index: u64) -> LogId {
+        let (term, node_id) = (2, 1);
+        LogId::new(LeaderId { term, node_id }, index)
+    }
+
+    fn entry(index: u64, payload: EntryPayload<Command, u64, crate::raft::types::Node>) -> Entry {
+        let log_id = log_id(index);
+        Entry { log_id, payload }
+    }
+
+    fn set(index: u64, key: &str) -> Entry {
+        let (key, value) = (key.to_string(), b"v".to_vec());
+        entry(index, EntryPayload::Normal(Command::Set { key, value }))
+    }
+
+    fn stream_of(
+        entries: Vec<Entry>,
+    ) -> impl Stream<Item = io::Result<EntryResponder<TypeConfig>>> {
+        stream::iter(entries.into_iter().map(|e| Ok((e, None))))
+    }
+
+    async fn build(sm: &mut StateMachineStore) -> Snapshot {
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.expect("build")
+    }
+
+    async fn current_meta(sm: &mut StateMachineStore) -> Option<SnapshotMeta> {
+        let current = sm.get_current_snapshot().await.expect("current");
+        current.map(|s| s.meta)
+    }
+
+    /// Applies: blank, membership, 1000 sets, a SetMany and a delete (index 1..=1004).
+    async fn populate(sm: &mut StateMachineStore) {
+        let members = Membership::new_with_defaults(vec![[1, 2, 3].into()], []);
+        let mut entries = vec![entry(1, EntryPayload::Blank)];
+        entries.push(entry(2, EntryPayload::Membership(members)));
+        entries.extend((0..1000).map(|i| set(3 + i, &format!("k{i:04}"))));
+        let pairs = vec![("k0001".into(), b"1".to_vec()), ("z".into(), b"2".to_vec())];
+        entries.push(entry(
+            1003,
+            EntryPayload::Normal(Command::SetMany { pairs }),
+        ));
+        let key = "k0002".to_string();
+        entries.push(entry(1004, EntryPayload::Normal(Command::Delete { key })));
+        sm.apply(stream_of(entries)).await.expect("apply");
+    }
+
+    #[tokio::test]
+    async fn apply_build_and_reopen_from_the_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap_dir = dir.path().join("snapshots");
+        let mut sm = StateMachineStore::open(&snap_dir).expect("open");
+        assert_eq!(sm.applied_state().await.expect("state").0, None);
+        assert_eq!(current_meta(&mut sm).await, None);
+
+        populate(&mut sm).await;
+        assert_eq!(sm.get("k0001"), Some(b"1".to_vec()));
+        assert_eq!(sm.get("k0002"), None);
+        assert_eq!(sm.applied_index(), Some(1004));
+        let applied_state = sm.applied_state().await.expect("state");
+        assert_eq!(applied_state.0, Some(log_id(1004)));
+        assert_eq!(applied_state.1.log_id(), &Some(log_id(2)));
+        let digest = sm.digest();
+        assert_eq!((digest.0, digest.2), (Some(1004), 1000));
+
+        let snap = build(&mut sm).await;
+        assert_eq!(snap.meta.last_log_id, Some(log_id(1004)));
+        assert_eq!(current_meta(&mut sm).await, Some(snap.meta));
+
+        // Applying goes on after the snapshot; a reopened store starts from the snapshot.
+        sm.apply(stream_of(vec![set(1005, "after")]))
+            .await
+            .expect("apply");
+        let mut reopened = StateMachineStore::open(&snap_dir).expect("reopen");
+        assert_eq!(reopened.digest(), digest);
+        let reopened_state = reopened.applied_state().await.expect("state");
+        assert_eq!(reopened_state, applied_state);
+
+        // Out-of-order apply is refused rather than silently diverging.
+        let stale = stream_of(vec![set(1004, "x")]);
+        assert!(reopened.apply(stale).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn install_snapshot_from_another_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut leader = StateMachineStore::open(&dir.path().join("a")).expect("open a");
+        populate(&mut leader).await;
+        let snap = build(&mut leader).await;
+        let follower_dir = dir.path().join("b");
+        let mut follower = StateMachineStore::open(&follower_dir).expect("open b");
+        follower
+            .apply(stream_of(vec![set(1, "old")]))
+            .await
+            .expect("apply");
+
+        // A damaged file is rejected and the follower keeps its state.
+        let mut bytes = fs::read(dir.path().join("a/snapshot-2-1004.bin")).expect("read");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        let mut bad = follower.incoming_snapshot_file().expect("incoming");
+        io::Write::write_all(&mut bad, &bytes).expect("write");
+        let before = follower.digest();
+        assert!(follower.install_snapshot(&snap.meta, bad).await.is_err());
+        assert_eq!(follower.digest(), before);
+        assert_eq!(current_meta(&mut follower).await, None);
+
+        let installed = follower.install_snapshot(&snap.meta, snap.snapshot).await;
+        installed.expect("install");
+        assert_eq!(follower.digest(), leader.digest());
+        let state = follower.applied_state().await.expect("state");
+        assert_eq!(state, leader.applied_state().await.expect("state"));
+        assert_eq!(current_meta(&mut follower).await, Some(snap.meta));
+
+        // The installed snapshot is durable: a restart loads it.
+        let reopened = StateMachineStore::open(&follower_dir).expect("reopen");
+        assert_eq!(reopened.digest(), leader.digest());
+
+        // Startup refuses a damaged newest snapshot and names it.
+        fs::write(follower_dir.join("snapshot-2-1004.bin"), &bytes).expect("damage");
+        match StateMachineStore::open(&follower_dir) {
+            Err(StoreError::Corrupt { path, detail }) => {
+                assert!(path.ends_with("snapshot-2-1004.bin"), "{}", path.display());
+                assert!(detail.contains("checksum"), "{detail}");
+            }
+            other => panic!("expected Corrupt, got {:?}", other.err()),
+        }
+    }
+}
