@@ -27,6 +27,8 @@ const GO_STYLE_FLAGS: &[&str] = &[
     "flush-wait-us",
     "heartbeat-ms",
     "source-ip",
+    "advertise-haddr",
+    "advertise-raddr",
 ];
 
 #[derive(Parser, Debug)]
@@ -51,6 +53,12 @@ pub struct Args {
     /// Separate Raft RPC listen address, e.g. `:12000`.
     #[arg(long)]
     pub raddr: Option<String>,
+    /// HTTP address advertised to peers and clients, if not the bound one (e.g. behind a proxy).
+    #[arg(long)]
+    pub advertise_haddr: Option<String>,
+    /// Raft address advertised to peers, if not the bound one.
+    #[arg(long)]
+    pub advertise_raddr: Option<String>,
     /// Node name; default: generated on first start and kept in DATA_DIR.
     #[arg(long)]
     pub id: Option<String>,
@@ -144,32 +152,34 @@ impl Args {
     }
 
     pub fn into_config(self) -> Result<Config, CliError> {
-        let http = match &self.haddr {
-            Some(a) => config::parse_endpoint(a).map_err(|source| CliError::Addr {
-                flag: "-haddr",
-                source,
-            })?,
+        let endpoint = |flag: &'static str, value: &str| {
+            config::parse_endpoint(value).map_err(|source| CliError::Addr { flag, source })
+        };
+        let peer = |flag: &'static str, value: &str| {
+            config::normalize_peer_addr(value).map_err(|source| CliError::Addr { flag, source })
+        };
+        let mut http = match &self.haddr {
+            Some(a) => endpoint("-haddr", a)?,
             None => Endpoint {
                 bind: format!("0.0.0.0:{}", self.port),
                 advertise: format!("{}:{}", self.host, self.port),
             },
         };
-        let raft = match &self.raddr {
-            Some(a) => Some(config::parse_endpoint(a).map_err(|source| CliError::Addr {
-                flag: "-raddr",
-                source,
-            })?),
-            None => None,
-        };
-        let join = match &self.join {
-            Some(j) => Some(
-                config::normalize_peer_addr(j).map_err(|source| CliError::Addr {
-                    flag: "-join",
-                    source,
-                })?,
-            ),
-            None => None,
-        };
+        let mut raft = self
+            .raddr
+            .as_deref()
+            .map(|a| endpoint("-raddr", a))
+            .transpose()?;
+        if let Some(a) = &self.advertise_haddr {
+            http.advertise = peer("-advertise-haddr", a)?;
+        }
+        if let Some(a) = &self.advertise_raddr {
+            let Some(raft) = raft.as_mut() else {
+                return Err(CliError::Invalid("-advertise-raddr needs -raddr".into()));
+            };
+            raft.advertise = peer("-advertise-raddr", a)?;
+        }
+        let join = self.join.as_deref().map(|j| peer("-join", j)).transpose()?;
         if let Some(name) = &self.id
             && (name.is_empty() || name.len() > 128)
         {
@@ -243,6 +253,25 @@ mod tests {
         ]);
         assert_eq!(c.join.as_deref(), Some("localhost:1"));
         assert_eq!(c.http.bind, "127.0.0.1:5");
+    }
+
+    #[test]
+    fn advertised_addresses_can_differ_from_bound_ones() {
+        let c = parse(&[
+            "raftkv",
+            "-haddr",
+            "127.0.0.11:5000",
+            "-raddr",
+            "127.0.0.11:6000",
+            "-advertise-haddr",
+            "127.0.0.11:5100",
+            "-advertise-raddr",
+            "127.0.0.11:6100",
+            "d",
+        ]);
+        assert_eq!(c.http.bind, "127.0.0.11:5000");
+        assert_eq!(c.http.advertise, "127.0.0.11:5100");
+        assert_eq!(c.raft_advertise(), "127.0.0.11:6100");
     }
 
     #[test]

@@ -1,0 +1,19 @@
+//! Cluster integration tests: each story starts real `raftkv` processes on loopback ports (see
+//! `harness`) and drives them over HTTP like a user following the raftd/hraftd READMEs would.
+//! One file per story; every story is a linear sequence of announced phases, waits on
+//! conditions with deadlines, and owns its ports and temp dirs, so stories run in parallel.
+//!
+//! Useful knobs: `RAFTKV_TEST_LOGS=1` prints every node's log tail even on success;
+//! `RAFTKV_KEEP_TMP=1` keeps a failed test's data dirs and logs.
+
+mod harness;
+
+mod bad_input;
+mod failover;
+mod forwarding;
+mod hraftd;
+mod membership;
+mod quorum;
+mod raftd;
+mod restart;
+mod snapshot;
