@@ -9,6 +9,7 @@
 mod harness;
 
 mod bad_input;
+mod crash_safety;
 mod failover;
 mod forwarding;
 mod hraftd;
