@@ -5,6 +5,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::raft::forward_batch::ForwardBatcher;
 use crate::raft::network::PeerClients;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
@@ -18,6 +19,8 @@ pub struct App {
     /// This node's name and advertised addresses, as recorded in the membership.
     pub me: Node,
     pub peers: PeerClients,
+    /// Batches writes this node forwards to the leader.
+    pub forwarder: ForwardBatcher,
     /// Bound on how long a write or a linearizable read waits before answering 503.
     pub request_timeout: Duration,
     pub max_value_bytes: usize,

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::raft::forward_batch::ForwardBatcher;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerClients;
 use crate::raft::types::Node;
@@ -102,6 +103,7 @@ pub async fn run(
         state_machine,
         node_id,
         me,
+        forwarder: ForwardBatcher::new(peers.clone(), config.request_timeout),
         peers,
         request_timeout: config.request_timeout,
         max_value_bytes: config.max_value_bytes,

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::app::SharedApp;
 use crate::error::KvError;
-use crate::raft::network::POSTCARD;
+use crate::raft::forward_batch::BATCH_COMMANDS_MAX;
+use crate::raft::forward_batch::Forwarded;
 use crate::raft::rpc::decode_body;
 use crate::raft::rpc::postcard_reply;
 use crate::raft::types::Command;
@@ -47,7 +48,7 @@ pub async fn write(app: &App, cmd: Command) -> Result<WriteOk, KvError> {
     loop {
         let attempt = match app.leader() {
             Some((id, _)) if id == app.node_id => propose_locally(app, cmd.clone(), deadline).await,
-            Some((id, node)) => forward_to(app, id, &node, &cmd, deadline).await,
+            Some((id, node)) => forward_to(app, id, &node, cmd.clone()).await,
             None => Attempt::RetryAfterLeaderChange(None),
         };
         match attempt {
@@ -105,62 +106,44 @@ async fn propose_locally(app: &App, cmd: Command, deadline: Instant) -> Attempt 
     }
 }
 
-/// Sends `cmd` to the leader's `/raft/write`. The leader never re-forwards, so there are no loops.
-async fn forward_to(
-    app: &App,
-    leader_id: NodeId,
-    leader: &Node,
-    cmd: &Command,
-    deadline: Instant,
-) -> Attempt {
-    let body = match postcard::to_stdvec(cmd) {
-        Ok(b) => b,
-        Err(e) => return Attempt::Done(Err(KvError::Internal(format!("encode: {e}")))),
-    };
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let client = app.peers.get(&leader.api_addr, false);
-    // A little longer than the leader's own timeout, so the leader's answer arrives first.
-    let sent = client
-        .post(format!("http://{}/raft/write", leader.api_addr))
-        .header(reqwest::header::CONTENT_TYPE, POSTCARD)
-        .timeout(remaining + Duration::from_millis(500))
-        .body(body)
-        .send()
-        .await;
-    let response = match sent {
-        Ok(r) => r,
-        // Never connected: the leader did not see the write.
-        Err(e) if e.is_connect() => {
-            tracing::debug!(leader = %leader, error = %e, "leader unreachable, waiting for another");
-            return Attempt::RetryAfterLeaderChange(Some(leader_id));
+/// Sends `cmd` to the leader (batched with concurrent forwarded writes, see `forward_batch`).
+/// The leader never re-forwards, so there are no loops.
+async fn forward_to(app: &App, leader_id: NodeId, leader: &Node, cmd: Command) -> Attempt {
+    match app.forwarder.forward(&leader.api_addr, cmd).await {
+        Forwarded::NotSent | Forwarded::Answer(Err(KvError::NoLeader(_))) => {
+            Attempt::RetryAfterLeaderChange(Some(leader_id))
         }
-        Err(e) => {
-            tracing::debug!(leader = %leader, error = %e, "forwarded write failed");
-            return Attempt::Done(Err(KvError::Timeout(app.request_timeout)));
-        }
-    };
-    match crate::raft::network::decode_response::<Result<WriteOk, KvError>>(response).await {
-        Ok(Err(KvError::NoLeader(_))) => Attempt::RetryAfterLeaderChange(Some(leader_id)),
-        Ok(result) => Attempt::Done(result),
-        Err(e) => {
-            tracing::debug!(error = %e, "forwarded write: bad answer");
-            Attempt::Done(Err(KvError::Timeout(app.request_timeout)))
-        }
+        Forwarded::Unknown => Attempt::Done(Err(KvError::Timeout(app.request_timeout))),
+        Forwarded::Answer(result) => Attempt::Done(result),
     }
 }
 
-/// `POST /raft/write` on the leader: propose locally, never forward again.
-pub async fn handle_forwarded_write(State(app): State<SharedApp>, body: Body) -> Response {
-    let cmd: Command = match decode_body(body).await {
+/// `POST /raft/write_batch` on the leader: propose every command concurrently (openraft batches
+/// them into few log appends), never forward again; answers in the same order.
+pub async fn handle_forwarded_batch(State(app): State<SharedApp>, body: Body) -> Response {
+    let cmds: Vec<Command> = match decode_body(body).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
+    if cmds.len() > BATCH_COMMANDS_MAX {
+        let err: Result<(), String> = Err(format!(
+            "batch of {} commands is over the limit",
+            cmds.len()
+        ));
+        return postcard_reply(&err);
+    }
     let deadline = Instant::now() + app.request_timeout;
-    let result = match propose_locally(&app, cmd, deadline).await {
-        Attempt::Done(r) => r,
-        Attempt::RetryAfterLeaderChange(_) => Err(KvError::NoLeader(
-            "the forwarded-to node is not the leader".into(),
-        )),
-    };
-    postcard_reply::<Result<WriteOk, KvError>, String>(&Ok(result))
+    let results = futures::future::join_all(cmds.into_iter().map(|cmd| {
+        let app = &app;
+        async move {
+            match propose_locally(app, cmd, deadline).await {
+                Attempt::Done(r) => r,
+                Attempt::RetryAfterLeaderChange(_) => Err(KvError::NoLeader(
+                    "the forwarded-to node is not the leader".into(),
+                )),
+            }
+        }
+    }))
+    .await;
+    postcard_reply::<Vec<Result<WriteOk, KvError>>, String>(&Ok(results))
 }

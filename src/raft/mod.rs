@@ -1,5 +1,6 @@
 //! Raft glue: everything that talks to openraft's API except storage.
 pub mod forward;
+pub mod forward_batch;
 pub mod network;
 pub mod read;
 pub mod rpc;

@@ -35,8 +35,8 @@ pub fn routes() -> Router<SharedApp> {
         .route("/raft/transfer_leader", post(transfer_leader))
         .route("/raft/snapshot", post(snapshot))
         .route(
-            "/raft/write",
-            post(crate::raft::forward::handle_forwarded_write),
+            "/raft/write_batch",
+            post(crate::raft::forward::handle_forwarded_batch),
         )
         .route(
             "/raft/read_index",

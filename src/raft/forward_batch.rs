@@ -1,0 +1,178 @@
+//! Batching of writes forwarded to the leader. Concurrent client writes arriving at a follower
+//! share one `/raft/write_batch` request to the leader instead of one HTTP exchange each, which
+//! is what the leader's CPU would otherwise spend most of its time on. With one write at a time
+//! a batch holds one command, so nothing waits for a batch to fill.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use crate::error::KvError;
+use crate::raft::forward::WriteOk;
+use crate::raft::network::POSTCARD;
+use crate::raft::network::PeerClients;
+use crate::raft::network::decode_response;
+use crate::raft::types::Command;
+
+/// Most commands in one forwarded batch.
+pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Forwarded batches in flight to one leader at a time.
+const BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// Queued forwarded writes per leader before callers wait (backpressure).
+const QUEUE_CAPACITY: usize = 8192;
+
+/// What became of one forwarded command.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// The leader was never reached: the command was certainly not applied.
+    NotSent,
+    /// Sent, but no answer came back: the outcome is unknown.
+    Unknown,
+    /// The leader's answer.
+    Answer(Result<WriteOk, KvError>),
+}
+
+struct Pending {
+    cmd: Command,
+    reply: oneshot::Sender<Forwarded>,
+}
+
+/// One queue (and sender task) per leader address.
+pub struct ForwardBatcher {
+    peers: PeerClients,
+    /// HTTP timeout of one batch: the leader answers each command within its own request
+    /// timeout, so this only bounds a leader that stopped answering.
+    batch_timeout: Duration,
+    queues: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
+}
+
+impl ForwardBatcher {
+    pub fn new(peers: PeerClients, request_timeout: Duration) -> Self {
+        Self {
+            peers,
+            batch_timeout: request_timeout + Duration::from_secs(1),
+            queues: Mutex::default(),
+        }
+    }
+
+    /// Forwards `cmd` to the leader at `leader_api_addr` and waits for its outcome.
+    pub async fn forward(&self, leader_api_addr: &str, cmd: Command) -> Forwarded {
+        let queue = self.queue(leader_api_addr);
+        let (reply, answer) = oneshot::channel();
+        if queue.send(Pending { cmd, reply }).await.is_err() {
+            return Forwarded::NotSent;
+        }
+        answer.await.unwrap_or(Forwarded::Unknown)
+    }
+
+    fn queue(&self, addr: &str) -> mpsc::Sender<Pending> {
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(q) = queues.get(addr).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let client = self.peers.get(addr, false);
+        tokio::spawn(send_loop(addr.to_string(), client, rx, self.batch_timeout));
+        queues.insert(addr.to_string(), tx.clone());
+        tx
+    }
+}
+
+/// Takes every queued command (up to the batch limit) and sends them as one batch, keeping up
+/// to `BATCHES_IN_FLIGHT_MAX` batches in flight.
+async fn send_loop(
+    addr: String,
+    client: reqwest::Client,
+    mut rx: mpsc::Receiver<Pending>,
+    timeout: Duration,
+) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (client, addr) = (client.clone(), addr.clone());
+        tokio::spawn(async move {
+            send_batch(&client, &addr, batch, timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn send_batch(client: &reqwest::Client, addr: &str, batch: Vec<Pending>, timeout: Duration) {
+    let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<Forwarded>>) =
+        batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let answers = match request(client, addr, &cmds, timeout).await {
+        Ok(answers) if answers.len() == replies.len() => {
+            answers.into_iter().map(Forwarded::Answer).collect()
+        }
+        Ok(answers) => {
+            tracing::warn!(
+                addr,
+                sent = replies.len(),
+                answered = answers.len(),
+                "leader answered a wrong count"
+            );
+            replies.iter().map(|_| Forwarded::Unknown).collect()
+        }
+        Err(outcome) => replies
+            .iter()
+            .map(|_| outcome_copy(&outcome))
+            .collect::<Vec<_>>(),
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+fn outcome_copy(outcome: &Forwarded) -> Forwarded {
+    match outcome {
+        Forwarded::NotSent => Forwarded::NotSent,
+        _ => Forwarded::Unknown,
+    }
+}
+
+async fn request(
+    client: &reqwest::Client,
+    addr: &str,
+    cmds: &[Command],
+    timeout: Duration,
+) -> Result<Vec<Result<WriteOk, KvError>>, Forwarded> {
+    let body = postcard::to_stdvec(cmds).map_err(|_| Forwarded::NotSent)?;
+    let response = client
+        .post(format!("http://{addr}/raft/write_batch"))
+        .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+        .timeout(timeout)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::debug!(addr, error = %e, "forwarding to the leader failed");
+            // Never connected: the leader did not see the writes.
+            if e.is_connect() {
+                Forwarded::NotSent
+            } else {
+                Forwarded::Unknown
+            }
+        })?;
+    decode_response(response).await.map_err(|e| {
+        tracing::debug!(addr, error = %e, "forwarded batch: bad answer");
+        Forwarded::Unknown
+    })
+}
