@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# raftkv vs etcd, side by side, same machine, same load generator. See BENCHMARKS.md.
+#
+#   bash bench/run.sh                  # 3 runs x 6 scenarios x {raftkv, etcd} + flush-wait sweep; medians
+#   bash bench/run.sh --big            # also: RSS after loading 1M keys, restart time of a node with 1M keys
+#   bash bench/run.sh --runs 1 --duration 3 --warmup 1     # smoke run
+#
+# Options (defaults in brackets):
+#   --runs N [3]            full runs; the table shows the median of each cell over the runs
+#   --duration S [15]       measured seconds per scenario      --warmup S [3]  unmeasured seconds before
+#   --clients N [64]        clients of the concurrent scenarios (b-f)
+#   --keys N [100000]       key space (keys read in c/d/f are preloaded)
+#   --reads-to leader|all [leader]   where the clients of a-d and f send (e always goes to a follower)
+#   --big                   the 1M-key step;   --big-keys N [1000000]
+#   --no-sweep              skip the raftkv --flush-wait-us 0/50/200 sweep (scenarios a and b)
+#   --no-etcd | --no-raftkv run one system only
+#   --no-install            do not apt-get etcd-server/fio (they must be installed)
+#   --no-build              use the existing release binaries
+#   --raftkv-args "..."     extra flags for every raftkv node (e.g. "--flush-wait-us 0")
+#   --results DIR [bench/results/<date>]   where the per-scenario files and report.md go
+#   --data-dir DIR [bench/tmp.XXXX]        parent of the nodes' data dirs (must be on the disk to test)
+#
+# Traffic goes to 127.0.0.1 only. Every process started here is stopped by PID on exit (trap), and
+# the data dirs are removed. Every wait is bounded.
+set -euo pipefail
+
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$BENCH/.." && pwd)"
+
+RUNS=3 DURATION=15 WARMUP=3 CLIENTS=64 KEYS=100000 READS_TO=leader
+BIG=0 BIG_KEYS=1000000 SWEEP=1 DO_ETCD=1 DO_RAFTKV=1 INSTALL=1 BUILD=1 RAFTKV_ARGS=""
+RESULTS="" DATA_PARENT=""
+ORIG_ARGS="$*"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS="$2"; shift ;;
+    --duration) DURATION="$2"; shift ;;
+    --warmup) WARMUP="$2"; shift ;;
+    --clients) CLIENTS="$2"; shift ;;
+    --keys) KEYS="$2"; shift ;;
+    --reads-to) READS_TO="$2"; shift ;;
+    --big) BIG=1 ;;
+    --big-keys) BIG_KEYS="$2"; shift ;;
+    --no-sweep) SWEEP=0 ;;
+    --sweep) SWEEP=1 ;;
+    --no-etcd) DO_ETCD=0 ;;
+    --no-raftkv) DO_RAFTKV=0 ;;
+    --no-install) INSTALL=0 ;;
+    --no-build) BUILD=0 ;;
+    --raftkv-args) RAFTKV_ARGS="$2"; shift ;;
+    --results) RESULTS="$2"; shift ;;
+    --data-dir) DATA_PARENT="$2"; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Ports: raftkv 24001-24003; etcd clients 24101-24103, peers 24201-24203.
+RK_PORTS=(24001 24002 24003)
+ET_CPORTS=(24101 24102 24103)
+ET_PPORTS=(24201 24202 24203)
+
+# ------------------------------------------------------------------------------------------------
+# process bookkeeping and cleanup
+LIVE=()          # PIDs of server processes we started and have not stopped yet
+WORK=""          # temp dir (data dirs, fio file); removed on exit
+
+stop_pids() {    # stop_pids PID...: SIGTERM, up to 10 s, then SIGKILL; reaps them
+  local p
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  local keep=() q
+  for q in "${LIVE[@]}"; do
+    local gone=0
+    for p in "$@"; do [ "$p" = "$q" ] && gone=1; done
+    [ $gone = 1 ] || keep+=("$q")
+  done
+  LIVE=("${keep[@]}")
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ ${#LIVE[@]} -gt 0 ]; then log "stopping ${#LIVE[@]} server process(es)"; stop_pids "${LIVE[@]}"; fi
+  if [ -n "$WORK" ] && [ -d "$WORK" ]; then rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+check_ports_free() {
+  local p
+  for p in "$@"; do port_busy "$p" && die "port 127.0.0.1:$p is already in use (another benchmark running?)"; done
+  return 0
+}
+
+# ------------------------------------------------------------------------------------------------
+# 1. install
+if [ $INSTALL = 1 ]; then
+  if ! command -v etcd >/dev/null || ! command -v fio >/dev/null; then
+    log "installing etcd-server and fio (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-cache policy etcd-server | sed -n '1,3p' >&2
+    apt-get install -y -qq etcd-server fio >/dev/null
+  fi
+fi
+command -v fio >/dev/null || die "fio not installed"
+if [ $DO_ETCD = 1 ]; then
+  command -v etcd >/dev/null || die "etcd not installed"
+  ETCD_VERSION="$(etcd --version | sed -n 's/^etcd Version: //p')"
+  case "$ETCD_VERSION" in 3.4.*) ;; *) log "warning: etcd $ETCD_VERSION, the gateway paths assume 3.4" ;; esac
+  # Debian's package may start a system etcd on 2379; ours use other ports, so it is left alone.
+fi
+
+# ------------------------------------------------------------------------------------------------
+# 2. build
+LOADGEN="$BENCH/loadgen/target/release/loadgen"
+RAFTKV="$REPO/target/release/raftkv"
+if [ $BUILD = 1 ]; then
+  log "building raftkv (release)"
+  (cd "$REPO" && cargo build --release --locked --quiet)
+  log "building loadgen (release)"
+  (cd "$BENCH/loadgen" && cargo build --release --locked --quiet)
+fi
+[ -x "$LOADGEN" ] || die "no $LOADGEN"
+[ $DO_RAFTKV = 0 ] || [ -x "$RAFTKV" ] || die "no $RAFTKV"
+
+# ------------------------------------------------------------------------------------------------
+# dirs
+[ -n "$RESULTS" ] || RESULTS="$BENCH/results/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$RESULTS"
+RESULTS="$(cd "$RESULTS" && pwd)"
+if [ -n "$DATA_PARENT" ]; then mkdir -p "$DATA_PARENT"; WORK="$(mktemp -d "$DATA_PARENT/raftkv-bench.XXXXXX")"
+else WORK="$(mktemp -d "$BENCH/tmp.XXXXXX")"; fi
+FSTYPE="$(df -PT "$WORK" | awk 'NR==2{print $2}')"
+[ "$FSTYPE" = tmpfs ] && log "warning: $WORK is on tmpfs: fsync costs nothing there, use --data-dir on a real disk"
+log "results in $RESULTS; data dirs under $WORK ($FSTYPE)"
+
+# ------------------------------------------------------------------------------------------------
+# 3. physical floor
+{
+  echo "nproc=$(nproc)"
+  echo "command=bench/run.sh $ORIG_ARGS"
+  echo "fs=$FSTYPE on $(df -P "$WORK" | awk 'NR==2{print $1}')"
+  echo "kernel=$(uname -r)"
+  echo "etcd_version=${ETCD_VERSION:-}"
+  echo "raftkv_args=$RAFTKV_ARGS"
+  echo "duration_s=$DURATION"; echo "warmup_s=$WARMUP"; echo "clients=$CLIENTS"; echo "keys=$KEYS"; echo "reads_to=$READS_TO"
+} > "$RESULTS/floor.txt"
+log "fio: 4 KiB appends + fdatasync, 64 MiB, in $WORK"
+mkdir -p "$WORK/fio"
+timeout 300 fio --name=fsync --directory="$WORK/fio" --rw=write --bs=4k --size=64m --fdatasync=1 \
+  --ioengine=sync --output-format=json > "$RESULTS/fio.json"
+rm -rf "$WORK/fio"
+"$LOADGEN" fio "$RESULTS/fio.json" >> "$RESULTS/floor.txt"
+log "loopback round trip"
+timeout 60 "$LOADGEN" rtt --seconds 2 >> "$RESULTS/floor.txt"
+cat "$RESULTS/floor.txt" >&2
+
+# ------------------------------------------------------------------------------------------------
+# clusters. Each start_* sets LEADER, FOLLOWERS (array), ALL (comma list), PIDS (array), PID_OF (assoc addr->pid)
+declare -A PID_OF
+declare -A CMD_OF
+
+spawn() {   # spawn ADDR LOGFILE CMD...: starts a server in the background, records its PID
+  local addr="$1" logf="$2"; shift 2
+  "$@" >>"$logf" 2>&1 &
+  local pid=$!
+  LIVE+=("$pid"); PIDS+=("$pid"); PID_OF[$addr]=$pid
+}
+
+start_raftkv() {   # start_raftkv DIR EXTRA_ARGS
+  local dir="$1" extra="$2" i
+  check_ports_free "${RK_PORTS[@]}"
+  PIDS=(); PID_OF=(); CMD_OF=()
+  mkdir -p "$dir"
+  for i in 0 1 2; do
+    local addr="127.0.0.1:${RK_PORTS[$i]}"
+    local join=()
+    [ $i -gt 0 ] && join=(-join "127.0.0.1:${RK_PORTS[0]}")
+    # shellcheck disable=SC2206
+    local cmd=("$RAFTKV" -haddr "$addr" -id "n$i" ${extra} $RAFTKV_ARGS "$dir/n$i")
+    CMD_OF[$addr]="${cmd[*]}"
+    spawn "$addr" "$dir/n$i.log" "${cmd[@]:0:${#cmd[@]}-1}" "${join[@]}" "$dir/n$i"
+    timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${RK_PORTS[0]}" --voters $((i + 1)) --timeout 60 >/dev/null \
+      || { tail -20 "$dir"/n*.log >&2; die "raftkv node n$i did not join"; }
+  done
+  local ready
+  ready="$(timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${RK_PORTS[0]}" --voters 3 --timeout 60)"
+  read -r LEADER F1 F2 <<<"$ready"
+  FOLLOWERS=("$F1" "$F2")
+  ALL="127.0.0.1:${RK_PORTS[0]},127.0.0.1:${RK_PORTS[1]},127.0.0.1:${RK_PORTS[2]}"
+  log "raftkv up: leader $LEADER, followers ${FOLLOWERS[*]} (pids ${PIDS[*]})"
+}
+
+start_etcd() {   # start_etcd DIR
+  local dir="$1" i cluster=""
+  check_ports_free "${ET_CPORTS[@]}" "${ET_PPORTS[@]}"
+  PIDS=(); PID_OF=(); CMD_OF=()
+  mkdir -p "$dir"
+  for i in 0 1 2; do cluster+="${cluster:+,}e$i=http://127.0.0.1:${ET_PPORTS[$i]}"; done
+  for i in 0 1 2; do
+    local addr="127.0.0.1:${ET_CPORTS[$i]}"
+    local cmd=(etcd --name "e$i" --data-dir "$dir/e$i"
+      --listen-client-urls "http://$addr" --advertise-client-urls "http://$addr"
+      --listen-peer-urls "http://127.0.0.1:${ET_PPORTS[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ET_PPORTS[$i]}"
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token raftkv-bench
+      --logger zap --log-level warn --quota-backend-bytes 8589934592)
+    CMD_OF[$addr]="${cmd[*]}"
+    spawn "$addr" "$dir/e$i.log" "${cmd[@]}"
+  done
+  local ready
+  ready="$(timeout 90 "$LOADGEN" etcd-ready --target "127.0.0.1:${ET_CPORTS[0]},127.0.0.1:${ET_CPORTS[1]},127.0.0.1:${ET_CPORTS[2]}" --timeout 60)" \
+    || { tail -20 "$dir"/e*.log >&2; die "etcd cluster did not start"; }
+  read -r LEADER F1 F2 <<<"$ready"
+  FOLLOWERS=("$F1" "$F2")
+  ALL="127.0.0.1:${ET_CPORTS[0]},127.0.0.1:${ET_CPORTS[1]},127.0.0.1:${ET_CPORTS[2]}"
+  log "etcd up: leader $LEADER, followers ${FOLLOWERS[*]} (pids ${PIDS[*]})"
+}
+
+stop_cluster() { stop_pids "${PIDS[@]}"; PIDS=(); sleep 2; }   # let the page cache settle
+
+pidlist() { local IFS=,; echo "${PIDS[*]}"; }
+
+scenario() {   # scenario SYSTEM NAME OUTFILE loadgen-run-args...
+  local sys="$1" name="$2" out="$3"; shift 3
+  local bound=$(( ${DURATION%.*} + ${WARMUP%.*} + 60 ))
+  log "$sys $name"
+  timeout "$bound" "$LOADGEN" run --system "$sys" --duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" \
+    --pids "$(pidlist)" --out "$out" "$@" >/dev/null || log "warning: $sys $name: loadgen failed (rc=$?)"
+  [ -f "$out" ] && log "  $(grep -E '^(ops_per_s|p50_us|p99_us|errors|cpu_s_per_1k)=' "$out" | tr '\n' ' ')"
+  return 0
+}
+
+drive() {   # drive SYSTEM RUNDIR: preload, then scenarios a-f
+  local sys="$1" rd="$2" rt="$LEADER"
+  [ "$READS_TO" = all ] && rt="$ALL"
+  log "$sys: preloading $KEYS keys"
+  timeout 1800 "$LOADGEN" load --system "$sys" --target "$LEADER" --keys "$KEYS" --clients 64 > "$rd/${sys}_preload.txt" \
+    || log "warning: $sys preload incomplete: $(tr '\n' ' ' < "$rd/${sys}_preload.txt")"
+  scenario "$sys" "a. sequential write, 1 client" "$rd/${sys}_a.txt" --op write --clients 1 --target "$rt"
+  scenario "$sys" "b. write, $CLIENTS clients" "$rd/${sys}_b.txt" --op write --clients "$CLIENTS" --target "$rt"
+  scenario "$sys" "c. linearizable read" "$rd/${sys}_c.txt" --op lread --clients "$CLIENTS" --target "$rt"
+  scenario "$sys" "d. stale/serializable read" "$rd/${sys}_d.txt" --op sread --clients "$CLIENTS" --target "$rt"
+  scenario "$sys" "e. write via follower ${FOLLOWERS[0]}" "$rd/${sys}_e.txt" --op write --clients "$CLIENTS" --target "${FOLLOWERS[0]}"
+  scenario "$sys" "f. mixed 90/10" "$rd/${sys}_f.txt" --op mixed --read-pct 90 --clients "$CLIENTS" --target "$rt"
+}
+
+idle_now() { "$LOADGEN" idle --ms 1000; }
+
+# ------------------------------------------------------------------------------------------------
+# 4. runs
+for run in $(seq 1 "$RUNS"); do
+  rd="$RESULTS/run$run"; mkdir -p "$rd"
+  if [ $DO_RAFTKV = 1 ]; then
+    idle="$(idle_now)"; echo "raftkv=$idle" >> "$rd/idle.txt"
+    log "run $run/$RUNS: raftkv (machine idle CPU before: $idle%)"
+    start_raftkv "$WORK/run$run-raftkv" ""
+    drive raftkv "$rd"
+    stop_cluster; cp "$WORK/run$run-raftkv"/*.log "$rd/" 2>/dev/null || true; rm -rf "$WORK/run$run-raftkv"
+  fi
+  if [ $DO_ETCD = 1 ]; then
+    idle="$(idle_now)"; echo "etcd=$idle" >> "$rd/idle.txt"
+    log "run $run/$RUNS: etcd (machine idle CPU before: $idle%)"
+    start_etcd "$WORK/run$run-etcd"
+    drive etcd "$rd"
+    stop_cluster; cp "$WORK/run$run-etcd"/*.log "$rd/" 2>/dev/null || true; rm -rf "$WORK/run$run-etcd"
+  fi
+done
+
+# ------------------------------------------------------------------------------------------------
+# 5. raftkv --flush-wait-us sweep (scenarios a and b, fresh cluster each)
+if [ $SWEEP = 1 ] && [ $DO_RAFTKV = 1 ]; then
+  mkdir -p "$RESULTS/sweep"
+  for w in 0 50 200; do
+    log "sweep: raftkv --flush-wait-us $w (idle CPU $(idle_now)%)"
+    start_raftkv "$WORK/sweep$w" "--flush-wait-us $w"
+    scenario raftkv "a (flush-wait $w)" "$RESULTS/sweep/fw${w}_a.txt" --op write --clients 1 --target "$LEADER"
+    scenario raftkv "b (flush-wait $w)" "$RESULTS/sweep/fw${w}_b.txt" --op write --clients "$CLIENTS" --target "$LEADER"
+    stop_cluster; rm -rf "$WORK/sweep$w"
+  done
+fi
+
+# ------------------------------------------------------------------------------------------------
+# 6. --big: RSS after loading BIG_KEYS keys, restart time of one node (kill -9) with them
+rss_mib() { awk '/^VmRSS/{printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+big() {   # big SYSTEM
+  local sys="$1"
+  local out="$RESULTS/big_$sys.txt" dir="$WORK/big-$sys"
+  log "big: $sys, loading $BIG_KEYS keys (idle CPU $(idle_now)%)"
+  if [ "$sys" = raftkv ]; then start_raftkv "$dir" ""; else start_etcd "$dir"; fi
+  timeout 3600 "$LOADGEN" load --system "$sys" --target "$LEADER" --keys "$BIG_KEYS" --clients 64 --max-seconds 3000 > "$out" \
+    || log "warning: $sys big load incomplete"
+  sleep 3
+  local rss="" p
+  for p in "${PIDS[@]}"; do rss+="${rss:+ / }$(rss_mib "$p")"; done
+  echo "keys=$BIG_KEYS" >> "$out"
+  echo "rss_mib=$rss" >> "$out"
+  du -sm "$dir" | awk '{print "data_mib=" $1}' >> "$out"
+  # restart one follower: make sure it holds the newest write, kill -9, start it again, time until a
+  # stale/serializable read on it returns that write.
+  local victim="${FOLLOWERS[0]}" marker="restart-$RANDOM$RANDOM"
+  "$LOADGEN" put --system "$sys" --target "$LEADER" --key bench-marker --value "$marker"
+  "$LOADGEN" wait-read --system "$sys" --target "$victim" --key bench-marker --value "$marker" --timeout 60 >/dev/null
+  local vpid="${PID_OF[$victim]}"
+  log "big: $sys: kill -9 $victim (pid $vpid), restart"
+  kill -KILL "$vpid"; wait "$vpid" 2>/dev/null || true
+  local keep=() q; for q in "${LIVE[@]}"; do [ "$q" = "$vpid" ] || keep+=("$q"); done; LIVE=("${keep[@]}")
+  keep=(); for q in "${PIDS[@]}"; do [ "$q" = "$vpid" ] || keep+=("$q"); done; PIDS=("${keep[@]}")
+  local cmd
+  read -r -a cmd <<<"${CMD_OF[$victim]}"    # raftkv: no -join (data dir has the cluster state)
+  local t0; t0=$(date +%s%N)
+  spawn "$victim" "$dir/restart.log" "${cmd[@]}"
+  if "$LOADGEN" wait-read --system "$sys" --target "$victim" --key bench-marker --value "$marker" --timeout 600 >/dev/null; then
+    echo "restart_s=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN{printf "%.2f", (b-a)/1e9}')" >> "$out"
+  else
+    echo "restart_s=FAILED" >> "$out"
+  fi
+  echo "rss_after_restart_mib=$(rss_mib "${PID_OF[$victim]}")" >> "$out"
+  log "big: $sys: $(tr '\n' ' ' < "$out")"
+  stop_cluster; cp "$dir"/*.log "$RESULTS/" 2>/dev/null || true; rm -rf "$dir"
+}
+
+if [ $BIG = 1 ]; then
+  if [ $DO_RAFTKV = 1 ]; then big raftkv; fi
+  if [ $DO_ETCD = 1 ]; then big etcd; fi
+fi
+
+# ------------------------------------------------------------------------------------------------
+# 7. the table
+"$LOADGEN" report --dir "$RESULTS" | tee "$RESULTS/report.md"
+log "done; per-scenario files and report.md in $RESULTS"
