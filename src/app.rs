@@ -10,6 +10,7 @@ use crate::raft::network::PeerClients;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
 use crate::raft::types::Raft;
+use crate::raft::types::StoredMembership;
 use crate::store::state_machine::StateMachineStore;
 
 pub struct App {
@@ -29,6 +30,15 @@ pub struct App {
 pub type SharedApp = Arc<App>;
 
 impl App {
+    /// The membership this node currently knows (possibly not yet committed).
+    pub fn membership(&self) -> Arc<StoredMembership> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone()
+    }
+
     /// The current leader's id and record, if one is known.
     pub fn leader(&self) -> Option<(NodeId, Node)> {
         let metrics = self.raft.metrics();

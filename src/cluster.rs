@@ -2,7 +2,6 @@
 //! voter), restart without `-join`, remove a member. Join and remove requests reaching a
 //! follower are forwarded to the leader.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -149,12 +148,7 @@ async fn join_cluster(app: &App, addr: &str) {
 /// Adds `node` as a voter (on the leader): learner first, caught up, then promoted. Idempotent.
 pub async fn add_member(app: &App, node: Node) -> Result<(), KvError> {
     let id = node_id_from_name(&node.name);
-    let membership = app
-        .raft
-        .metrics()
-        .borrow_watched()
-        .membership_config
-        .clone();
+    let membership = app.membership();
     if let Some(existing) = membership.get_node(&id) {
         // Same name and Raft address is the same node (hraftd's join form carries no API
         // address, so that one is not compared).
@@ -186,12 +180,7 @@ pub async fn add_member(app: &App, node: Node) -> Result<(), KvError> {
 /// Removes the member named `name` (on the leader).
 pub async fn remove_member(app: &App, name: &str) -> Result<(), KvError> {
     let id = node_id_from_name(name);
-    let membership = app
-        .raft
-        .metrics()
-        .borrow_watched()
-        .membership_config
-        .clone();
+    let membership = app.membership();
     if membership.get_node(&id).is_none() {
         return Err(KvError::NotFound);
     }

@@ -13,6 +13,7 @@ use crate::error::KvError;
 use crate::http::ReadParams;
 use crate::http::error::ApiError;
 use crate::http::read_limited;
+use crate::http::read_value;
 use crate::http::validate_key;
 use crate::http::write_response;
 use crate::raft::types::Command;
@@ -42,13 +43,11 @@ pub async fn get(
     Path(key): Path<String>,
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
-    validate_key(&key)?;
-    crate::raft::read::read_barrier(&app, params.level()?).await?;
-    let value = app.state_machine.get(&key).ok_or(KvError::NotFound)?;
+    let value = read_value(&app, &key, &params).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
 }
 
-/// `DELETE /db/<key>`.
+/// `DELETE /db/<key>` and `DELETE /key/<key>`.
 pub async fn delete(
     State(app): State<SharedApp>,
     Path(key): Path<String>,

@@ -1,5 +1,5 @@
 //! hraftd's API: `POST /key` with a JSON object of string pairs (set atomically, one log entry);
-//! `GET /key/<k>` → `{"<k>":"<v>"}`; `DELETE /key/<k>`.
+//! `GET /key/<k>` → `{"<k>":"<v>"}`. (`DELETE /key/<k>` shares raftd's handler.)
 
 use axum::Json;
 use axum::body::Body;
@@ -14,6 +14,7 @@ use crate::error::KvError;
 use crate::http::ReadParams;
 use crate::http::error::ApiError;
 use crate::http::read_limited;
+use crate::http::read_value;
 use crate::http::validate_key;
 use crate::http::write_response;
 use crate::raft::types::Command;
@@ -65,21 +66,9 @@ pub async fn get(
     Path(key): Path<String>,
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
-    validate_key(&key)?;
-    crate::raft::read::read_barrier(&app, params.level()?).await?;
-    let value = app.state_machine.get(&key).ok_or(KvError::NotFound)?;
+    let value = read_value(&app, &key, &params).await?;
     let text = String::from_utf8_lossy(&value).into_owned();
     Ok(Json(serde_json::json!({ key: text })).into_response())
-}
-
-/// `DELETE /key/<k>`.
-pub async fn delete(
-    State(app): State<SharedApp>,
-    Path(key): Path<String>,
-) -> Result<Response, ApiError> {
-    validate_key(&key)?;
-    let ok = crate::raft::forward::write(&app, Command::Delete { key }).await?;
-    Ok(write_response(&ok))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::routing::post;
 use serde::Deserialize;
 
+use crate::app::App;
 use crate::app::SharedApp;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::KvError;
@@ -38,7 +39,7 @@ pub fn router(app: SharedApp) -> Router {
         )
         .route("/key", post(keys::set))
         .route("/key/", get(db::empty_key).delete(db::empty_key))
-        .route("/key/{*key}", get(keys::get).delete(keys::delete))
+        .route("/key/{*key}", get(keys::get).delete(db::delete))
         .route("/join", post(admin::join))
         .route("/remove", post(admin::remove))
         .route("/status", get(admin::status))
@@ -73,6 +74,13 @@ pub fn validate_key(key: &str) -> Result<(), KvError> {
         )));
     }
     Ok(())
+}
+
+/// Reads `key` at the consistency level the request asks for; `NotFound` if absent.
+pub async fn read_value(app: &App, key: &str, params: &ReadParams) -> Result<Vec<u8>, KvError> {
+    validate_key(key)?;
+    crate::raft::read::read_barrier(app, params.level()?).await?;
+    app.state_machine.get(key).ok_or(KvError::NotFound)
 }
 
 /// Reads a request body of at most `limit` bytes, answering 413 above it.
