@@ -82,6 +82,12 @@ pub async fn run(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
         enable_pre_vote: Some(true),
+        // A restarted leader must win a new election (in a new term) before serving. A leader
+        // may commit an entry on its followers' acks before its own log write is on disk; killed
+        // and restored as leader in the same term, it would lack that committed entry, serve
+        // stale reads and reuse its log id for another entry (found by the chaos tests; see
+        // tests/chaos/regressions.rs and openraft#1511).
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

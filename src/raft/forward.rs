@@ -76,7 +76,14 @@ async fn wait_for_other_leader(
         .raft
         .wait(Some(poll))
         .metrics(
-            |m| m.current_leader.is_some() && m.current_leader != stale,
+            // The leader must also be in this node's membership (a fresh learner learns the
+            // leader's id from its vote before it has the membership that holds its address);
+            // otherwise this returns at once while `app.leader()` stays `None`: a hot loop.
+            |m| {
+                m.current_leader
+                    .is_some_and(|id| m.membership_config.membership().get_node(&id).is_some())
+                    && m.current_leader != stale
+            },
             "leader known",
         )
         .await;
