@@ -182,7 +182,7 @@ pub async fn remove_member(app: &App, name: &str) -> Result<(), KvError> {
     let id = node_id_from_name(name);
     let membership = app.membership();
     if membership.get_node(&id).is_none() {
-        return Err(KvError::NotFound);
+        return Err(KvError::NoSuchMember(name.to_string()));
     }
     let change = if membership.voter_ids().any(|v| v == id) {
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))

@@ -13,6 +13,8 @@ pub enum KvError {
     BadRequest(String),
     #[error("key not found")]
     NotFound,
+    #[error("no member named {0:?}")]
+    NoSuchMember(String),
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
     TooLarge {
         what: String,

@@ -22,7 +22,7 @@ impl ApiError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match &self.0 {
             KvError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            KvError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            KvError::NotFound | KvError::NoSuchMember(_) => (StatusCode::NOT_FOUND, "not_found"),
             KvError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             KvError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             KvError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),

@@ -27,6 +27,7 @@ use crate::raft::types::Command;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
 use crate::raft::types::Response as CommandResponse;
+use crate::raft::types::TypeConfig;
 
 /// What a successful write reports: the log index it was committed at and the apply result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -94,22 +95,30 @@ async fn wait_for_other_leader(
 }
 
 async fn propose_locally(app: &App, cmd: Command, deadline: Instant) -> Attempt {
-    let result = tokio::time::timeout_at(deadline, app.raft.client_write(cmd)).await;
-    match result {
+    match tokio::time::timeout_at(deadline, app.raft.client_write(cmd)).await {
         Err(_elapsed) => Attempt::Done(Err(KvError::Timeout(app.request_timeout))),
         Ok(Ok(resp)) => Attempt::Done(Ok(WriteOk {
             index: resp.log_id.index,
             response: resp.data,
         })),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+        Ok(Err(RaftError::APIError(e))) => refused(app, e),
+        Ok(Err(RaftError::Fatal(e))) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
+    }
+}
+
+/// Maps openraft's refusal of one proposal.
+fn refused(app: &App, e: ClientWriteError<TypeConfig>) -> Attempt {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => {
             // Refused before the entry was appended: not applied.
             tracing::debug!(leader = ?f.leader_id, "no longer leader, retrying via the new one");
             Attempt::RetryAfterLeaderChange(Some(app.node_id))
         }
-        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+        // Appended, then dropped by a leader change: it may still commit elsewhere.
+        ClientWriteError::LogEntryDiscarded(_) => {
             Attempt::Done(Err(KvError::Timeout(app.request_timeout)))
         }
-        Ok(Err(e)) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
+        other => Attempt::Done(Err(KvError::Internal(other.to_string()))),
     }
 }
 
@@ -125,8 +134,8 @@ async fn forward_to(app: &App, leader_id: NodeId, leader: &Node, cmd: Command) -
     }
 }
 
-/// `POST /raft/write_batch` on the leader: propose every command concurrently (openraft batches
-/// them into few log appends), never forward again; answers in the same order.
+/// `POST /raft/write_batch` on the leader: propose every command in one message to the Raft core
+/// (one log append for the batch), never forward again; answers in the same order.
 pub async fn handle_forwarded_batch(State(app): State<SharedApp>, body: Body) -> Response {
     let cmds: Vec<Command> = match decode_body(body).await {
         Ok(c) => c,
@@ -139,18 +148,40 @@ pub async fn handle_forwarded_batch(State(app): State<SharedApp>, body: Body) ->
         ));
         return postcard_reply(&err);
     }
+    let results = propose_many(&app, cmds).await;
+    postcard_reply::<Vec<Result<WriteOk, KvError>>, String>(&Ok(results))
+}
+
+/// Proposes `cmds` as one batch and collects each command's outcome, in order, by the deadline.
+async fn propose_many(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, KvError>> {
     let deadline = Instant::now() + app.request_timeout;
-    let results = futures::future::join_all(cmds.into_iter().map(|cmd| {
-        let app = &app;
-        async move {
-            match propose_locally(app, cmd, deadline).await {
-                Attempt::Done(r) => r,
-                Attempt::RetryAfterLeaderChange(_) => Err(KvError::NoLeader(
-                    "the forwarded-to node is not the leader".into(),
-                )),
+    let count = cmds.len();
+    let not_leader = || KvError::NoLeader("the forwarded-to node is not the leader".into());
+    let mut results = Vec::with_capacity(count);
+    match tokio::time::timeout_at(deadline, app.raft.client_write_many(cmds)).await {
+        Ok(Ok(mut stream)) => {
+            while results.len() < count {
+                let next =
+                    tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut stream)).await;
+                let result = match next {
+                    Ok(Some(Ok(Ok(resp)))) => Ok(WriteOk {
+                        index: resp.log_id.index,
+                        response: resp.response,
+                    }),
+                    Ok(Some(Ok(Err(e)))) => match refused(app, e) {
+                        Attempt::Done(r) => r,
+                        Attempt::RetryAfterLeaderChange(_) => Err(not_leader()),
+                    },
+                    Ok(Some(Err(fatal))) => Err(KvError::Internal(fatal.to_string())),
+                    // The stream ended early or the deadline passed: outcome unknown.
+                    Ok(None) | Err(_) => break,
+                };
+                results.push(result);
             }
         }
-    }))
-    .await;
-    postcard_reply::<Vec<Result<WriteOk, KvError>>, String>(&Ok(results))
+        Ok(Err(fatal)) => return vec![Err(KvError::Internal(fatal.to_string())); count],
+        Err(_elapsed) => {}
+    }
+    results.resize_with(count, || Err(KvError::Timeout(app.request_timeout)));
+    results
 }

@@ -74,9 +74,11 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
                 .send()
                 .await
                 .map_err(|_| unavailable())?;
+            // Whatever the leader says (even "not the leader"), the read was not served.
             crate::raft::network::decode_response::<Result<u64, KvError>>(response)
                 .await
-                .map_err(|_| unavailable())??
+                .map_err(|_| unavailable())?
+                .map_err(|_| unavailable())?
         }
         None => return Err(unavailable()),
     };
