@@ -27,7 +27,7 @@ const BATCHES_IN_FLIGHT_MAX: usize = 8;
 const QUEUE_CAPACITY: usize = 8192;
 
 /// What became of one forwarded command.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Forwarded {
     /// The leader was never reached: the command was certainly not applied.
     NotSent,
@@ -131,20 +131,10 @@ async fn send_batch(client: &reqwest::Client, addr: &str, batch: Vec<Pending>, t
             );
             replies.iter().map(|_| Forwarded::Unknown).collect()
         }
-        Err(outcome) => replies
-            .iter()
-            .map(|_| outcome_copy(&outcome))
-            .collect::<Vec<_>>(),
+        Err(outcome) => replies.iter().map(|_| outcome.clone()).collect::<Vec<_>>(),
     };
     for (reply, answer) in replies.into_iter().zip(answers) {
         let _ = reply.send(answer);
-    }
-}
-
-fn outcome_copy(outcome: &Forwarded) -> Forwarded {
-    match outcome {
-        Forwarded::NotSent => Forwarded::NotSent,
-        _ => Forwarded::Unknown,
     }
 }
 
