@@ -5,8 +5,10 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::peer::auth::PeerAuth;
+use crate::peer::client::PeerClients;
+use crate::peer::identity::Identity;
 use crate::raft::forward_batch::ForwardBatcher;
-use crate::raft::network::PeerClients;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
 use crate::raft::types::Raft;
@@ -25,11 +27,25 @@ pub struct App {
     /// Bound on how long a write or a linearizable read waits before answering 503.
     pub request_timeout: Duration,
     pub max_value_bytes: usize,
+    /// Who may call the internal and membership routes.
+    pub peer_auth: PeerAuth,
+    /// Bound on a whole join: handshake, learner catch-up, promotion.
+    pub join_timeout: Duration,
+    /// Raft heartbeat interval (reachability of members is judged in heartbeats).
+    pub heartbeat_interval: Duration,
+    /// Serialises this leader's membership changes (joins queue behind each other instead of
+    /// failing with "change in progress").
+    pub membership_lock: tokio::sync::Mutex<()>,
 }
 
 pub type SharedApp = Arc<App>;
 
 impl App {
+    /// This node's identity on peer links (name, node id, cluster id).
+    pub fn identity(&self) -> &Arc<Identity> {
+        self.peers.identity()
+    }
+
     /// The membership this node currently knows (possibly not yet committed).
     pub fn membership(&self) -> Arc<StoredMembership> {
         self.raft

@@ -29,6 +29,8 @@ const GO_STYLE_FLAGS: &[&str] = &[
     "source-ip",
     "advertise-haddr",
     "advertise-raddr",
+    "join-timeout-ms",
+    "insecure-peers",
 ];
 
 #[derive(Parser, Debug)]
@@ -92,6 +94,13 @@ pub struct Args {
     /// Local IP address to dial peers from (e.g. 127.0.0.12, so a test proxy can tell nodes apart).
     #[arg(long)]
     pub source_ip: Option<std::net::IpAddr>,
+    /// Bound in ms on a whole join: handshake, learner catch-up, promotion.
+    #[arg(long, default_value_t = config::DEFAULT_JOIN_TIMEOUT_MS)]
+    pub join_timeout_ms: u64,
+    /// Serve the internal and membership routes to any address without peer TLS (default:
+    /// loopback callers only). Only on a network where every host is trusted.
+    #[arg(long)]
+    pub insecure_peers: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -189,9 +198,10 @@ impl Args {
             || self.max_value_bytes == 0
             || self.timeout_ms == 0
             || self.heartbeat_ms == 0
+            || self.join_timeout_ms == 0
         {
             return Err(CliError::Invalid(
-                "--snapshot-every, --max-value-bytes, --timeout-ms and --heartbeat-ms must be positive".into(),
+                "--snapshot-every, --max-value-bytes, --timeout-ms, --heartbeat-ms and --join-timeout-ms must be positive".into(),
             ));
         }
         Ok(Config {
@@ -206,6 +216,8 @@ impl Args {
             flush_batch_wait: Duration::from_micros(self.flush_wait_us),
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             source_ip: self.source_ip,
+            join_timeout: Duration::from_millis(self.join_timeout_ms),
+            insecure_peers: self.insecure_peers,
         })
     }
 }

@@ -14,6 +14,8 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 /// node at ~17k writes/s snapshotted every 0.6 s and the builds set the write p99 (28 ms → 5 ms
 /// at 100,000; BENCHMARKS.md).
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+/// Default bound on a whole join (handshake, learner catch-up, promotion).
+pub const DEFAULT_JOIN_TIMEOUT_MS: u64 = 60_000;
 /// Longest accepted key, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
 
@@ -45,6 +47,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Local address outgoing peer connections are bound to; `None` lets the OS choose.
     pub source_ip: Option<std::net::IpAddr>,
+    /// Bound on a whole join (handshake, learner catch-up, promotion).
+    pub join_timeout: Duration,
+    /// Serve the internal and membership routes to any address without peer TLS.
+    pub insecure_peers: bool,
 }
 
 impl Config {

@@ -34,4 +34,14 @@ pub enum KvError {
     ReadUnavailable(Duration),
     #[error("internal error: {0}")]
     Internal(String),
+    // New variants go last: this enum crosses the wire in postcard (by variant index).
+    /// The caller may not use this route (protected mode, missing peer certificate).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A join could not be completed; the voters are unchanged.
+    #[error("join failed: {0}")]
+    JoinFailed(String),
+    /// Another operation that must not overlap (a membership change) is under way: not applied.
+    #[error("busy: {0}; the request was not applied, retry in a moment")]
+    Busy(String),
 }

@@ -18,5 +18,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod node;
+pub mod peer;
 pub mod raft;
+pub mod serve;
 pub mod store;

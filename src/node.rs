@@ -1,27 +1,33 @@
 //! The one wiring place: open the stores, build Raft, bind the listeners, bootstrap or join,
 //! serve until shutdown.
 //!
-//! DATA_DIR layout: `node-name` (this node's stable name), `raft-log/` (the WAL: vote, entries,
-//! committed id), `snapshots/` (state machine snapshots; snapshots being received are unnamed files there).
+//! DATA_DIR layout: `node-name` (this node's stable name), `cluster-id` (the cluster it belongs
+//! to, once it does), `raft-log/` (the WAL: vote, entries, committed id), `snapshots/` (state
+//! machine snapshots; snapshots being received are unnamed files there).
 
 use std::future::Future;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use openraft::SnapshotPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
 use tokio::net::TcpListener;
+
+use crate::serve::ServeLimits;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::peer::auth::PeerAuth;
+use crate::peer::client::PeerClients;
+use crate::peer::identity::Identity;
 use crate::raft::forward_batch::ForwardBatcher;
 use crate::raft::network::NetworkFactory;
-use crate::raft::network::PeerClients;
 use crate::raft::types::Node;
 use crate::raft::types::Raft;
 use crate::raft::types::node_id_from_name;
 use crate::store::error::StoreError;
 use crate::store::log::LogStore;
+use crate::store::small_file;
 use crate::store::state_machine::StateMachineStore;
 
 const NODE_NAME_FILE: &str = "node-name";
@@ -45,6 +51,14 @@ pub enum NodeError {
     RaftConfig(String),
     #[error("Raft failed: {0}")]
     Raft(String),
+    #[error(
+        "data dir {0} holds cluster state but no cluster-id file: it was written by an older \
+         raftkv without peer identity; start this node with a new data dir and join it again"
+    )]
+    NoClusterId(String),
+    /// The Raft core stopped on its own (a storage or fatal error): fail-stop.
+    #[error("the Raft core stopped: {0}; exiting instead of serving from a stopped node")]
+    Fatal(String),
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -93,7 +107,17 @@ pub async fn run(
     .validate()
     .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
 
-    let peers = PeerClients::new(config.source_ip);
+    let identity = Arc::new(Identity::open(data_dir, node_id, me.name.clone())?);
+    let peers = PeerClients::new(config.source_ip, identity.clone(), None);
+    let peer_auth = if config.insecure_peers {
+        tracing::warn!(
+            "--insecure-peers: the internal and membership routes answer anyone who can reach \
+             this node's ports; use only on a network where every host is trusted"
+        );
+        PeerAuth::Insecure
+    } else {
+        PeerAuth::LoopbackOnly
+    };
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
@@ -103,6 +127,17 @@ pub async fn run(
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if initialized && identity.cluster_id().is_none() {
+        let _ = raft.shutdown().await;
+        return Err(NodeError::NoClusterId(data_dir.display().to_string()));
+    }
+    if let Some(cluster_id) = identity.cluster_id() {
+        tracing::info!(cluster_id, "member of cluster");
+    }
 
     let app = Arc::new(App {
         raft: raft.clone(),
@@ -113,15 +148,28 @@ pub async fn run(
         peers,
         request_timeout: config.request_timeout,
         max_value_bytes: config.max_value_bytes,
+        peer_auth,
+        join_timeout: config.join_timeout,
+        heartbeat_interval: config.heartbeat_interval,
+        membership_lock: tokio::sync::Mutex::new(()),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
-    let mut endpoints = vec![("http", config.http.bind.clone())];
+    // With -raddr the internal routes are served only there; with one port both share it.
+    let mut endpoints = vec![(
+        "http",
+        config.http.bind.clone(),
+        crate::http::router(app.clone(), config.raft.is_none()),
+    )];
     if let Some(raft_endpoint) = &config.raft {
-        endpoints.push(("raft", raft_endpoint.bind.clone()));
+        endpoints.push((
+            "raft",
+            raft_endpoint.bind.clone(),
+            crate::http::peer_router(app.clone()),
+        ));
     }
-    for (kind, addr) in endpoints {
+    for (kind, addr, router) in endpoints {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| NodeError::Bind {
@@ -129,18 +177,20 @@ pub async fn run(
                 source,
             })?;
         tracing::info!(kind, addr = %addr, "listening");
-        let router = crate::http::router(app.clone());
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
-            let graceful = async move {
+            let stopped = async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(graceful)
-                .await
-            {
-                tracing::error!(kind, error = %e, "server failed");
-            }
+            crate::serve::serve(
+                kind,
+                listener,
+                router,
+                None,
+                ServeLimits::default(),
+                stopped,
+            )
+            .await;
         }));
     }
 
@@ -152,8 +202,18 @@ pub async fn run(
         }
     });
 
-    shutdown.await;
-    tracing::info!("shutting down");
+    // Fail-stop: a Raft core that stopped on its own (storage error, fatal error) must not keep
+    // serving reads or status; the node exits non-zero instead.
+    let outcome = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        reason = core_stopped(&raft) => {
+            tracing::error!(reason = %reason, "the Raft core stopped: exiting");
+            Err(NodeError::Fatal(reason))
+        }
+    };
     bootstrap.abort();
     let _ = stop_tx.send(true);
     if let Err(e) = raft.shutdown().await {
@@ -162,52 +222,47 @@ pub async fn run(
     for server in servers {
         let _ = server.await;
     }
-    Ok(())
+    outcome
+}
+
+/// Resolves when the Raft core has stopped without being asked to, with the reason.
+async fn core_stopped(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_watched();
+            if let Err(fatal) = &m.running_state {
+                return fatal.to_string();
+            }
+            if m.state == openraft::ServerState::Shutdown {
+                return "the Raft core shut down".to_string();
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return "the Raft core's metrics channel closed".to_string();
+        }
+    }
 }
 
 /// Returns this node's name: the one stored in the data dir, else `requested`, else a new random
 /// one; stores it durably on first start (must be on disk before the node joins any cluster).
 fn load_or_create_name(data_dir: &Path, requested: Option<&str>) -> Result<String, NodeError> {
-    let path = data_dir.join(NODE_NAME_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(stored) => {
-            let stored = stored.trim().to_string();
-            match requested {
-                Some(r) if r != stored => Err(NodeError::NameMismatch {
-                    dir: data_dir.display().to_string(),
-                    stored,
-                    requested: r.to_string(),
-                }),
-                _ => Ok(stored),
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let name = requested.map_or_else(random_name, str::to_string);
-            let io_err = |source| StoreError::Io {
-                path: path.clone(),
-                source,
-            };
-            let tmp = data_dir.join(format!("{NODE_NAME_FILE}.tmp"));
-            let mut file = std::fs::File::create(&tmp).map_err(io_err)?;
-            file.write_all(name.as_bytes()).map_err(io_err)?;
-            // Must be fsync'd before the rename publishes it, and the dir fsync'd after.
-            file.sync_all().map_err(io_err)?;
-            std::fs::rename(&tmp, &path).map_err(io_err)?;
-            std::fs::File::open(data_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err)?;
+    match small_file::read(data_dir, NODE_NAME_FILE)? {
+        Some(stored) => match requested {
+            Some(r) if r != stored => Err(NodeError::NameMismatch {
+                dir: data_dir.display().to_string(),
+                stored,
+                requested: r.to_string(),
+            }),
+            _ => Ok(stored),
+        },
+        None => {
+            let name = requested.map_or_else(
+                || format!("node-{}", &small_file::random_hex(1)[..8]),
+                str::to_string,
+            );
+            small_file::write(data_dir, NODE_NAME_FILE, &name)?;
             Ok(name)
         }
-        Err(source) => Err(StoreError::Open { path, source }.into()),
     }
-}
-
-/// `node-` + 8 hex digits, from the process's random hasher keys and the clock.
-fn random_name() -> String {
-    use std::hash::BuildHasher;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let hash = std::collections::hash_map::RandomState::new().hash_one((nanos, std::process::id()));
-    format!("node-{:08x}", hash as u32)
 }

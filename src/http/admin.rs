@@ -28,6 +28,23 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, KvError
     serde_json::from_slice(bytes).map_err(|e| KvError::BadRequest(format!("invalid JSON: {e}")))
 }
 
+/// Lets only authorised callers change the membership (protected mode: loopback; peer TLS: a
+/// peer certificate; see `peer/auth.rs`); others get 403 with what to configure.
+pub async fn guard(
+    State(app): State<SharedApp>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(conn) = request.extensions().get::<crate::serve::ConnInfo>() else {
+        return ApiError(KvError::Forbidden("no connection info".into())).into_response();
+    };
+    if let Err(e) = crate::peer::auth::authorize_admin(&app.peer_auth, conn) {
+        tracing::warn!(remote = %conn.remote, path = request.uri().path(), reason = %e, "refused a membership request");
+        return ApiError(KvError::Forbidden(e.to_string())).into_response();
+    }
+    next.run(request).await
+}
+
 /// `POST /join`.
 pub async fn join(State(app): State<SharedApp>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(body, ADMIN_BODY_BYTES_MAX, "request body").await?;
@@ -54,7 +71,8 @@ pub async fn remove(State(app): State<SharedApp>, body: Body) -> Result<Response
     Ok(Json(json!({ "removed": request.id, "members": members_json(&app) })).into_response())
 }
 
-/// On a follower, relays an admin request to the leader's public route and returns its answer;
+/// On a follower, relays an admin request to the leader's Raft address (its peer router serves
+/// `/join` and `/remove`, authenticated like every peer request) and returns its answer;
 /// `None` when this node is the leader and should handle it.
 async fn forward_admin_to_leader<T: Serialize>(
     app: &App,
@@ -69,16 +87,15 @@ async fn forward_admin_to_leader<T: Serialize>(
     }
     let answer = app
         .peers
-        .get(&leader.api_addr, false)
-        .post(format!("http://{}/{route}", leader.api_addr))
+        .post_admin(&leader.raft_addr, route)
         .json(request)
-        .timeout(app.request_timeout * 30)
+        .timeout(app.join_timeout + app.request_timeout)
         .send()
         .await
         .map_err(|e| {
             KvError::NoLeader(format!(
                 "cannot reach the leader at {}: {e}",
-                leader.api_addr
+                leader.raft_addr
             ))
         })?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);

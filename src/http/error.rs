@@ -28,6 +28,9 @@ impl ApiError {
             KvError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             KvError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             KvError::ReadUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_unavailable"),
+            KvError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            KvError::JoinFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "join_failed"),
+            KvError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             KvError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

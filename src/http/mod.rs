@@ -1,5 +1,6 @@
-//! The HTTP API: every route in one place. Public routes speak JSON (errors always JSON); the
-//! `/raft/...` routes are the internal node-to-node API (postcard bodies, see `raft/rpc.rs`).
+//! The HTTP API: every public route in one place (JSON; errors always JSON). The internal
+//! node-to-node routes live in `peer/server.rs`; [`router`] adds them when the public port is
+//! also the Raft port (raftd's one `-p`), and `node.rs` serves them alone on `-raddr` otherwise.
 
 pub mod admin;
 pub mod db;
@@ -23,9 +24,16 @@ use crate::error::KvError;
 use crate::raft::forward::WriteOk;
 use crate::raft::read::ReadLevel;
 
-/// The whole router: public API + internal Raft routes.
-pub fn router(app: SharedApp) -> Router {
-    Router::new()
+/// The public router; with `with_peer_routes` the internal routes are served on it too.
+pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
+    let admin = Router::new()
+        .route("/join", post(admin::join))
+        .route("/remove", post(admin::remove))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            admin::guard,
+        ));
+    let public = Router::new()
         .route(
             "/db/",
             get(db::empty_key)
@@ -40,10 +48,22 @@ pub fn router(app: SharedApp) -> Router {
         .route("/key", post(keys::set))
         .route("/key/", get(db::empty_key).delete(db::empty_key))
         .route("/key/{*key}", get(keys::get).delete(db::delete))
-        .route("/join", post(admin::join))
-        .route("/remove", post(admin::remove))
-        .route("/status", get(admin::status))
-        .merge(crate::raft::rpc::routes())
+        .route("/status", get(admin::status));
+    let public = if with_peer_routes {
+        // The peer router carries its own guarded copy of /join and /remove.
+        public.merge(crate::peer::server::routes(app.clone()))
+    } else {
+        public.merge(admin)
+    };
+    public
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(app)
+}
+
+/// The router of a separate Raft listener (`-raddr`): internal routes only.
+pub fn peer_router(app: SharedApp) -> Router {
+    crate::peer::server::routes(app.clone())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(app)

@@ -7,9 +7,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::response::Response;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 use serde::Deserialize;
@@ -17,12 +14,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::app::SharedApp;
 use crate::error::KvError;
-use crate::raft::forward_batch::BATCH_COMMANDS_MAX;
 use crate::raft::forward_batch::Forwarded;
-use crate::raft::rpc::decode_body;
-use crate::raft::rpc::postcard_reply;
 use crate::raft::types::Command;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
@@ -125,7 +118,11 @@ fn refused(app: &App, e: ClientWriteError<TypeConfig>) -> Attempt {
 /// Sends `cmd` to the leader (batched with concurrent forwarded writes, see `forward_batch`).
 /// The leader never re-forwards, so there are no loops.
 async fn forward_to(app: &App, leader_id: NodeId, leader: &Node, cmd: Command) -> Attempt {
-    match app.forwarder.forward(&leader.api_addr, cmd).await {
+    match app
+        .forwarder
+        .forward(&leader.raft_addr, leader_id, cmd)
+        .await
+    {
         Forwarded::NotSent | Forwarded::Answer(Err(KvError::NoLeader(_))) => {
             Attempt::RetryAfterLeaderChange(Some(leader_id))
         }
@@ -134,26 +131,8 @@ async fn forward_to(app: &App, leader_id: NodeId, leader: &Node, cmd: Command) -
     }
 }
 
-/// `POST /raft/write_batch` on the leader: propose every command in one message to the Raft core
-/// (one log append for the batch), never forward again; answers in the same order.
-pub async fn handle_forwarded_batch(State(app): State<SharedApp>, body: Body) -> Response {
-    let cmds: Vec<Command> = match decode_body(body).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    if cmds.len() > BATCH_COMMANDS_MAX {
-        let err: Result<(), String> = Err(format!(
-            "batch of {} commands is over the limit",
-            cmds.len()
-        ));
-        return postcard_reply(&err);
-    }
-    let results = propose_many(&app, cmds).await;
-    postcard_reply::<Vec<Result<WriteOk, KvError>>, String>(&Ok(results))
-}
-
 /// Proposes `cmds` as one batch and collects each command's outcome, in order, by the deadline.
-async fn propose_many(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, KvError>> {
+pub async fn propose_many(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, KvError>> {
     let deadline = Instant::now() + app.request_timeout;
     let count = cmds.len();
     let not_leader = || KvError::NoLeader("the forwarded-to node is not the leader".into());

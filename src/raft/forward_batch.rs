@@ -13,11 +13,11 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::error::KvError;
+use crate::peer::client::PeerClients;
 use crate::raft::forward::WriteOk;
-use crate::raft::network::POSTCARD;
-use crate::raft::network::PeerClients;
 use crate::raft::network::decode_response;
 use crate::raft::types::Command;
+use crate::raft::types::NodeId;
 
 /// Most commands in one forwarded batch.
 pub const BATCH_COMMANDS_MAX: usize = 512;
@@ -37,6 +37,14 @@ pub enum Forwarded {
     Answer(Result<WriteOk, KvError>),
 }
 
+/// Where one queue's batches go: the leader's Raft address and node id.
+#[derive(Clone)]
+struct Target {
+    peers: PeerClients,
+    addr: String,
+    leader_id: NodeId,
+}
+
 struct Pending {
     cmd: Command,
     reply: oneshot::Sender<Forwarded>,
@@ -48,7 +56,7 @@ pub struct ForwardBatcher {
     /// HTTP timeout of one batch: the leader answers each command within its own request
     /// timeout, so this only bounds a leader that stopped answering.
     batch_timeout: Duration,
-    queues: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
+    queues: Mutex<HashMap<(String, NodeId), mpsc::Sender<Pending>>>,
 }
 
 impl ForwardBatcher {
@@ -60,9 +68,14 @@ impl ForwardBatcher {
         }
     }
 
-    /// Forwards `cmd` to the leader at `leader_api_addr` and waits for its outcome.
-    pub async fn forward(&self, leader_api_addr: &str, cmd: Command) -> Forwarded {
-        let queue = self.queue(leader_api_addr);
+    /// Forwards `cmd` to the leader `leader_id` at its Raft address and waits for its outcome.
+    pub async fn forward(
+        &self,
+        leader_raft_addr: &str,
+        leader_id: NodeId,
+        cmd: Command,
+    ) -> Forwarded {
+        let queue = self.queue(leader_raft_addr, leader_id);
         let (reply, answer) = oneshot::channel();
         if queue.send(Pending { cmd, reply }).await.is_err() {
             return Forwarded::NotSent;
@@ -70,30 +83,30 @@ impl ForwardBatcher {
         answer.await.unwrap_or(Forwarded::Unknown)
     }
 
-    fn queue(&self, addr: &str) -> mpsc::Sender<Pending> {
+    fn queue(&self, addr: &str, leader_id: NodeId) -> mpsc::Sender<Pending> {
         let mut queues = self
             .queues
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(q) = queues.get(addr).filter(|q| !q.is_closed()) {
+        let key = (addr.to_string(), leader_id);
+        if let Some(q) = queues.get(&key).filter(|q| !q.is_closed()) {
             return q.clone();
         }
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let client = self.peers.get(addr, false);
-        tokio::spawn(send_loop(addr.to_string(), client, rx, self.batch_timeout));
-        queues.insert(addr.to_string(), tx.clone());
+        let target = Target {
+            peers: self.peers.clone(),
+            addr: addr.to_string(),
+            leader_id,
+        };
+        tokio::spawn(send_loop(target, rx, self.batch_timeout));
+        queues.insert(key, tx.clone());
         tx
     }
 }
 
 /// Takes every queued command (up to the batch limit) and sends them as one batch, keeping up
 /// to `BATCHES_IN_FLIGHT_MAX` batches in flight.
-async fn send_loop(
-    addr: String,
-    client: reqwest::Client,
-    mut rx: mpsc::Receiver<Pending>,
-    timeout: Duration,
-) {
+async fn send_loop(target: Target, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -107,18 +120,19 @@ async fn send_loop(
                 Err(_) => break,
             }
         }
-        let (client, addr) = (client.clone(), addr.clone());
+        let target = target.clone();
         tokio::spawn(async move {
-            send_batch(&client, &addr, batch, timeout).await;
+            send_batch(&target, batch, timeout).await;
             drop(permit);
         });
     }
 }
 
-async fn send_batch(client: &reqwest::Client, addr: &str, batch: Vec<Pending>, timeout: Duration) {
+async fn send_batch(target: &Target, batch: Vec<Pending>, timeout: Duration) {
     let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<Forwarded>>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-    let answers = match request(client, addr, &cmds, timeout).await {
+    let addr = target.addr.as_str();
+    let answers = match request(target, &cmds, timeout).await {
         Ok(answers) if answers.len() == replies.len() => {
             answers.into_iter().map(Forwarded::Answer).collect()
         }
@@ -139,15 +153,15 @@ async fn send_batch(client: &reqwest::Client, addr: &str, batch: Vec<Pending>, t
 }
 
 async fn request(
-    client: &reqwest::Client,
-    addr: &str,
+    target: &Target,
     cmds: &[Command],
     timeout: Duration,
 ) -> Result<Vec<Result<WriteOk, KvError>>, Forwarded> {
     let body = postcard::to_stdvec(cmds).map_err(|_| Forwarded::NotSent)?;
-    let response = client
-        .post(format!("http://{addr}/raft/write_batch"))
-        .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+    let addr = target.addr.as_str();
+    let response = target
+        .peers
+        .post_raft(addr, target.leader_id, "write_batch", false)
         .timeout(timeout)
         .body(body)
         .send()
@@ -163,6 +177,10 @@ async fn request(
         })?;
     decode_response(response).await.map_err(|e| {
         tracing::debug!(addr, error = %e, "forwarded batch: bad answer");
-        Forwarded::Unknown
+        match e {
+            // Refused before it was handled (not authenticated, or not the node we meant).
+            crate::raft::network::PeerError::Refused { .. } => Forwarded::NotSent,
+            crate::raft::network::PeerError::Failed(_) => Forwarded::Unknown,
+        }
     })
 }

@@ -3,5 +3,4 @@ pub mod forward;
 pub mod forward_batch;
 pub mod network;
 pub mod read;
-pub mod rpc;
 pub mod types;

@@ -1,14 +1,12 @@
-//! Outbound Raft RPC: one pooled HTTP client per peer, postcard bodies, a timeout on every call.
-//! Snapshots are streamed from their file, never loaded into memory whole.
+//! Outbound Raft RPC over the peer clients (`peer/client.rs`): postcard bodies, identity headers,
+//! a timeout on every call. Snapshots are streamed from their file, never loaded into memory whole.
 //!
-//! Wire format (shared with `rpc.rs`): request body = postcard(request); response body =
+//! Wire format (shared with `peer/server.rs`): request body = postcard(request); response body =
 //! postcard(`Result<response, String>`), where `Err` carries the remote node's error text.
 //! Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use openraft::errors::NetworkError;
@@ -29,55 +27,13 @@ use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::peer::client::PeerClients;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
 use crate::raft::types::Snapshot;
 use crate::raft::types::SnapshotData;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
-
-/// Route prefix of the internal (node-to-node) API.
-pub const RAFT_PREFIX: &str = "/raft";
-/// Content type of postcard bodies.
-pub const POSTCARD: &str = "application/x-postcard";
-
-/// One reqwest client (connection pool) per peer address, shared by Raft replication and by
-/// request forwarding. Heartbeats get their own pool so a large append cannot delay them.
-#[derive(Clone, Default)]
-pub struct PeerClients {
-    clients: Arc<Mutex<HashMap<(String, bool), reqwest::Client>>>,
-    source_ip: Option<std::net::IpAddr>,
-}
-
-impl PeerClients {
-    /// Outgoing connections will be bound to `source_ip` when given.
-    pub fn new(source_ip: Option<std::net::IpAddr>) -> Self {
-        Self {
-            clients: Arc::default(),
-            source_ip,
-        }
-    }
-
-    /// The pooled client for `addr`; `heartbeat` selects the separate heartbeat pool.
-    pub fn get(&self, addr: &str, heartbeat: bool) -> reqwest::Client {
-        let mut map = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.entry((addr.to_string(), heartbeat))
-            .or_insert_with(|| {
-                reqwest::Client::builder()
-                    .no_proxy()
-                    .tcp_nodelay(true)
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .connect_timeout(Duration::from_secs(2))
-                    .local_address(self.source_ip)
-                    .build()
-                    .unwrap_or_else(|_| reqwest::Client::new())
-            })
-            .clone()
-    }
-}
 
 /// Creates per-peer Raft network clients.
 pub struct NetworkFactory {
@@ -94,28 +50,35 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
-        PeerConnection::new(target, node, self.peers.get(&node.raft_addr, false))
+        PeerConnection::new(target, node, self.peers.clone(), false)
     }
 
     async fn new_heartbeat_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
-        PeerConnection::new(target, node, self.peers.get(&node.raft_addr, true))
+        PeerConnection::new(target, node, self.peers.clone(), true)
     }
 }
 
 /// The Raft RPC client for one peer.
 pub struct PeerConnection {
     target: NodeId,
-    base_url: String,
-    client: reqwest::Client,
+    addr: String,
+    peers: PeerClients,
+    heartbeat: bool,
 }
 
 impl PeerConnection {
-    fn new(target: NodeId, node: &Node, client: reqwest::Client) -> Self {
+    fn new(target: NodeId, node: &Node, peers: PeerClients, heartbeat: bool) -> Self {
         Self {
             target,
-            base_url: format!("http://{}{RAFT_PREFIX}", node.raft_addr),
-            client,
+            addr: node.raft_addr.clone(),
+            peers,
+            heartbeat,
         }
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.peers
+            .post_raft(&self.addr, self.target, path, self.heartbeat)
     }
 
     async fn call<Req, Resp>(
@@ -131,15 +94,15 @@ impl PeerConnection {
         let body =
             postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let response = self
-            .client
-            .post(format!("{}/{path}", self.base_url))
-            .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+            .post(path)
             .timeout(timeout)
             .body(body)
             .send()
             .await
             .map_err(|e| to_rpc_error(self.target, e))?;
-        decode_response(response).await.map_err(RPCError::Network)
+        decode_response(response)
+            .await
+            .map_err(|e| peer_error_to_rpc(self.target, &self.addr, e))
     }
 }
 
@@ -152,22 +115,65 @@ fn to_rpc_error(target: NodeId, e: reqwest::Error) -> RPCError<TypeConfig> {
     }
 }
 
-/// Decodes a `Result<Resp, String>` postcard body; any failure is a network error.
+/// Why a peer request got no usable answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The receiver refused the request before handling it (not authenticated: 403; meant for
+    /// another node or cluster: 421). It was certainly not acted on.
+    #[error("refused by {url}: HTTP {status}: {text}")]
+    Refused {
+        url: String,
+        status: u16,
+        text: String,
+    },
+    /// Anything else: a bad status, an undecodable body, a remote error, a broken connection.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Decodes a `Result<Resp, String>` postcard body.
 pub async fn decode_response<Resp: DeserializeOwned>(
     response: reqwest::Response,
-) -> Result<Resp, NetworkError<TypeConfig>> {
+) -> Result<Resp, PeerError> {
     let status = response.status();
     let url = response.url().to_string();
-    let bytes = response.bytes().await.map_err(|e| NetworkError::new(&e))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| PeerError::Failed(format!("read answer from {url}: {e}")))?;
     if !status.is_success() {
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).into_owned();
-        return Err(NetworkError::from_string(format!(
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+        if status == reqwest::StatusCode::FORBIDDEN
+            || status == reqwest::StatusCode::MISDIRECTED_REQUEST
+        {
+            return Err(PeerError::Refused {
+                url,
+                status: status.as_u16(),
+                text,
+            });
+        }
+        return Err(PeerError::Failed(format!(
             "HTTP {status} from {url}: {text}"
         )));
     }
-    let result: Result<Resp, String> =
-        postcard::from_bytes(&bytes).map_err(|e| NetworkError::new(&e))?;
-    result.map_err(|remote| NetworkError::from_string(format!("remote error from {url}: {remote}")))
+    let result: Result<Resp, String> = postcard::from_bytes(&bytes)
+        .map_err(|e| PeerError::Failed(format!("decode answer from {url}: {e}")))?;
+    result.map_err(|remote| PeerError::Failed(format!("remote error from {url}: {remote}")))
+}
+
+/// A refusal counts as unreachable (never as a vote or an acknowledgement), logged at most
+/// once per 5 s; other failures are network errors.
+fn peer_error_to_rpc(target: NodeId, addr: &str, e: PeerError) -> RPCError<TypeConfig> {
+    static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
+    match e {
+        PeerError::Refused { .. } => {
+            if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
+                tracing::warn!(target, addr, error = %e, "peer refused our request: treating it as unreachable");
+            }
+            RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+        }
+        PeerError::Failed(text) => RPCError::Network(NetworkError::from_string(text)),
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
@@ -231,9 +237,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         tracing::info!(target = self.target, last_log_id = ?snapshot.meta.last_log_id, "sending snapshot");
         let send = async {
             let response = self
-                .client
-                .post(format!("{}/snapshot", self.base_url))
-                .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+                .post("snapshot")
                 .timeout(option.hard_ttl())
                 .body(body)
                 .send()
@@ -244,7 +248,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 })?;
             decode_response::<SnapshotResponse<TypeConfig>>(response)
                 .await
-                .map_err(StreamingError::Network)
+                .map_err(|e| match peer_error_to_rpc(self.target, &self.addr, e) {
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+                })
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -3,23 +3,17 @@
 //! - `linearizable` (default): before reading the local state machine, make sure it reflects every
 //!   write acknowledged before the read began. On the leader: openraft's ReadIndex
 //!   (`ensure_linearizable`: confirm leadership with a quorum, wait until applied ≥ read index).
-//!   On a follower: ask the leader for a read index (`/raft/read_index`), then wait until the
+//!   On a follower: ask the leader for a read index (`/raft/read_index` on its Raft address), then wait until the
 //!   local applied index reaches it. Bounded by the request timeout (then 503).
 //! - `stale`: read the local state machine at once (the seeds' behaviour; works without quorum).
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::response::Response;
 use openraft::ReadPolicy;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::app::SharedApp;
 use crate::error::KvError;
-use crate::raft::network::POSTCARD;
-use crate::raft::rpc::postcard_reply;
 
 /// The consistency level of a read, from `?level=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,12 +58,11 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
                 Err(_) => Err(unavailable()),
             };
         }
-        Some((_, leader)) => {
-            let client = app.peers.get(&leader.api_addr, false);
+        Some((leader_id, leader)) => {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let response = client
-                .post(format!("http://{}/raft/read_index", leader.api_addr))
-                .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+            let response = app
+                .peers
+                .post_raft(&leader.raft_addr, leader_id, "read_index", false)
                 .timeout(remaining)
                 .send()
                 .await
@@ -91,10 +84,10 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
     Ok(())
 }
 
-/// `POST /raft/read_index` on the leader: confirm leadership with a quorum and return the index
-/// a follower must have applied before it may serve a linearizable read.
-pub async fn handle_read_index(State(app): State<SharedApp>, _body: Body) -> Response {
-    let result = match tokio::time::timeout(
+/// On the leader: confirm leadership with a quorum and return the index a follower must have
+/// applied before it may serve a linearizable read.
+pub async fn leader_read_index(app: &App) -> Result<u64, KvError> {
+    match tokio::time::timeout(
         app.request_timeout,
         app.raft.get_read_linearizer(ReadPolicy::ReadIndex),
     )
@@ -109,6 +102,5 @@ pub async fn handle_read_index(State(app): State<SharedApp>, _body: Body) -> Res
             Err(KvError::ReadUnavailable(app.request_timeout))
         }
         Err(_) => Err(KvError::ReadUnavailable(app.request_timeout)),
-    };
-    postcard_reply::<Result<u64, KvError>, String>(&Ok(result))
+    }
 }

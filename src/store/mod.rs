@@ -2,5 +2,6 @@
 pub mod error;
 pub mod kv;
 pub mod log;
+pub mod small_file;
 pub mod snapshot;
 pub mod state_machine;

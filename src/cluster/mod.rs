@@ -1,25 +1,23 @@
-//! Cluster membership: bootstrap a one-node cluster, join an existing one (learner → catch up →
-//! voter), restart without `-join`, remove a member. Join and remove requests reaching a
-//! follower are forwarded to the leader.
+//! Cluster membership: bootstrap a one-node cluster, join an existing one, restart without
+//! `-join`, answer a leader's joining handshake. The leader's side of a change (checks, learner,
+//! catch-up, promotion, removal) is in `membership.rs`. Join and remove requests reaching a
+//! follower are relayed to the leader.
+
+mod membership;
+
+pub use membership::add_member;
+pub use membership::remove_member;
 
 use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::ChangeMembers;
-use openraft::errors::ClientWriteError;
-use openraft::errors::RaftError;
 use serde::Deserialize;
 use serde::Serialize;
 
 use crate::app::App;
 use crate::error::KvError;
 use crate::raft::types::Node;
-use crate::raft::types::TypeConfig;
-use crate::raft::types::node_id_from_name;
 
-/// How long a join may take: the learner must receive the log or a snapshot first.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pause between attempts to reach the member given with `-join`.
 const JOIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -91,13 +89,27 @@ pub async fn bootstrap(app: &App, join: Option<&str>) -> Result<(), KvError> {
             );
         }
         (true, None) => tracing::info!("restarted from the data dir"),
+        (false, None) if app.identity().cluster_id().is_some() => {
+            // A leader adopted us into its cluster, then we restarted before receiving its log:
+            // initialising now would fork a second cluster with the same id.
+            tracing::warn!(
+                cluster_id = app.identity().cluster_id().unwrap_or_default(),
+                "this node was being added to a cluster but has no log yet: waiting for the \
+                 leader (restart with -join to ask again; delete the data dir to start anew)"
+            );
+        }
         (false, None) => {
+            // Must be on disk before the cluster exists: every peer request carries it.
+            let cluster_id = app
+                .identity()
+                .create_cluster_id()
+                .map_err(|e| KvError::Internal(e.to_string()))?;
             let members = BTreeMap::from([(app.node_id, app.me.clone())]);
             app.raft
                 .initialize(members)
                 .await
                 .map_err(|e| KvError::Internal(e.to_string()))?;
-            tracing::info!(node = %app.me, "initialised a new one-node cluster");
+            tracing::info!(node = %app.me, cluster_id, "initialised a new one-node cluster");
         }
         (false, Some(addr)) => join_cluster(app, addr).await,
     }
@@ -112,14 +124,14 @@ async fn join_cluster(app: &App, addr: &str) {
         api_addr: Some(app.me.api_addr.clone()),
         ..JoinRequest::default()
     };
-    let client = app.peers.get(addr, false);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let sent = client
-            .post(format!("http://{addr}/join"))
+        let sent = app
+            .peers
+            .post_admin(addr, "join")
             .json(&request)
-            .timeout(JOIN_TIMEOUT)
+            .timeout(app.join_timeout + app.request_timeout)
             .send()
             .await;
         match sent {
@@ -127,9 +139,12 @@ async fn join_cluster(app: &App, addr: &str) {
                 tracing::info!(via = addr, node = %app.me, "joined the cluster");
                 return;
             }
-            Ok(resp) if resp.status() == reqwest::StatusCode::CONFLICT => {
+            Ok(resp)
+                if resp.status() == reqwest::StatusCode::CONFLICT
+                    || resp.status() == reqwest::StatusCode::FORBIDDEN =>
+            {
                 let text = resp.text().await.unwrap_or_default();
-                tracing::error!(via = addr, answer = %text, "join refused; fix -id or the data dir");
+                tracing::error!(via = addr, answer = %text, "join refused; fix the flags named in the answer, then restart");
                 return;
             }
             Ok(resp) => {
@@ -145,73 +160,43 @@ async fn join_cluster(app: &App, addr: &str) {
     }
 }
 
-/// Adds `node` as a voter (on the leader): learner first, caught up, then promoted. Idempotent.
-pub async fn add_member(app: &App, node: Node) -> Result<(), KvError> {
-    let id = node_id_from_name(&node.name);
-    let membership = app.membership();
-    if let Some(existing) = membership.get_node(&id) {
-        // Same name and Raft address is the same node (hraftd's join form carries no API
-        // address, so that one is not compared).
-        if existing.raft_addr != node.raft_addr {
-            return Err(KvError::Conflict(format!(
-                "node name {:?} is already used by {existing}; pick another -id",
-                node.name
-            )));
-        }
-        if membership.voter_ids().any(|v| v == id) {
-            tracing::info!(node = %node, "join: already a voter");
-            return Ok(());
-        }
-    } else {
-        tracing::info!(node = %node, "join: adding learner");
-        with_timeout(JOIN_TIMEOUT, app.raft.add_learner(id, node.clone(), true)).await?;
-    }
-    tracing::info!(node = %node, "join: promoting to voter");
-    with_timeout(
-        JOIN_TIMEOUT,
-        app.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
-    )
-    .await?;
-    tracing::info!(node = %node, "join: member is a voter");
-    Ok(())
+/// What a node answers a leader's joining handshake.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HelloReply {
+    pub name: String,
+    pub node_id: crate::raft::types::NodeId,
+    pub cluster_id: String,
 }
 
-/// Removes the member named `name` (on the leader).
-pub async fn remove_member(app: &App, name: &str) -> Result<(), KvError> {
-    let id = node_id_from_name(name);
-    let membership = app.membership();
-    if membership.get_node(&id).is_none() {
-        return Err(KvError::NoSuchMember(name.to_string()));
+/// Answers the joining handshake of a leader of cluster `theirs` (identity headers already
+/// checked: it is meant for this node). A node of that cluster answers at once; a node that was
+/// never initialised adopts the id (durably, before answering); a member of another cluster
+/// refuses.
+pub async fn answer_hello(app: &App, theirs: &str) -> Result<HelloReply, String> {
+    if theirs.is_empty() {
+        return Err("handshake without a cluster id".into());
     }
-    let change = if membership.voter_ids().any(|v| v == id) {
-        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-    } else {
-        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    let identity = app.identity();
+    let reply = || HelloReply {
+        name: identity.name.clone(),
+        node_id: identity.node_id,
+        cluster_id: theirs.to_string(),
     };
-    with_timeout(
-        app.request_timeout * 4,
-        app.raft.change_membership(change, false),
-    )
-    .await?;
-    tracing::info!(name, "removed member");
-    Ok(())
-}
-
-/// Runs a membership change with a deadline; "not the leader" becomes `NoLeader` (not applied).
-async fn with_timeout<T>(
-    timeout: Duration,
-    change: impl Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
-) -> Result<T, KvError> {
-    match tokio::time::timeout(timeout, change).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(KvError::NoLeader(format!(
-                "this node is no longer the leader (leader: {:?})",
-                f.leader_id
-            )))
-        }
-        Ok(Err(e)) => Err(KvError::Internal(e.to_string())),
-        Err(_) => Err(KvError::Timeout(timeout)),
+    if identity.cluster_id().as_deref() == Some(theirs) {
+        return Ok(reply());
     }
+    let initialized = app.raft.is_initialized().await.map_err(|e| e.to_string())?;
+    if initialized {
+        return Err(format!(
+            "node {} already belongs to cluster {}; remove it there, or start it with an empty data dir",
+            identity.name,
+            identity.cluster_id().unwrap_or_default()
+        ));
+    }
+    identity.adopt(theirs).map_err(|e| e.to_string())?;
+    tracing::info!(
+        cluster_id = theirs,
+        "a leader is adding this node to its cluster"
+    );
+    Ok(reply())
 }

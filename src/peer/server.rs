@@ -1,5 +1,12 @@
-//! Inbound Raft RPC (`/raft/...` routes): decode postcard, hand to openraft, encode the result.
-//! The routes of forwarded writes and follower reads live in `forward.rs` and `read.rs`.
+//! The internal routes (`/raft/...`) and the peer copy of the membership routes: decode
+//! postcard, hand to openraft (or to the write and read paths), encode the result. Every request
+//! passes [`guard`] first: the caller must be an authenticated peer (see `auth.rs`) and, for the
+//! `/raft/` routes, carry identity headers naming this node and its cluster (see `identity.rs`).
+//!
+//! Wire format (shared with `raft/network.rs`): request body = postcard(request); response body =
+//! postcard(`Result<response, String>`), where `Err` carries the remote node's error text. A
+//! refused caller gets `403` (not authenticated) or `421` (meant for another node or cluster).
+//! Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
 
 use std::io::Seek;
 use std::io::Write;
@@ -16,9 +23,15 @@ use axum::routing::post;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::atomic::AtomicU64;
 
 use crate::app::SharedApp;
-use crate::raft::network::POSTCARD;
+use crate::error::KvError;
+use crate::peer::auth::authorize_peer;
+use crate::peer::client::POSTCARD;
+use crate::raft::forward::WriteOk;
+use crate::raft::forward_batch::BATCH_COMMANDS_MAX;
+use crate::raft::types::Command;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::Vote;
 
@@ -27,21 +40,94 @@ const RPC_BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Largest accepted snapshot header (vote + metadata incl. membership).
 const SNAPSHOT_HEADER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-pub fn routes() -> Router<SharedApp> {
+/// The peer router: internal routes plus `/join` and `/remove` (relayed by followers and sent
+/// by joiners), all behind [`guard`].
+pub fn routes(app: SharedApp) -> Router<SharedApp> {
     Router::new()
+        .route("/raft/hello", post(hello))
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/pre_vote", post(pre_vote))
         .route("/raft/transfer_leader", post(transfer_leader))
         .route("/raft/snapshot", post(snapshot))
-        .route(
-            "/raft/write_batch",
-            post(crate::raft::forward::handle_forwarded_batch),
-        )
-        .route(
-            "/raft/read_index",
-            post(crate::raft::read::handle_read_index),
-        )
+        .route("/raft/write_batch", post(write_batch))
+        .route("/raft/read_index", post(read_index))
+        .route("/join", post(crate::http::admin::join))
+        .route("/remove", post(crate::http::admin::remove))
+        .route_layer(axum::middleware::from_fn_with_state(app, guard))
+}
+
+/// Refuses callers that are not authenticated peers (403) and `/raft/` requests not meant for
+/// this node and cluster (421); both are logged, at most once per 5 s.
+async fn guard(
+    State(app): State<SharedApp>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
+    let Some(conn) = request.extensions().get::<crate::serve::ConnInfo>() else {
+        return (StatusCode::FORBIDDEN, "no connection info").into_response();
+    };
+    let internal = request.uri().path().starts_with("/raft/");
+    let allowed = if internal {
+        authorize_peer(&app.peer_auth, conn)
+    } else {
+        crate::peer::auth::authorize_admin(&app.peer_auth, conn)
+    };
+    if let Err(e) = allowed {
+        if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
+            tracing::warn!(remote = %conn.remote, path = request.uri().path(), reason = %e, "refused a peer request");
+        }
+        return crate::http::error::ApiError(KvError::Forbidden(e.to_string())).into_response();
+    }
+    let path = request.uri().path();
+    if internal {
+        let handshake = path == "/raft/hello";
+        if let Err(e) = app.identity().check(request.headers(), handshake) {
+            if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
+                tracing::warn!(remote = %conn.remote, path, reason = %e, "refused a misdirected peer request");
+            }
+            return (StatusCode::MISDIRECTED_REQUEST, e.to_string()).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The joining handshake, sent by a leader before it adds this node: who are you, and may you
+/// join cluster `HEADER_CLUSTER`? A node of no cluster (or one never initialised) adopts it.
+async fn hello(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> Response {
+    let theirs = headers
+        .get(crate::peer::identity::HEADER_CLUSTER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let result = crate::cluster::answer_hello(&app, &theirs).await;
+    postcard_reply(&result)
+}
+
+/// `POST /raft/write_batch` on the leader: propose every command in one message to the Raft core
+/// (one log append for the batch), never forward again; answers in the same order.
+async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
+    let cmds: Vec<Command> = match decode_body(body).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    if cmds.len() > BATCH_COMMANDS_MAX {
+        let err: Result<(), String> = Err(format!(
+            "batch of {} commands is over the limit of {BATCH_COMMANDS_MAX}",
+            cmds.len()
+        ));
+        return postcard_reply(&err);
+    }
+    let results = crate::raft::forward::propose_many(&app, cmds).await;
+    postcard_reply::<Vec<Result<WriteOk, KvError>>, String>(&Ok(results))
+}
+
+/// `POST /raft/read_index` on the leader: the index a follower must have applied before it may
+/// serve a linearizable read.
+async fn read_index(State(app): State<SharedApp>) -> Response {
+    let result = crate::raft::read::leader_read_index(&app).await;
+    postcard_reply::<Result<u64, KvError>, String>(&Ok(result))
 }
 
 /// A postcard response body holding `Result<T, E>`.

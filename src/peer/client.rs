@@ -1,0 +1,113 @@
+//! Outbound node-to-node requests: one pooled HTTP client per peer address (heartbeats in a pool
+//! of their own so a large append cannot delay them), the identity headers on every request,
+//! and TLS with this node's peer certificate when peer TLS is configured.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::peer::identity::HEADER_CLUSTER;
+use crate::peer::identity::HEADER_FROM;
+use crate::peer::identity::HEADER_TO;
+use crate::peer::identity::Identity;
+use crate::raft::types::NodeId;
+
+/// Content type of postcard bodies.
+pub const POSTCARD: &str = "application/x-postcard";
+/// Route prefix of the internal (node-to-node) API.
+pub const RAFT_PREFIX: &str = "/raft";
+/// Bound on establishing a connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The pooled clients of this node, shared by Raft replication, forwarding and joining.
+#[derive(Clone)]
+pub struct PeerClients {
+    clients: Arc<Mutex<HashMap<(String, bool), reqwest::Client>>>,
+    source_ip: Option<std::net::IpAddr>,
+    identity: Arc<Identity>,
+    /// TLS for peer links (present our peer certificate, trust the peer CA); `None` = plain HTTP.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl PeerClients {
+    /// Outgoing connections are bound to `source_ip` when given.
+    pub fn new(
+        source_ip: Option<std::net::IpAddr>,
+        identity: Arc<Identity>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        Self {
+            clients: Arc::default(),
+            source_ip,
+            identity,
+            tls,
+        }
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    /// `https` with peer TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The pooled client for `addr`; `heartbeat` selects the separate heartbeat pool.
+    pub fn get(&self, addr: &str, heartbeat: bool) -> reqwest::Client {
+        let mut map = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry((addr.to_string(), heartbeat))
+            .or_insert_with(|| self.build())
+            .clone()
+    }
+
+    fn build(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .local_address(self.source_ip);
+        if let Some(tls) = &self.tls {
+            builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        builder.build().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot build a peer client; using defaults");
+            reqwest::Client::new()
+        })
+    }
+
+    /// A POST of the internal API `path` (e.g. `append`) to the node `to` at `addr`, carrying
+    /// the identity headers.
+    pub fn post_raft(
+        &self,
+        addr: &str,
+        to: NodeId,
+        path: &str,
+        heartbeat: bool,
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}://{addr}{RAFT_PREFIX}/{path}", self.scheme());
+        self.get(addr, heartbeat)
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, POSTCARD)
+            .header(
+                HEADER_CLUSTER,
+                self.identity.cluster_id().unwrap_or_default(),
+            )
+            .header(HEADER_FROM, self.identity.node_id.to_string())
+            .header(HEADER_TO, to.to_string())
+    }
+
+    /// A POST of an admin route (`join`, `remove`) to a member at `addr` whose node id is not
+    /// known (a `-join` target): authenticated by the connection (peer TLS or loopback).
+    pub fn post_admin(&self, addr: &str, route: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}://{addr}/{route}", self.scheme());
+        self.get(addr, false).post(url)
+    }
+}

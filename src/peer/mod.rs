@@ -1,0 +1,23 @@
+//! The node-to-node surface: identity (cluster id, who sends, who is meant), authentication
+//! (peer TLS or protected mode), the pooled outbound clients, and the internal routes' handlers.
+//!
+//! Used by `raft/` (outbound RPC, forwarding, read index) and served by `node.rs`: on the Raft
+//! listener when `-raddr` is given, else on the one shared port.
+pub mod auth;
+pub mod client;
+pub mod identity;
+pub mod server;
+
+/// Logs at most one line per `period` for a repeated warning (a misdirected heartbeat arrives
+/// ten times a second); returns whether this call may log.
+pub(crate) fn log_gate(last_ms: &std::sync::atomic::AtomicU64, period_ms: u64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let last = last_ms.load(Ordering::Relaxed);
+    now.saturating_sub(last) >= period_ms
+        && last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
