@@ -22,6 +22,13 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+    // A panic anywhere (a spawned task included) is logged; essential tasks turn theirs into a
+    // non-zero exit (see `node::run`).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default_hook(info);
+    }));
 
     let config = match args.into_config() {
         Ok(c) => c,

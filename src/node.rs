@@ -17,6 +17,8 @@ use crate::serve::ServeLimits;
 
 use crate::app::App;
 use crate::config::Config;
+use futures::FutureExt;
+
 use crate::peer::auth::PeerAuth;
 use crate::peer::client::PeerClients;
 use crate::peer::identity::Identity;
@@ -156,6 +158,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
+    let (server_exit_tx, mut server_exit_rx) = tokio::sync::mpsc::unbounded_channel();
     // With -raddr the internal routes are served only there; with one port both share it.
     let mut endpoints = vec![(
         "http",
@@ -178,19 +181,26 @@ pub async fn run(
             })?;
         tracing::info!(kind, addr = %addr, "listening");
         let mut stop = stop_rx.clone();
+        let exited = server_exit_tx.clone();
         servers.push(tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             };
-            crate::serve::serve(
+            let serving = crate::serve::serve(
                 kind,
                 listener,
                 router,
                 None,
                 ServeLimits::default(),
                 stopped,
-            )
-            .await;
+            );
+            // A listener is essential: its end (even by a panic) must stop the node.
+            let outcome = std::panic::AssertUnwindSafe(serving).catch_unwind().await;
+            let why = match outcome {
+                Ok(()) => "stopped".to_string(),
+                Err(panic) => format!("panicked: {}", panic_text(panic.as_ref())),
+            };
+            let _ = exited.send((kind, why));
         }));
     }
 
@@ -213,6 +223,11 @@ pub async fn run(
             tracing::error!(reason = %reason, "the Raft core stopped: exiting");
             Err(NodeError::Fatal(reason))
         }
+        Some((kind, why)) = server_exit_rx.recv() => {
+            let reason = format!("the {kind} listener {why}");
+            tracing::error!(reason = %reason, "an essential task ended: exiting");
+            Err(NodeError::Fatal(reason))
+        }
     };
     bootstrap.abort();
     let _ = stop_tx.send(true);
@@ -223,6 +238,15 @@ pub async fn run(
         let _ = server.await;
     }
     outcome
+}
+
+/// The message of a panic payload.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// Resolves when the Raft core has stopped without being asked to, with the reason.

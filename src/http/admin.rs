@@ -162,6 +162,7 @@ pub async fn status(State(app): State<SharedApp>) -> Json<Value> {
     Json(json!({
         "id": app.me.name,
         "node_id": app.node_id,
+        "cluster_id": app.identity().cluster_id(),
         "api_addr": app.me.api_addr,
         "raft_addr": app.me.raft_addr,
         "role": role,

@@ -8,6 +8,7 @@
 //! - `stale`: read the local state machine at once (the seeds' behaviour; works without quorum).
 
 use openraft::ReadPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 use tokio::time::Instant;
@@ -38,6 +39,11 @@ impl ReadLevel {
 /// Waits until a read of the local state machine is linearizable at `level`.
 pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
     if level == ReadLevel::Stale {
+        // Fail-stop: a replica whose Raft core stopped (storage error) must not serve even stale
+        // reads in the moment before the node exits.
+        if app.raft.metrics().borrow_watched().running_state.is_err() {
+            return Err(KvError::ReadUnavailable(app.request_timeout));
+        }
         return Ok(());
     }
     let deadline = Instant::now() + app.request_timeout;

@@ -169,6 +169,28 @@ impl raft_log::Callback for FlushDone {
     }
 }
 
+/// Test-only fault hook: with `RAFTKV_FAULT_WAL_FAIL_AFTER_APPENDS=N` in the environment, every
+/// append after the first `N` fails as a failed fsync would (the fail-stop test uses it). Unset,
+/// it costs one relaxed atomic load per append.
+mod fault {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+
+    pub const ENV: &str = "RAFTKV_FAULT_WAL_FAIL_AFTER_APPENDS";
+
+    pub fn append_fails() -> bool {
+        static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+        static APPENDS: AtomicU64 = AtomicU64::new(0);
+        let Some(limit) =
+            *LIMIT.get_or_init(|| std::env::var(ENV).ok().and_then(|v| v.parse().ok()))
+        else {
+            return false;
+        };
+        APPENDS.fetch_add(1, Ordering::Relaxed) >= limit
+    }
+}
+
 /// raft-log's type configuration for raftkv.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct WalTypes;
@@ -452,6 +474,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if fault::append_fails() {
+            return Err(io::Error::other(format!(
+                "injected WAL failure ({} is set)",
+                fault::ENV
+            )));
+        }
         // Encode before taking the lock.
         let records = entries
             .into_iter()

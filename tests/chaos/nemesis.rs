@@ -47,10 +47,11 @@ pub enum Kind {
     Lossy,
     CrashAll,
     Replace,
+    BadJoin,
 }
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 13] = [
         Kind::KillRandom,
         Kind::KillLeader,
         Kind::PauseRandom,
@@ -63,6 +64,7 @@ impl Kind {
         Kind::Lossy,
         Kind::CrashAll,
         Kind::Replace,
+        Kind::BadJoin,
     ];
 
     /// Name used by `RAFTKV_CHAOS_FAULTS` (e.g. `kill-leader,pause-random`).
@@ -80,6 +82,7 @@ impl Kind {
             Kind::Lossy => "lossy",
             Kind::CrashAll => "crash-all",
             Kind::Replace => "replace",
+            Kind::BadJoin => "bad-join",
         }
     }
 
@@ -102,11 +105,21 @@ pub enum Fault {
     Pause(Target),
     Isolate(Target, LinkFault),
     MuteLeader,
-    OneWay { from: u64, to: u64 },
+    OneWay {
+        from: u64,
+        to: u64,
+    },
     Delay(Duration),
     Lossy(u8),
     CrashAll,
     Replace(Target),
+    /// A join that must be refused (`dead`: nothing listens at the address; else the address
+    /// reaches another member); sent via member `via`.
+    BadJoin {
+        dead: bool,
+        via: u64,
+        reach: u64,
+    },
 }
 
 impl Fault {
@@ -128,6 +141,8 @@ impl Fault {
             Fault::Lossy(_) => "lossy".into(),
             Fault::CrashAll => "crash-all".into(),
             Fault::Replace(x) => format!("replace-{}", t(x)),
+            Fault::BadJoin { dead: true, .. } => "bad-join-dead".into(),
+            Fault::BadJoin { dead: false, .. } => "bad-join-other-member".into(),
         }
     }
 }
@@ -148,6 +163,10 @@ impl fmt::Display for Fault {
             Fault::Lossy(p) => write!(f, "reset then drop {p}% of new connections"),
             Fault::CrashAll => write!(f, "crash all nodes"),
             Fault::Replace(x) => write!(f, "replace {} with a fresh node", t(x)),
+            Fault::BadJoin { dead: true, .. } => write!(f, "join a node at a dead address"),
+            Fault::BadJoin { dead: false, .. } => {
+                write!(f, "join a node at an address that reaches another member")
+            }
         }
     }
 }
@@ -170,6 +189,9 @@ pub struct PlanOpts {
     pub membership: bool,
     /// Only these kinds (by `Kind::name`), if given.
     pub only: Option<Vec<String>>,
+    /// The first step of schedule 0 is this kind (by `Kind::name`), so a short run surely
+    /// includes it.
+    pub lead_with: Option<&'static str>,
 }
 
 /// Fault kind at position `p` of the run's endless deck: every `Kind::ALL.len()` positions are
@@ -179,7 +201,7 @@ fn dealt(seed: u64, p: u64, opts: &PlanOpts) -> Kind {
     let mut kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| opts.net_faults || !k.needs_proxy())
-        .filter(|k| opts.membership || *k != Kind::Replace)
+        .filter(|k| opts.membership || !matches!(k, Kind::Replace | Kind::BadJoin))
         .filter(|k| {
             opts.only
                 .as_ref()
@@ -199,7 +221,16 @@ pub fn plan(seed: u64, n: u64, opts: &PlanOpts) -> Vec<Step> {
     let steps = rng.range(opts.steps_min, opts.steps_max);
     (0..steps)
         .map(|s| {
-            let kind = dealt(seed, n * opts.steps_max + s, opts);
+            let lead = (n == 0 && s == 0)
+                .then_some(opts.lead_with)
+                .flatten()
+                .and_then(|name| Kind::ALL.into_iter().find(|k| k.name() == name))
+                .filter(|k| {
+                    opts.only
+                        .as_ref()
+                        .is_none_or(|o| o.iter().any(|n| n == k.name()))
+                });
+            let kind = lead.unwrap_or_else(|| dealt(seed, n * opts.steps_max + s, opts));
             let target = Target::Random(rng.next_u64());
             let fault = match kind {
                 Kind::KillRandom => Fault::Kill(target),
@@ -228,6 +259,11 @@ pub fn plan(seed: u64, n: u64, opts: &PlanOpts) -> Vec<Step> {
                 } else {
                     target
                 }),
+                Kind::BadJoin => Fault::BadJoin {
+                    dead: rng.percent(50),
+                    via: rng.next_u64(),
+                    reach: rng.next_u64(),
+                },
             };
             Step {
                 fault,
@@ -337,6 +373,12 @@ pub fn apply(cc: &mut ChaosCluster, fault: &Fault, tl: &mut Timeline) -> Result<
             );
             let fresh = cc.add_fresh_member()?;
             note(tl, format!("n{fresh} joined as a voter"));
+        }
+        Fault::BadJoin { dead, via, reach } => {
+            let ghost = format!("ghost-{}", now_ns());
+            note(tl, format!("{fault}: {ghost}"));
+            let answer = cc.bad_join(&ghost, *dead, *via, *reach)?;
+            note(tl, format!("{ghost} refused: {answer}"));
         }
     }
     Ok(undo)

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use crate::harness::{Cluster, NodeState, POLL_INTERVAL, argv};
+use crate::harness::{Cluster, NodeState, POLL_INTERVAL, argv, free_port};
 use crate::proxy::{Proxy, ProxyPort};
 
 /// Timeout of the topology's own status and admin requests (a paused node must not stall us).
@@ -438,6 +438,57 @@ impl ChaosCluster {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// A join that must be refused: node `ghost` at an address where nothing listens (`dead`),
+    /// or at member `reach`'s real Raft address (which reaches that member, not the joiner).
+    /// Sent to a running member; `Err` if it was accepted or `ghost` shows up in the membership.
+    pub fn bad_join(
+        &self,
+        ghost: &str,
+        dead: bool,
+        via: u64,
+        reach: u64,
+    ) -> Result<String, String> {
+        let running: Vec<usize> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|&i| self.state(i) == NodeState::Running)
+            .collect();
+        let Some(&v) = running.get((via % running.len().max(1) as u64) as usize) else {
+            return Ok("no running member to send it to".into());
+        };
+        let addr = if dead {
+            format!("127.{}.{}.250:{}", self.net.0, self.net.1, free_port())
+        } else {
+            let m = self.members[(reach % self.members.len() as u64) as usize];
+            format!("127.0.0.1:{}", self.c.node(m).ports.raft)
+        };
+        let url = format!("http://{}/join", self.c.node(v).http_addr());
+        let answer = match self
+            .http
+            .post(url)
+            .timeout(MEMBERSHIP_TIMEOUT)
+            .json(&json!({ "id": ghost, "addr": addr }))
+            .send()
+        {
+            Ok(r) if r.status().is_success() => {
+                return Err(format!(
+                    "bad join of {ghost} at {addr} via n{v} was accepted"
+                ));
+            }
+            Ok(r) => format!(
+                "n{v} answered {} {}",
+                r.status(),
+                r.text().unwrap_or_default()
+            ),
+            Err(e) => format!("n{v}: {e}"),
+        };
+        if self.leader_lists(ghost) == Some(true) {
+            return Err(format!("{ghost} at {addr} became a member ({answer})"));
+        }
+        Ok(format!("{addr}: {answer}"))
     }
 
     /// Paths of every node's log (members and former members).

@@ -17,4 +17,5 @@ mod membership;
 mod quorum;
 mod raftd;
 mod restart;
+mod safety;
 mod snapshot;
