@@ -18,3 +18,5 @@ mod quorum;
 mod raftd;
 mod restart;
 mod snapshot;
+mod tls;
+mod tls_support;
