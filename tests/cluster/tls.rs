@@ -177,6 +177,25 @@ fn tls_peer_mtls_and_client_tls_hraftd_style() {
     .expect("a member's certificate is accepted at the TLS layer");
     assert_eq!(a.status, 421, "{a:?}");
 
+    c.phase("a node whose certificate does not name its address (127.0.0.2) is not added; the answer says why");
+    let t3 = tls(3);
+    let misnamed = c.start(false, |h, r| {
+        let mut a = argv(&format!(
+            "-haddr 127.0.0.2:{h} -raddr 127.0.0.2:{r} -id misnamed -join 127.0.0.1:{r0}"
+        ));
+        a.extend(t3.clone());
+        a
+    });
+    crate::harness::wait_until_with(WAIT, "the misnamed node's log says why", || {
+        let log = c.log_tail(misnamed, 20);
+        if log.contains("certificate not valid for name") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    assert_eq!(c.wait_voters(leader, 3), ["node0", "node1", "node2"]);
+
     c.phase("a node holding the other CA's certificates cannot join; the voters stay three");
     let evil_tls = [other.peer_flags(1), other.client_flags(1)].concat();
     let rogue = c.start(false, |h, r| {
