@@ -232,13 +232,7 @@ pub async fn run(
 /// How peers are authenticated, logged once at start: peer TLS, protected mode (the default),
 /// or `--insecure-peers` (warned about). The CLI refuses peer TLS with `--insecure-peers`.
 fn peer_auth(config: &Config, tls: &NodeTls) -> PeerAuth {
-    let public = if tls.client_cert_required() {
-        "https, client certificate required"
-    } else if tls.public_https() || (tls.peer.is_some() && config.raft.is_none()) {
-        "https"
-    } else {
-        "plain http"
-    };
+    let public = tls.public_mode(config.raft.is_none());
     if let Some(peer) = &tls.peer {
         tracing::info!(public_api = public, "{}", tls.peer_mode());
         return PeerAuth::Tls(peer.verifier.clone());

@@ -202,6 +202,17 @@ impl NodeTls {
         Ok(Some(TlsAcceptor::from(config)))
     }
 
+    /// How the public listener serves, for the start log (see [`Self::public_acceptor`]).
+    pub fn public_mode(&self, shared_port: bool) -> &'static str {
+        if self.client_cert_required() {
+            "https, client certificate required"
+        } else if self.client.is_some() || (self.peer.is_some() && shared_port) {
+            "https"
+        } else {
+            "plain http"
+        }
+    }
+
     /// One line for the start log: how peers are authenticated.
     pub fn peer_mode(&self) -> String {
         match &self.peer {
