@@ -8,7 +8,9 @@
 //! 2. one shared port (as raftd's `-p`) with `--client-cert-auth`: a client without a certificate
 //!    cannot read, one with a client-CA certificate can, and that certificate does not open the
 //!    internal routes.
-//! 3. Bad TLS files stop the node at startup, naming the file.
+//! 3. One shared port with peer TLS only: https with the peer certificate, client certificates
+//!    optional at the TLS layer, the internal routes answer 403 without one.
+//! 4. Bad TLS files stop the node at startup, naming the file.
 
 use std::time::Duration;
 
@@ -326,6 +328,67 @@ fn tls_shared_port_with_client_cert_auth() {
     .expect("TLS accepts alice");
     assert_eq!(a.status, 403, "{a:?}");
     assert!(a.body.contains("peer CA"), "{a:?}");
+}
+
+#[test]
+fn tls_shared_port_with_peer_tls_only() {
+    let mut c = TlsCluster::new("tls-shared-peer", |root| {
+        let pki = Pki::generate(&root.join("pki"));
+        https_client(&pki.ca(), None)
+    });
+    let pki = Pki {
+        dir: c.root().join("pki"),
+    };
+    c.phase(
+        "one shared port with peer TLS only: the public API is https with the peer certificate",
+    );
+    let t = pki.peer_flags(1);
+    let n0 = c.start(true, |h, _| {
+        [argv(&format!("-haddr 127.0.0.1:{h}")), t.clone()].concat()
+    });
+    assert_eq!(c.leader(n0), n0);
+    let anonymous = c.watcher.clone();
+    let a = send(
+        &anonymous,
+        Method::POST,
+        &c.url(n0, "/db/k"),
+        Some((b"v", FORM)),
+    )
+    .expect("POST");
+    assert_eq!(a.status, 200, "{a:?}");
+
+    c.phase(
+        "client certificates are optional at the TLS layer; the internal routes need one (403)",
+    );
+    let a = send(
+        &anonymous,
+        Method::POST,
+        &c.url(n0, "/raft/append"),
+        Some((b"", "application/x-postcard")),
+    )
+    .expect("TLS accepts a client without a certificate");
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(a.body.contains("certificate"), "{a:?}");
+    let (cert, key) = pki.node(2);
+    let member = https_client(&pki.ca(), Some((&cert, &key)));
+    let a = send(
+        &member,
+        Method::POST,
+        &c.url(n0, "/raft/append"),
+        Some((b"", "application/x-postcard")),
+    )
+    .expect("a member's certificate is accepted");
+    assert_eq!(a.status, 421, "{a:?}");
+
+    c.phase("plain http to the TLS port gets no answer");
+    let plain = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let url = format!("http://127.0.0.1:{}/db/k", c.nodes[n0].http);
+    let a = send(&plain, Method::GET, &url, None);
+    assert!(a.as_ref().map_or(true, |a| a.status != 200), "{a:?}");
 }
 
 #[test]
