@@ -43,7 +43,15 @@ fn tls_peer_mtls_and_client_tls_hraftd_style() {
     let other = Pki::generate(&c.root().join("other"));
 
     c.phase("node0: -haddr 127.0.0.1:P0 -raddr 127.0.0.1:R0 -id node0 + peer TLS + client TLS");
-    let tls = |n: usize| [pki.peer_flags(n), pki.client_flags(n)].concat();
+    // Snapshots every 5 entries: the joiners catch up by a snapshot streamed over peer TLS.
+    let tls = |n: usize| {
+        [
+            pki.peer_flags(n),
+            pki.client_flags(n),
+            argv("--snapshot-every 5"),
+        ]
+        .concat()
+    };
     let t0 = tls(1);
     let n0 = c.start(true, |h, r| {
         let mut a = argv(&format!(
@@ -54,8 +62,19 @@ fn tls_peer_mtls_and_client_tls_hraftd_style() {
     });
     assert_eq!(c.leader(n0), n0);
     let (p0, r0) = (c.nodes[n0].http, c.nodes[n0].raft);
+    let client = c.watcher.clone();
+    for i in 0..12 {
+        let url = c.url(n0, &format!("/db/early{i}"));
+        let a = send(&client, Method::POST, &url, Some((b"x", FORM))).expect("POST");
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let snap = c.try_status(n0).expect("status")["snapshot_index"].as_u64();
+    assert!(
+        snap.is_some_and(|s| s >= 5),
+        "node0 built no snapshot: {snap:?}"
+    );
 
-    c.phase("node1 joins via node0's public https port, node2 via its peer port");
+    c.phase("node1 joins via node0's public https port, node2 via its peer port; both catch up by snapshot");
     let t1 = tls(2);
     let n1 = c.start(true, |h, r| {
         let mut a = argv(&format!(
@@ -78,9 +97,16 @@ fn tls_peer_mtls_and_client_tls_hraftd_style() {
     }
     let leader = c.leader(n0);
     let follower = all.into_iter().find(|&i| i != leader).expect("a follower");
+    for &i in &all {
+        let a = send(&client, Method::GET, &c.url(i, "/db/early0"), None).expect("GET");
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, "x"),
+            "node {i} after catch-up"
+        );
+    }
 
     c.phase("hraftd story over https: POST /key, GET /key/k on every node, DELETE /key/k");
-    let client = c.watcher.clone();
     let body = json!({"user1": "batman"}).to_string();
     let a = send(
         &client,
