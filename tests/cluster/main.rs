@@ -19,4 +19,5 @@ mod raftd;
 mod restart;
 mod snapshot;
 mod tls;
+mod tls_shared_port;
 mod tls_support;
