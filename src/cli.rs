@@ -11,6 +11,9 @@ use crate::config;
 use crate::config::Config;
 use crate::config::Endpoint;
 
+mod tls;
+pub use tls::TlsArgs;
+
 /// Long flags that Go programs spell with one dash.
 const GO_STYLE_FLAGS: &[&str] = &[
     "join",
@@ -31,6 +34,13 @@ const GO_STYLE_FLAGS: &[&str] = &[
     "advertise-raddr",
     "join-timeout-ms",
     "insecure-peers",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
 ];
 
 #[derive(Parser, Debug)]
@@ -101,6 +111,8 @@ pub struct Args {
     /// loopback callers only). Only on a network where every host is trusted.
     #[arg(long)]
     pub insecure_peers: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -204,6 +216,14 @@ impl Args {
                 "--snapshot-every, --max-value-bytes, --timeout-ms, --heartbeat-ms and --join-timeout-ms must be positive".into(),
             ));
         }
+        let (peer_tls, client_tls) = self.tls.files(raft.is_none())?;
+        if peer_tls.is_some() && self.insecure_peers {
+            return Err(CliError::Invalid(
+                "--insecure-peers and peer TLS (--peer-cert-file ...) exclude each other: with \
+                 peer TLS only nodes holding a peer certificate may use the internal routes"
+                    .into(),
+            ));
+        }
         Ok(Config {
             data_dir: self.data_dir,
             http,
@@ -218,6 +238,8 @@ impl Args {
             source_ip: self.source_ip,
             join_timeout: Duration::from_millis(self.join_timeout_ms),
             insecure_peers: self.insecure_peers,
+            peer_tls,
+            client_tls,
         })
     }
 }

@@ -51,6 +51,29 @@ pub struct Config {
     pub join_timeout: Duration,
     /// Serve the internal and membership routes to any address without peer TLS.
     pub insecure_peers: bool,
+    /// Peer mutual TLS (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`).
+    pub peer_tls: Option<PeerTlsFiles>,
+    /// TLS on the public API (`--cert-file`, `--key-file`, and with `--client-cert-auth`
+    /// `--trusted-ca-file`).
+    pub client_tls: Option<ClientTlsFiles>,
+}
+
+/// The files of peer mutual TLS: this node's certificate and key, and the CA every peer's
+/// certificate must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: PathBuf,
+}
+
+/// The files of TLS on the public API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// `--client-cert-auth`: clients must present a certificate chaining to this CA.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Config {

@@ -8,6 +8,8 @@
 //! - [`raft`]: type config, outbound network, inbound RPC, write forwarding, read levels.
 //! - [`cluster`]: bootstrap, join (learner → voter), remove.
 //! - [`store`]: the durable Raft log (raft-log), the state machine and its snapshot files.
+//! - [`peer`], [`serve`], [`tls`]: node-to-node transport and authentication, the accept loop,
+//!   and the TLS material both are built from.
 //!
 //! Dependencies run one way: http → raft/cluster → store.
 
@@ -22,3 +24,4 @@ pub mod peer;
 pub mod raft;
 pub mod serve;
 pub mod store;
+pub mod tls;

@@ -31,6 +31,7 @@ use crate::store::error::StoreError;
 use crate::store::log::LogStore;
 use crate::store::small_file;
 use crate::store::state_machine::StateMachineStore;
+use crate::tls::NodeTls;
 
 const NODE_NAME_FILE: &str = "node-name";
 
@@ -51,6 +52,8 @@ pub enum NodeError {
     },
     #[error("invalid Raft configuration: {0}")]
     RaftConfig(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("Raft failed: {0}")]
     Raft(String),
     #[error(
@@ -68,6 +71,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    // TLS files first: a bad certificate must stop the node before it touches its data dir.
+    let tls = NodeTls::load(config.peer_tls.as_ref(), config.client_tls.as_ref())?;
+    let shared_port = config.raft.is_none();
+    let public_acceptor = tls.public_acceptor(shared_port)?;
+    let peer_acceptor = tls.peer_acceptor()?;
+
     let data_dir = &config.data_dir;
     let io_err = |source| StoreError::Io {
         path: data_dir.clone(),
@@ -110,16 +119,8 @@ pub async fn run(
     .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
 
     let identity = Arc::new(Identity::open(data_dir, node_id, me.name.clone())?);
-    let peers = PeerClients::new(config.source_ip, identity.clone(), None);
-    let peer_auth = if config.insecure_peers {
-        tracing::warn!(
-            "--insecure-peers: the internal and membership routes answer anyone who can reach \
-             this node's ports; use only on a network where every host is trusted"
-        );
-        PeerAuth::Insecure
-    } else {
-        PeerAuth::LoopbackOnly
-    };
+    let peers = PeerClients::new(config.source_ip, identity.clone(), tls.peer_client());
+    let peer_auth = peer_auth(&config, &tls);
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
@@ -163,23 +164,26 @@ pub async fn run(
     let mut endpoints = vec![(
         "http",
         config.http.bind.clone(),
-        crate::http::router(app.clone(), config.raft.is_none()),
+        crate::http::router(app.clone(), shared_port),
+        public_acceptor,
     )];
     if let Some(raft_endpoint) = &config.raft {
         endpoints.push((
             "raft",
             raft_endpoint.bind.clone(),
             crate::http::peer_router(app.clone()),
+            peer_acceptor,
         ));
     }
-    for (kind, addr, router) in endpoints {
+    for (kind, addr, router, acceptor) in endpoints {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| NodeError::Bind {
                 addr: addr.clone(),
                 source,
             })?;
-        tracing::info!(kind, addr = %addr, "listening");
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        tracing::info!(kind, addr = %addr, scheme, "listening");
         let mut stop = stop_rx.clone();
         let exited = server_exit_tx.clone();
         servers.push(tokio::spawn(async move {
@@ -190,7 +194,7 @@ pub async fn run(
                 kind,
                 listener,
                 router,
-                None,
+                acceptor,
                 ServeLimits::default(),
                 stopped,
             );
@@ -247,6 +251,31 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// How peers are authenticated, logged once at start: peer TLS, protected mode (the default),
+/// or `--insecure-peers` (warned about). The CLI refuses peer TLS with `--insecure-peers`.
+fn peer_auth(config: &Config, tls: &NodeTls) -> PeerAuth {
+    let public = tls.public_mode(config.raft.is_none());
+    if let Some(peer) = &tls.peer {
+        tracing::info!(public_api = public, "{}", tls.peer_mode());
+        return PeerAuth::Tls(peer.verifier.clone());
+    }
+    if config.insecure_peers {
+        tracing::warn!(
+            public_api = public,
+            "--insecure-peers: the internal and membership routes answer anyone who can reach \
+             this node's ports; use only on a network where every host is trusted"
+        );
+        PeerAuth::Insecure
+    } else {
+        tracing::info!(
+            public_api = public,
+            "protected mode: the internal and membership routes answer loopback callers only \
+             (configure peer TLS to run nodes on several machines)"
+        );
+        PeerAuth::LoopbackOnly
+    }
 }
 
 /// Resolves when the Raft core has stopped without being asked to, with the reason.

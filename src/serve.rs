@@ -117,7 +117,13 @@ pub async fn serve(
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            tracing::info!(kind, %remote, error = %e, "TLS handshake refused");
+                            // At most one line per 5 s: a stranger retrying must not flood the log.
+                            static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
+                            if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
+                                tracing::info!(kind, %remote, error = %e, "TLS handshake refused");
+                            } else {
+                                tracing::debug!(kind, %remote, error = %e, "TLS handshake refused");
+                            }
                             return;
                         }
                         Err(_) => {

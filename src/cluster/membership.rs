@@ -183,9 +183,11 @@ async fn handshake(app: &App, id: NodeId, node: &Node) -> Result<(), KvError> {
         .await
         .map_err(|e| {
             KvError::JoinFailed(format!(
-                "the leader cannot reach {:?} at its advertised Raft address {}: {e}; \
+                "the leader cannot reach {:?} at its advertised Raft address {}: {}; \
                  the voters are unchanged (is it running, and is the address right?)",
-                node.name, node.raft_addr
+                node.name,
+                node.raft_addr,
+                crate::peer::client::error_chain(&e)
             ))
         })?;
     match decode_response::<HelloReply>(sent).await {

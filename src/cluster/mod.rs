@@ -153,7 +153,16 @@ async fn join_cluster(app: &App, addr: &str) {
                 tracing::warn!(via = addr, attempt, %status, answer = %text, "join not accepted yet, retrying");
             }
             Err(e) => {
-                tracing::warn!(via = addr, attempt, error = %e, "cannot reach member to join, retrying")
+                let error = crate::peer::client::error_chain(&e);
+                let scheme = app.peers.scheme();
+                tracing::warn!(
+                    via = addr,
+                    attempt,
+                    scheme,
+                    error = %error,
+                    "cannot reach member to join, retrying (the join goes over {scheme}, like \
+                     every peer link: name a member address that speaks it, e.g. its -raddr)"
+                )
             }
         }
         tokio::time::sleep(JOIN_RETRY_INTERVAL).await;

@@ -111,3 +111,19 @@ impl PeerClients {
         self.get(addr, false).post(url)
     }
 }
+
+/// An error with its causes (`a: b: c`): reqwest's own message hides why a TLS connection
+/// failed (an unknown issuer, a name the certificate does not cover).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -19,3 +19,6 @@ mod raftd;
 mod restart;
 mod safety;
 mod snapshot;
+mod tls;
+mod tls_shared_port;
+mod tls_support;
