@@ -27,6 +27,8 @@ use std::sync::atomic::AtomicU64;
 
 use crate::app::SharedApp;
 use crate::error::KvError;
+use crate::limits::RPC_BODY_BYTES_MAX;
+use crate::limits::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::peer::auth::authorize_peer;
 use crate::peer::client::POSTCARD;
 use crate::raft::forward::WriteOk;
@@ -34,11 +36,6 @@ use crate::raft::forward_batch::BATCH_COMMANDS_MAX;
 use crate::raft::types::Command;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::Vote;
-
-/// Largest accepted non-snapshot RPC body: a batch of appended entries.
-const RPC_BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
-/// Largest accepted snapshot header (vote + metadata incl. membership).
-const SNAPSHOT_HEADER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// The peer router: internal routes plus `/join` and `/remove` (relayed by followers and sent
 /// by joiners), all behind [`guard`].
