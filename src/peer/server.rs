@@ -7,6 +7,11 @@
 //! postcard(`Result<response, String>`), where `Err` carries the remote node's error text. A
 //! refused caller gets `403` (not authenticated) or `421` (meant for another node or cluster).
 //! Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
+//!
+//! Limits (all in `limits.rs`): a body is at most `RPC_BODY_BYTES_MAX` (an append or a batch
+//! with room to spare), a forwarded batch at most `BATCH_COMMANDS_MAX` commands and
+//! `BATCH_BYTES_MAX` bytes; every forwarded command is checked again before it is proposed
+//! (`raft::forward::propose_many`).
 
 use std::io::Seek;
 use std::io::Write;
@@ -27,12 +32,13 @@ use std::sync::atomic::AtomicU64;
 
 use crate::app::SharedApp;
 use crate::error::KvError;
+use crate::limits::BATCH_BYTES_MAX;
+use crate::limits::BATCH_COMMANDS_MAX;
 use crate::limits::RPC_BODY_BYTES_MAX;
 use crate::limits::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::peer::auth::authorize_peer;
 use crate::peer::client::POSTCARD;
 use crate::raft::forward::WriteOk;
-use crate::raft::forward_batch::BATCH_COMMANDS_MAX;
 use crate::raft::types::Command;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::Vote;
@@ -103,11 +109,23 @@ async fn hello(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> 
 }
 
 /// `POST /raft/write_batch` on the leader: propose every command in one message to the Raft core
-/// (one log append for the batch), never forward again; answers in the same order.
+/// (one log append for the batch), never forward again; answers in the same order. A batch over
+/// the count or byte cap is refused whole; an invalid command is refused alone (`propose_many`).
 async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
-    let cmds: Vec<Command> = match decode_body(body).await {
+    let bytes = match read_body(body).await {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
+    };
+    if bytes.len() > BATCH_BYTES_MAX {
+        let err: Result<(), String> = Err(format!(
+            "batch of {} bytes is over the limit of {BATCH_BYTES_MAX}",
+            bytes.len()
+        ));
+        return postcard_reply(&err);
+    }
+    let cmds: Vec<Command> = match decode(&bytes) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
     if cmds.len() > BATCH_COMMANDS_MAX {
         let err: Result<(), String> = Err(format!(
@@ -135,13 +153,36 @@ pub fn postcard_reply<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Resp
     }
 }
 
-/// Reads and decodes a postcard request body, or answers 400.
+/// Reads and decodes a postcard request body, or answers 400 (413 over the body limit).
 pub async fn decode_body<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
-    let bytes: Bytes = axum::body::to_bytes(body, RPC_BODY_BYTES_MAX)
+    let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
+    decode(&bytes).map_err(IntoResponse::into_response)
+}
+
+/// A request refused before it was handled: its status and why.
+type Refused = (StatusCode, String);
+
+/// Reads a request body of at most `RPC_BODY_BYTES_MAX`.
+async fn read_body(body: Body) -> Result<Bytes, Refused> {
+    axum::body::to_bytes(body, RPC_BODY_BYTES_MAX)
         .await
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("read body: {e}")).into_response())?;
-    postcard::from_bytes(&bytes)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("decode body: {e}")).into_response())
+        .map_err(|e| {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let status = if over_limit {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (
+                status,
+                format!("read body (limit {RPC_BODY_BYTES_MAX} bytes): {e}"),
+            )
+        })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refused> {
+    postcard::from_bytes(bytes).map_err(|e| (StatusCode::BAD_REQUEST, format!("decode body: {e}")))
 }
 
 macro_rules! raft_rpc {
