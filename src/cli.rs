@@ -10,6 +10,7 @@ use clap::Parser;
 use crate::config;
 use crate::config::Config;
 use crate::config::Endpoint;
+use crate::limits::VALUE_BYTES_MAX_CEILING;
 
 mod tls;
 pub use tls::TlsArgs;
@@ -89,7 +90,7 @@ pub struct Args {
     /// Build a snapshot (and compact the log) every N applied entries.
     #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
-    /// Largest accepted value in bytes (413 above it).
+    /// Largest accepted value in bytes (413 above it); at most 33554432 (32 MiB).
     #[arg(long, default_value_t = config::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
     /// How long a write or linearizable read may wait for the cluster before answering 503.
@@ -224,6 +225,13 @@ impl Args {
                     .into(),
             ));
         }
+        if self.max_value_bytes > VALUE_BYTES_MAX_CEILING {
+            return Err(CliError::Invalid(format!(
+                "--max-value-bytes {} is over the maximum of {VALUE_BYTES_MAX_CEILING} (32 MiB): \
+                 one log entry must fit one replication request and the snapshot format",
+                self.max_value_bytes
+            )));
+        }
         Ok(Config {
             data_dir: self.data_dir,
             http,
@@ -306,6 +314,26 @@ mod tests {
         assert_eq!(c.http.bind, "127.0.0.11:5000");
         assert_eq!(c.http.advertise, "127.0.0.11:5100");
         assert_eq!(c.raft_advertise(), "127.0.0.11:6100");
+    }
+
+    #[test]
+    fn max_value_bytes_has_a_ceiling() {
+        let at = VALUE_BYTES_MAX_CEILING.to_string();
+        assert_eq!(
+            parse(&["raftkv", "--max-value-bytes", &at, "d"]).max_value_bytes,
+            VALUE_BYTES_MAX_CEILING
+        );
+        let over = (VALUE_BYTES_MAX_CEILING + 1).to_string();
+        let argv = normalize_go_flags(
+            ["raftkv", "-max-value-bytes", &over, "d"]
+                .iter()
+                .map(OsString::from),
+        );
+        let err = Args::try_parse_from(argv)
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("maximum"), "{err}");
     }
 
     #[test]

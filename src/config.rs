@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Default HTTP port (raftd's).
 pub const DEFAULT_PORT: u16 = 4001;
 /// Default largest accepted value (and `POST /key` body).
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_VALUE_BYTES: usize = crate::limits::VALUE_BYTES_MAX_DEFAULT;
 /// Default bound on how long a write or linearizable read may wait before answering 503.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 /// Default number of applied entries between two snapshots (etcd's default too). At 10,000 a
@@ -16,8 +16,6 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
 /// Default bound on a whole join (handshake, learner catch-up, promotion).
 pub const DEFAULT_JOIN_TIMEOUT_MS: u64 = 60_000;
-/// Longest accepted key, in bytes.
-pub const MAX_KEY_BYTES: usize = 4096;
 
 /// A listen address and the address peers and clients should use to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //! - [`store`]: the durable Raft log (raft-log), the state machine and its snapshot files.
 //! - [`peer`], [`serve`], [`tls`]: node-to-node transport and authentication, the accept loop,
 //!   and the TLS material both are built from.
+//! - [`limits`]: every size limit, and the check every command passes before it is proposed.
 //!
 //! Dependencies run one way: http → raft/cluster → store.
 
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod node;
 pub mod peer;
 pub mod raft;

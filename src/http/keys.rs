@@ -20,7 +20,7 @@ use crate::http::write_response;
 use crate::raft::types::Command;
 
 /// Most pairs accepted in one `POST /key`.
-const PAIRS_PER_REQUEST_MAX: usize = 10_000;
+const PAIRS_PER_REQUEST_MAX: usize = crate::limits::SET_MANY_PAIRS_MAX;
 
 /// Parses hraftd's body: a JSON object whose values are all strings.
 pub fn parse_pairs(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, KvError> {

@@ -19,7 +19,6 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::app::SharedApp;
-use crate::config::MAX_KEY_BYTES;
 use crate::error::KvError;
 use crate::raft::forward::WriteOk;
 use crate::raft::read::ReadLevel;
@@ -82,18 +81,10 @@ impl ReadParams {
     }
 }
 
-/// Rejects keys clients cannot address or that are unreasonably long.
+/// Rejects keys clients cannot address or that are unreasonably long (the leader checks again
+/// before proposing, see `limits::check_command`).
 pub fn validate_key(key: &str) -> Result<(), KvError> {
-    if key.is_empty() {
-        return Err(KvError::BadRequest("empty key".into()));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(KvError::BadRequest(format!(
-            "key is {} bytes, over the limit of {MAX_KEY_BYTES}",
-            key.len()
-        )));
-    }
-    Ok(())
+    crate::limits::check_key(key)
 }
 
 /// Reads `key` at the consistency level the request asks for; `NotFound` if absent.

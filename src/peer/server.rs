@@ -7,7 +7,16 @@
 //! postcard(`Result<response, String>`), where `Err` carries the remote node's error text. A
 //! refused caller gets `403` (not authenticated) or `421` (meant for another node or cluster).
 //! Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
+//!
+//! Limits (all in `limits.rs`): a body is at most `RPC_BODY_BYTES_MAX` (an append or a batch
+//! with room to spare), a forwarded batch at most `BATCH_COMMANDS_MAX` commands and
+//! `BATCH_BYTES_MAX` bytes, a snapshot at most `SNAPSHOT_BYTES_MAX`; every forwarded command
+//! is checked again before it is proposed (`raft::forward::propose_many`).
 
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io;
+use std::io::BufWriter;
 use std::io::Seek;
 use std::io::Write;
 
@@ -21,24 +30,31 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::post;
 use futures::StreamExt;
+use openraft::async_runtime::watch::WatchReceiver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::AtomicU64;
+use tokio::sync::mpsc;
 
 use crate::app::SharedApp;
 use crate::error::KvError;
+use crate::limits::BATCH_BYTES_MAX;
+use crate::limits::BATCH_COMMANDS_MAX;
+use crate::limits::RPC_BODY_BYTES_MAX;
+use crate::limits::SNAPSHOT_BYTES_MAX;
+use crate::limits::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::peer::auth::authorize_peer;
 use crate::peer::client::POSTCARD;
 use crate::raft::forward::WriteOk;
-use crate::raft::forward_batch::BATCH_COMMANDS_MAX;
 use crate::raft::types::Command;
 use crate::raft::types::SnapshotMeta;
+use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
 
-/// Largest accepted non-snapshot RPC body: a batch of appended entries.
-const RPC_BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
-/// Largest accepted snapshot header (vote + metadata incl. membership).
-const SNAPSHOT_HEADER_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Received snapshot chunks queued for the spooling thread (backpressure on the sender).
+const SPOOL_CHUNKS_QUEUED_MAX: usize = 16;
+/// Write buffer of the spooling thread.
+const SPOOL_BUFFER_BYTES: usize = 256 << 10;
 
 /// The peer router: internal routes plus `/join` and `/remove` (relayed by followers and sent
 /// by joiners), all behind [`guard`].
@@ -106,11 +122,23 @@ async fn hello(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> 
 }
 
 /// `POST /raft/write_batch` on the leader: propose every command in one message to the Raft core
-/// (one log append for the batch), never forward again; answers in the same order.
+/// (one log append for the batch), never forward again; answers in the same order. A batch over
+/// the count or byte cap is refused whole; an invalid command is refused alone (`propose_many`).
 async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
-    let cmds: Vec<Command> = match decode_body(body).await {
+    let bytes = match read_body(body).await {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
+    };
+    if bytes.len() > BATCH_BYTES_MAX {
+        let err: Result<(), String> = Err(format!(
+            "batch of {} bytes is over the limit of {BATCH_BYTES_MAX}",
+            bytes.len()
+        ));
+        return postcard_reply(&err);
+    }
+    let cmds: Vec<Command> = match decode(&bytes) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
     if cmds.len() > BATCH_COMMANDS_MAX {
         let err: Result<(), String> = Err(format!(
@@ -138,13 +166,36 @@ pub fn postcard_reply<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Resp
     }
 }
 
-/// Reads and decodes a postcard request body, or answers 400.
+/// Reads and decodes a postcard request body, or answers 400 (413 over the body limit).
 pub async fn decode_body<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
-    let bytes: Bytes = axum::body::to_bytes(body, RPC_BODY_BYTES_MAX)
+    let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
+    decode(&bytes).map_err(IntoResponse::into_response)
+}
+
+/// A request refused before it was handled: its status and why.
+type Refused = (StatusCode, String);
+
+/// Reads a request body of at most `RPC_BODY_BYTES_MAX`.
+async fn read_body(body: Body) -> Result<Bytes, Refused> {
+    axum::body::to_bytes(body, RPC_BODY_BYTES_MAX)
         .await
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("read body: {e}")).into_response())?;
-    postcard::from_bytes(&bytes)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("decode body: {e}")).into_response())
+        .map_err(|e| {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let status = if over_limit {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (
+                status,
+                format!("read body (limit {RPC_BODY_BYTES_MAX} bytes): {e}"),
+            )
+        })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refused> {
+    postcard::from_bytes(bytes).map_err(|e| (StatusCode::BAD_REQUEST, format!("decode body: {e}")))
 }
 
 macro_rules! raft_rpc {
@@ -187,10 +238,14 @@ async fn snapshot(State(app): State<SharedApp>, body: Body) -> Response {
     postcard_reply(&result)
 }
 
+/// Receives a snapshot: the header first; a sender whose vote is older than this node's is
+/// answered with this node's vote (as openraft itself answers it, so the stale leader steps
+/// down) before a byte is spooled; then the file bytes, at most `SNAPSHOT_BYTES_MAX`, are
+/// spooled by a blocking thread; then openraft installs it.
 async fn receive_snapshot(
     app: &SharedApp,
     body: Body,
-) -> Result<openraft::raft::SnapshotResponse<crate::raft::types::TypeConfig>, String> {
+) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
     let mut stream = body.into_data_stream();
     let mut buffered: Vec<u8> = Vec::new();
     // Header: u32 BE length + postcard((vote, meta)).
@@ -199,7 +254,9 @@ async fn receive_snapshot(
             let len =
                 u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize;
             if len > SNAPSHOT_HEADER_BYTES_MAX {
-                return Err(format!("snapshot header of {len} bytes is over the limit"));
+                return Err(format!(
+                    "snapshot header of {len} bytes is over the limit of {SNAPSHOT_HEADER_BYTES_MAX}"
+                ));
             }
             if buffered.len() >= 4 + len {
                 break len;
@@ -214,30 +271,116 @@ async fn receive_snapshot(
     let (vote, meta): (Vote, SnapshotMeta) = postcard::from_bytes(&buffered[4..4 + header_len])
         .map_err(|e| format!("decode snapshot header: {e}"))?;
 
-    let mut spool = app
-        .state_machine
-        .incoming_snapshot_file()
-        .map_err(|e| format!("spool file: {e}"))?;
-    let mut received = buffered.len() - 4 - header_len;
-    spool
-        .write_all(&buffered[4 + header_len..])
-        .map_err(|e| format!("spool write: {e}"))?;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("read snapshot body: {e}"))?;
-        received += chunk.len();
-        spool
-            .write_all(&chunk)
-            .map_err(|e| format!("spool write: {e}"))?;
+    // The metrics' vote may lag the core's, never lead it (votes only grow): this refuses only
+    // what openraft would refuse too, and openraft checks again on install.
+    let mine = app.raft.metrics().borrow_watched().vote;
+    if !sender_is_current(&vote, &mine) {
+        tracing::warn!(sender_vote = %vote, my_vote = %mine, last_log_id = ?meta.last_log_id,
+            "refused a snapshot from a leader of an older term; answering with this node's vote");
+        return Ok(openraft::raft::SnapshotResponse::new(mine));
     }
-    spool.rewind().map_err(|e| format!("spool rewind: {e}"))?;
+
+    let file = app.state_machine.clone();
+    let file = tokio::task::spawn_blocking(move || file.incoming_snapshot_file())
+        .await
+        .map_err(|e| format!("spool file: {e}"))?
+        .map_err(|e| format!("spool file: {e}"))?;
+    let (chunks, queued) = mpsc::channel::<Bytes>(SPOOL_CHUNKS_QUEUED_MAX);
+    let writer = tokio::task::spawn_blocking(move || spool(file, queued));
+    let first = Bytes::copy_from_slice(&buffered[4 + header_len..]);
+    drop(buffered);
+    let streamed = async {
+        let mut received: u64 = 0;
+        let mut next = Some(Ok(first));
+        while let Some(chunk) = next {
+            let chunk = chunk.map_err(|e| format!("read snapshot body: {e}"))?;
+            received += chunk.len() as u64;
+            if received > SNAPSHOT_BYTES_MAX {
+                return Err(format!(
+                    "snapshot is over the limit of {SNAPSHOT_BYTES_MAX} bytes; refused"
+                ));
+            }
+            if chunks.send(chunk).await.is_err() {
+                break; // the writer failed; its error is reported below
+            }
+            next = stream.next().await;
+        }
+        Ok(received)
+    }
+    .await;
+    drop(chunks); // ends the writer
+    let written = writer.await.map_err(|e| format!("spool: {e}"))?;
+    let received = streamed?;
+    let spooled = written.map_err(|e| format!("spool write: {e}"))?;
     tracing::info!(last_log_id = ?meta.last_log_id, bytes = received, "received snapshot, installing");
 
     let snapshot = openraft::Snapshot {
         meta,
-        snapshot: spool,
+        snapshot: spooled,
     };
     app.raft
         .install_full_snapshot(vote, snapshot)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Whether a snapshot sent with `sender`'s vote may be installed by a node holding `mine`: the
+/// rule openraft applies (`sender >= mine`; votes are only partially ordered, so "not greater or
+/// equal" is not "less").
+fn sender_is_current(sender: &Vote, mine: &Vote) -> bool {
+    matches!(
+        sender.partial_cmp(mine),
+        Some(Ordering::Greater | Ordering::Equal)
+    )
+}
+
+/// Writes the queued chunks to `file` (blocking; runs on a blocking thread) until the channel
+/// closes, and returns the file rewound to its start.
+fn spool(file: File, mut queued: mpsc::Receiver<Bytes>) -> io::Result<File> {
+    let mut out = BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file);
+    while let Some(chunk) = queued.blocking_recv() {
+        out.write_all(&chunk)?;
+    }
+    // Every byte must be flushed to the file before it is rewound and handed to
+    // install_full_snapshot: the store reads it back through this handle. (No fsync here: the
+    // store's import copies it to its own file and fsyncs that before it takes effect.)
+    let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.rewind()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn only_snapshots_from_a_current_leader_are_accepted() {
+        let mine = Vote::new_committed(5, 1);
+        assert!(sender_is_current(&Vote::new_committed(5, 1), &mine));
+        assert!(sender_is_current(&Vote::new_committed(6, 2), &mine));
+        assert!(!sender_is_current(&Vote::new_committed(4, 1), &mine));
+        assert!(!sender_is_current(&Vote::new_committed(4, 9), &mine));
+        // The same leader id, not yet granted: older than the granted vote this node holds.
+        assert!(!sender_is_current(&Vote::new(5, 1), &mine));
+    }
+
+    #[tokio::test]
+    async fn spooling_writes_every_chunk_and_rewinds() {
+        let file = tempfile::tempfile().expect("temp file");
+        let (tx, rx) = mpsc::channel(SPOOL_CHUNKS_QUEUED_MAX);
+        let writer = tokio::task::spawn_blocking(move || spool(file, rx));
+        let mut expected = Vec::new();
+        for i in 0..100u8 {
+            let chunk = vec![i; 10_000];
+            expected.extend_from_slice(&chunk);
+            tx.send(Bytes::from(chunk)).await.expect("send");
+        }
+        drop(tx);
+        let mut file = writer.await.expect("join").expect("spool");
+        let mut read = Vec::new();
+        file.read_to_end(&mut read).expect("read");
+        assert_eq!(read, expected);
+    }
 }

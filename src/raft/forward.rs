@@ -1,6 +1,10 @@
 //! The write path: propose a command on the leader, or forward it to the leader from any other
 //! node, with one deadline for the whole request.
 //!
+//! Every command passes `limits::check_command` on the leader before it is proposed (here for
+//! local writes, in [`propose_many`] for batches forwarded by followers); a follower checks it
+//! too before forwarding, to answer an invalid command without a round trip.
+//!
 //! Retries happen only when the previous attempt certainly did not apply the command (no leader
 //! known, the target refused before proposing, the connection to the leader was never made), so
 //! a retried write is never applied twice.
@@ -38,6 +42,7 @@ enum Attempt {
 
 /// Applies `cmd` through the cluster's leader, waiting at most the request timeout.
 pub async fn write(app: &App, cmd: Command) -> Result<WriteOk, KvError> {
+    crate::limits::check_command(&cmd, app.max_value_bytes)?;
     let deadline = Instant::now() + app.request_timeout;
     loop {
         let attempt = match app.leader() {
@@ -132,7 +137,45 @@ async fn forward_to(app: &App, leader_id: NodeId, leader: &Node, cmd: Command) -
 }
 
 /// Proposes `cmds` as one batch and collects each command's outcome, in order, by the deadline.
+/// A command that fails `limits::check_command` is answered with that error and never proposed;
+/// the others are proposed together.
 pub async fn propose_many(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, KvError>> {
+    let checks: Vec<Result<(), KvError>> = cmds
+        .iter()
+        .map(|cmd| crate::limits::check_command(cmd, app.max_value_bytes))
+        .collect();
+    let refused = checks.iter().filter(|c| c.is_err()).count();
+    if refused > 0 {
+        tracing::debug!(
+            refused,
+            batch = cmds.len(),
+            "refused invalid forwarded commands"
+        );
+    }
+    let valid: Vec<Command> = cmds
+        .into_iter()
+        .zip(&checks)
+        .filter_map(|(cmd, check)| check.is_ok().then_some(cmd))
+        .collect();
+    let mut answers = if valid.is_empty() {
+        Vec::new()
+    } else {
+        propose_checked(app, valid).await
+    }
+    .into_iter();
+    checks
+        .into_iter()
+        .map(|check| match check {
+            Ok(()) => answers
+                .next()
+                .unwrap_or(Err(KvError::Timeout(app.request_timeout))),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
+/// Proposes already checked `cmds` as one batch; one outcome per command, in order.
+async fn propose_checked(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, KvError>> {
     let deadline = Instant::now() + app.request_timeout;
     let count = cmds.len();
     let not_leader = || KvError::NoLeader("the forwarded-to node is not the leader".into());

@@ -1,7 +1,10 @@
 //! Batching of writes forwarded to the leader. Concurrent client writes arriving at a follower
 //! share one `/raft/write_batch` request to the leader instead of one HTTP exchange each, which
 //! is what the leader's CPU would otherwise spend most of its time on. With one write at a time
-//! a batch holds one command, so nothing waits for a batch to fill.
+//! a batch holds one command, so nothing waits for a batch to fill. A batch is capped in count
+//! ([`BATCH_COMMANDS_MAX`]) and in encoded bytes ([`BATCH_BYTES_MAX`]): the command that would
+//! overflow it opens the next batch, so the leader (which refuses larger batches) accepts every
+//! batch this node sends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +22,8 @@ use crate::raft::network::decode_response;
 use crate::raft::types::Command;
 use crate::raft::types::NodeId;
 
-/// Most commands in one forwarded batch.
-pub const BATCH_COMMANDS_MAX: usize = 512;
+pub use crate::limits::BATCH_BYTES_MAX;
+pub use crate::limits::BATCH_COMMANDS_MAX;
 /// Forwarded batches in flight to one leader at a time.
 const BATCHES_IN_FLIGHT_MAX: usize = 8;
 /// Queued forwarded writes per leader before callers wait (backpressure).
@@ -47,7 +50,38 @@ struct Target {
 
 struct Pending {
     cmd: Command,
+    /// `cmd`'s encoded size.
+    bytes: usize,
     reply: oneshot::Sender<Forwarded>,
+}
+
+/// The size of a batch being filled: decides whether one more command still fits.
+#[derive(Debug)]
+struct BatchSize {
+    count: usize,
+    bytes: usize,
+}
+
+impl BatchSize {
+    /// An empty batch: only its length prefix (at most `BATCH_COMMANDS_MAX` commands).
+    fn new() -> Self {
+        Self {
+            count: 0,
+            bytes: crate::limits::varint_len(BATCH_COMMANDS_MAX),
+        }
+    }
+
+    /// Counts in a command of `bytes` if the batch stays within `BATCH_COMMANDS_MAX` and
+    /// `bytes_max`; the first command is always admitted (a checked command always fits).
+    fn admit(&mut self, bytes: usize, bytes_max: usize) -> bool {
+        let fits = self.count < BATCH_COMMANDS_MAX && self.bytes + bytes <= bytes_max;
+        if fits || self.count == 0 {
+            self.count += 1;
+            self.bytes += bytes;
+            return true;
+        }
+        false
+    }
 }
 
 /// One queue (and sender task) per leader address.
@@ -77,7 +111,8 @@ impl ForwardBatcher {
     ) -> Forwarded {
         let queue = self.queue(leader_raft_addr, leader_id);
         let (reply, answer) = oneshot::channel();
-        if queue.send(Pending { cmd, reply }).await.is_err() {
+        let bytes = crate::limits::command_encoded_len(&cmd);
+        if queue.send(Pending { cmd, bytes, reply }).await.is_err() {
             return Forwarded::NotSent;
         }
         answer.await.unwrap_or(Forwarded::Unknown)
@@ -104,21 +139,32 @@ impl ForwardBatcher {
     }
 }
 
-/// Takes every queued command (up to the batch limit) and sends them as one batch, keeping up
+/// Takes every queued command (up to the batch limits) and sends them as one batch, keeping up
 /// to `BATCHES_IN_FLIGHT_MAX` batches in flight.
 async fn send_loop(target: Target, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    // The command that did not fit the previous batch opens the next one.
+    let mut carried: Option<Pending> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut size = BatchSize::new();
+        size.admit(first.bytes, BATCH_BYTES_MAX);
         let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        while let Ok(p) = rx.try_recv() {
+            if !size.admit(p.bytes, BATCH_BYTES_MAX) {
+                carried = Some(p);
+                break;
             }
+            batch.push(p);
         }
         let target = target.clone();
         tokio::spawn(async move {
@@ -183,4 +229,55 @@ async fn request(
             crate::raft::network::PeerError::Failed(_) => Forwarded::Unknown,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_stops_growing_before_its_byte_cap() {
+        let mut size = BatchSize::new();
+        let prefix = size.bytes;
+        assert!(size.admit(60, 100));
+        assert!(
+            size.admit(100 - prefix - 60, 100),
+            "exactly at the cap fits"
+        );
+        assert!(!size.admit(1, 100), "one byte over goes to the next batch");
+        assert_eq!(size.count, 2);
+    }
+
+    #[test]
+    fn the_first_command_is_always_admitted() {
+        let mut size = BatchSize::new();
+        assert!(size.admit(500, 100));
+        assert!(!size.admit(1, 100));
+    }
+
+    #[test]
+    fn a_batch_stops_growing_at_its_count_cap() {
+        let mut size = BatchSize::new();
+        for _ in 0..BATCH_COMMANDS_MAX {
+            assert!(size.admit(1, BATCH_BYTES_MAX));
+        }
+        assert!(!size.admit(1, BATCH_BYTES_MAX));
+    }
+
+    #[test]
+    fn a_full_batch_of_largest_commands_encodes_within_the_cap() {
+        // The accounting matches postcard's encoding of the Vec<Command> sent.
+        let cmds: Vec<Command> = (0..3)
+            .map(|i| Command::Set {
+                key: format!("k{i}"),
+                value: vec![0; 1000],
+            })
+            .collect();
+        let mut size = BatchSize::new();
+        for c in &cmds {
+            assert!(size.admit(crate::limits::command_encoded_len(c), BATCH_BYTES_MAX));
+        }
+        let encoded = postcard::to_stdvec(&cmds).expect("encode");
+        assert!(encoded.len() <= size.bytes);
+    }
 }

@@ -4,6 +4,9 @@
 //! Wire format (shared with `peer/server.rs`): request body = postcard(request); response body =
 //! postcard(`Result<response, String>`), where `Err` carries the remote node's error text.
 //! Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
+//!
+//! An append request is at most `limits::APPEND_BYTES_MAX` encoded (the receiver accepts that
+//! plus slack): a longer one is cut to its longest fitting prefix, see [`cut_to_fit`].
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -27,7 +30,10 @@ use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::limits::APPEND_BYTES_MAX;
+use crate::limits::APPEND_BYTES_PER_SEC_MIN;
 use crate::peer::client::PeerClients;
+use crate::raft::types::LogId;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
 use crate::raft::types::Snapshot;
@@ -93,6 +99,15 @@ impl PeerConnection {
     {
         let body =
             postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(path, body, timeout).await
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
         let response = self
             .post(path)
             .timeout(timeout)
@@ -104,6 +119,39 @@ impl PeerConnection {
             .await
             .map_err(|e| peer_error_to_rpc(self.target, &self.addr, e))
     }
+}
+
+/// The timeout of an append of `bytes`: openraft's per-RPC timeout (one heartbeat interval)
+/// plus the time to move `bytes` at `APPEND_BYTES_PER_SEC_MIN`, so a large catch-up append is
+/// not cut off and resent forever.
+fn append_timeout(rpc_timeout: Duration, bytes: usize) -> Duration {
+    rpc_timeout + Duration::from_secs_f64(bytes as f64 / APPEND_BYTES_PER_SEC_MIN as f64)
+}
+
+/// Cuts `req` to at most `APPEND_BYTES_MAX` encoded, keeping the longest prefix of its entries
+/// that fits (always at least one: `limits` makes one valid entry fit). Returns the encoded
+/// request and, if entries were cut off, the id of the last entry kept.
+fn cut_to_fit(
+    mut req: AppendEntriesRequest<TypeConfig>,
+) -> Result<(Vec<u8>, Option<LogId>), postcard::Error> {
+    let body = postcard::to_stdvec(&req)?;
+    if body.len() <= APPEND_BYTES_MAX || req.entries.len() <= 1 {
+        return Ok((body, None));
+    }
+    let entry_bytes = req
+        .entries
+        .iter()
+        .map(postcard::experimental::serialized_size)
+        .collect::<Result<Vec<usize>, _>>()?;
+    let entries = std::mem::take(&mut req.entries);
+    // The entry count's varint may grow when entries are added: count its largest size.
+    let header_bytes =
+        postcard::experimental::serialized_size(&req)? + crate::limits::varint_len(usize::MAX);
+    req.entries = entries;
+    let keep = crate::limits::fitting_prefix(header_bytes, &entry_bytes, APPEND_BYTES_MAX);
+    req.entries.truncate(keep);
+    let last = req.entries.last().map(|e| e.log_id);
+    Ok((postcard::to_stdvec(&req)?, last))
 }
 
 fn to_rpc_error(target: NodeId, e: reqwest::Error) -> RPCError<TypeConfig> {
@@ -184,7 +232,28 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call("append", &req, option.hard_ttl()).await
+        let entries = req.entries.len();
+        let (body, cut_at) =
+            cut_to_fit(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let timeout = append_timeout(option.hard_ttl(), body.len());
+        let resp = self.send("append", body, timeout).await?;
+        let Some(last_sent) = cut_at else {
+            return Ok(resp);
+        };
+        tracing::debug!(target = self.target, entries, last_sent = %last_sent,
+            "append over {APPEND_BYTES_MAX} bytes: sent a prefix");
+        // openraft continues after a partial success: the default `stream_append`
+        // (network/stream_append_trait.rs, `stream_append_sequential`) maps PartialSuccess(id)
+        // to an acknowledgement of `id` and ends the stream; the replication task
+        // (replication/mod.rs, `run_stream_session` → `handle_response_stream`) reports `id` as
+        // matched to RaftCore and resumes with `Payload::update_matching(id)`, i.e. the next
+        // request starts right after the last entry sent.
+        Ok(match resp {
+            AppendEntriesResponse::Success => {
+                AppendEntriesResponse::PartialSuccess(Some(last_sent))
+            }
+            other => other,
+        })
     }
 
     async fn vote(
@@ -257,5 +326,79 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = send => result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::Command;
+    use crate::raft::types::Entry;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    fn request(values: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let entries = values
+            .iter()
+            .enumerate()
+            .map(|(i, &bytes)| Entry {
+                log_id: LogId::new(
+                    LeaderId {
+                        term: 3,
+                        node_id: 1,
+                    },
+                    i as u64 + 1,
+                ),
+                payload: openraft::EntryPayload::Normal(Command::Set {
+                    key: format!("k{i}"),
+                    value: vec![0; bytes],
+                }),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    #[test]
+    fn a_request_within_the_cap_is_sent_whole() {
+        let (body, cut) = cut_to_fit(request(&[1000, 1000])).expect("encode");
+        assert!(cut.is_none());
+        let decoded: AppendEntriesRequest<TypeConfig> =
+            postcard::from_bytes(&body).expect("decode");
+        assert_eq!(decoded.entries.len(), 2);
+    }
+
+    #[test]
+    fn an_oversized_request_is_cut_to_its_longest_fitting_prefix() {
+        let third = APPEND_BYTES_MAX / 3;
+        let (body, cut) = cut_to_fit(request(&[third, third, third, third])).expect("encode");
+        assert!(body.len() <= APPEND_BYTES_MAX, "{} bytes", body.len());
+        let decoded: AppendEntriesRequest<TypeConfig> =
+            postcard::from_bytes(&body).expect("decode");
+        // Three thirds plus the encoding overhead do not fit; two do.
+        assert_eq!(decoded.entries.len(), 2);
+        assert_eq!(cut, Some(decoded.entries[1].log_id));
+    }
+
+    #[test]
+    fn one_entry_is_always_sent() {
+        let (body, cut) = cut_to_fit(request(&[APPEND_BYTES_MAX, 10])).expect("encode");
+        let decoded: AppendEntriesRequest<TypeConfig> =
+            postcard::from_bytes(&body).expect("decode");
+        assert_eq!(decoded.entries.len(), 1);
+        assert_eq!(cut, Some(decoded.entries[0].log_id));
+    }
+
+    #[test]
+    fn large_appends_get_time_for_their_bytes() {
+        let base = Duration::from_millis(100);
+        assert_eq!(append_timeout(base, 0), base);
+        assert_eq!(
+            append_timeout(base, APPEND_BYTES_PER_SEC_MIN * 4),
+            base + Duration::from_secs(4)
+        );
     }
 }

@@ -40,6 +40,9 @@ use raft_log::codeq::Decode;
 use raft_log::codeq::Encode;
 use tokio::sync::oneshot;
 
+use crate::limits::APPEND_BYTES_MAX;
+use crate::limits::APPEND_HEADER_BYTES_MAX;
+use crate::limits::ENTRY_OVERHEAD_BYTES_MAX;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::TypeConfig;
@@ -375,6 +378,20 @@ impl LogStore {
     }
 }
 
+/// Decodes entries read from the WAL.
+fn decode_entries(raw: Vec<(WalLogId, WalPayload)>) -> io::Result<Vec<Entry>> {
+    raw.into_iter()
+        .map(|(log_id, payload)| {
+            let payload: PayloadOf<TypeConfig> =
+                postcard::from_bytes(&payload.0).map_err(invalid_data)?;
+            Ok(Entry {
+                log_id: log_id.0,
+                payload,
+            })
+        })
+        .collect()
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
         &mut self,
@@ -398,16 +415,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .lock()?
             .read(from, to)
             .collect::<io::Result<Vec<_>>>()?;
-        raw.into_iter()
-            .map(|(log_id, payload)| {
-                let payload: PayloadOf<TypeConfig> =
-                    postcard::from_bytes(&payload.0).map_err(invalid_data)?;
-                Ok(Entry {
-                    log_id: log_id.0,
-                    payload,
-                })
-            })
-            .collect()
+        decode_entries(raw)
+    }
+
+    /// Replication reads stop at what one append request may carry (`APPEND_BYTES_MAX`, at
+    /// least one entry), so catching up a follower never decodes entries its capped request
+    /// would not carry anyway.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let budget = APPEND_BYTES_MAX - APPEND_HEADER_BYTES_MAX;
+        let mut raw = Vec::new();
+        let mut total = 0;
+        {
+            let log = self.lock()?;
+            for record in log.read(start, end) {
+                let (log_id, payload) = record?;
+                total += payload.0.len() + ENTRY_OVERHEAD_BYTES_MAX;
+                if total > budget && !raw.is_empty() {
+                    break;
+                }
+                raw.push((log_id, payload));
+            }
+        }
+        decode_entries(raw)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {

@@ -13,6 +13,7 @@ mod crash_safety;
 mod failover;
 mod forwarding;
 mod hraftd;
+mod limits;
 mod membership;
 mod quorum;
 mod raftd;
