@@ -301,3 +301,123 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// Serves a one-route router with `limits` on a loopback port; returns its address and a
+    /// sender that stops it.
+    async fn start(limits: ServeLimits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve("test", listener, router, None, limits, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
+    /// Reads until the peer closes the connection; how long that took (None: still open at
+    /// `within`).
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(t0 + within, stream.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0) | Err(_)) => return Some(t0.elapsed()),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_at_once() {
+        let limits = ServeLimits {
+            connections_max: 2,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(GET).await.expect("write");
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "served");
+            held.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let closed = closed_within(&mut third, Duration::from_secs(5)).await;
+        assert!(closed.is_some(), "the third connection is closed");
+        drop(held);
+        // Permits come back: a new connection is served again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let _ = s.write_all(GET).await;
+            let mut buf = [0u8; 256];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await
+                && buf[..n].starts_with(b"HTTP/1.1 200")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "permits were not returned");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+        let limits = ServeLimits {
+            connections_max: 8,
+            header_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(30),
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .expect("write");
+        let closed = closed_within(&mut s, Duration::from_secs(5))
+            .await
+            .expect("closed by the header timeout");
+        assert!(
+            closed >= Duration::from_millis(250),
+            "not before: {closed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed() {
+        let limits = ServeLimits {
+            connections_max: 8,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_millis(400),
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(GET).await.expect("write");
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "served");
+        let closed = closed_within(&mut s, Duration::from_secs(5))
+            .await
+            .expect("closed when idle");
+        assert!(
+            closed >= Duration::from_millis(300),
+            "not before: {closed:?}"
+        );
+    }
+}

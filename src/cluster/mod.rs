@@ -20,6 +20,9 @@ use crate::raft::types::Node;
 
 /// Pause between attempts to reach the member given with `-join`.
 const JOIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest pause between join attempts after failures that need an operator (unreachable
+/// member, `join_failed`): the interval doubles up to this.
+const JOIN_RETRY_INTERVAL_MAX: Duration = Duration::from_secs(30);
 
 /// `POST /join` body: hraftd's `{"addr","id"}`, raftd's `{"name","connectionString"}`, or ours
 /// (hraftd's plus `api_addr`, sent by `raftkv -join`).
@@ -125,6 +128,7 @@ async fn join_cluster(app: &App, addr: &str) {
         ..JoinRequest::default()
     };
     let mut attempt = 0u32;
+    let mut pause = JOIN_RETRY_INTERVAL;
     loop {
         attempt += 1;
         let sent = app
@@ -150,9 +154,17 @@ async fn join_cluster(app: &App, addr: &str) {
             Ok(resp) => {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
-                tracing::warn!(via = addr, attempt, %status, answer = %text, "join not accepted yet, retrying");
+                // No leader yet or busy: retry soon. The joiner unreachable or not catching up:
+                // that needs a fix elsewhere, so back off.
+                pause = if text.contains("\"join_failed\"") {
+                    (pause * 2).min(JOIN_RETRY_INTERVAL_MAX)
+                } else {
+                    JOIN_RETRY_INTERVAL
+                };
+                tracing::warn!(via = addr, attempt, %status, answer = %text, retry_in = ?pause, "join not accepted yet, retrying");
             }
             Err(e) => {
+                pause = (pause * 2).min(JOIN_RETRY_INTERVAL_MAX);
                 let error = crate::peer::client::error_chain(&e);
                 let scheme = app.peers.scheme();
                 tracing::warn!(
@@ -160,12 +172,13 @@ async fn join_cluster(app: &App, addr: &str) {
                     attempt,
                     scheme,
                     error = %error,
+                    retry_in = ?pause,
                     "cannot reach member to join, retrying (the join goes over {scheme}, like \
                      every peer link: name a member address that speaks it, e.g. its -raddr)"
                 )
             }
         }
-        tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -1,0 +1,433 @@
+use std::io::Cursor;
+use std::io::Seek;
+use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::StorageError;
+use openraft::alias::SnapshotOf;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftSnapshotBuilder;
+use openraft::storage::RaftStateMachine;
+use openraft::testing::log::StoreBuilder;
+use openraft::testing::log::Suite;
+use openraft::testing::log_id;
+use openraft::type_config::TypeConfigExt;
+use tempfile::TempDir;
+
+use super::*;
+use crate::raft::types::Command;
+use crate::raft::types::Response;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::StoredMembership;
+
+/// The smallest state machine openraft's suite accepts: it tracks only what the suite checks.
+#[derive(Clone, Default)]
+struct MemSm(Arc<Mutex<SmInner>>);
+
+#[derive(Default)]
+struct SmInner {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot: Option<SnapshotMeta>,
+}
+
+type MemSnapshot = SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+
+impl RaftSnapshotBuilder<TypeConfig> for MemSm {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> io::Result<MemSnapshot> {
+        let mut sm = self.0.lock().unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: sm.last_applied,
+            last_membership: sm.membership.clone(),
+        };
+        sm.snapshot = Some(meta.clone());
+        Ok(MemSnapshot {
+            meta,
+            snapshot: Cursor::new(Vec::new()),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MemSm {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = MemSm;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let sm = self.0.lock().unwrap();
+        Ok((sm.last_applied, sm.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            {
+                let mut sm = self.0.lock().unwrap();
+                sm.last_applied = Some(entry.log_id);
+                if let EntryPayload::Membership(m) = &entry.payload {
+                    sm.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                }
+            }
+            if let Some(responder) = responder {
+                responder.send(Response::default());
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> MemSm {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        _data: Cursor<Vec<u8>>,
+    ) -> io::Result<()> {
+        let mut sm = self.0.lock().unwrap();
+        sm.last_applied = meta.last_log_id;
+        sm.membership = meta.last_membership.clone();
+        sm.snapshot = Some(meta.clone());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<MemSnapshot>> {
+        let sm = self.0.lock().unwrap();
+        Ok(sm.snapshot.clone().map(|meta| MemSnapshot {
+            meta,
+            snapshot: Cursor::new(Vec::new()),
+        }))
+    }
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, MemSm, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, MemSm), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), Some(Duration::from_micros(50))).unwrap();
+        Ok((dir, store, MemSm::default()))
+    }
+}
+
+#[tokio::test]
+async fn openraft_conformance_suite() {
+    Suite::test_all(Builder).await.unwrap();
+}
+
+fn ent(index: u64, value_len: usize) -> Entry {
+    Entry {
+        log_id: log_id::<TypeConfig>(2, 1, index),
+        payload: EntryPayload::Normal(Command::Set {
+            key: format!("key-{index}"),
+            value: vec![index as u8; value_len],
+        }),
+    }
+}
+
+async fn append_durably(store: &mut LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = TypeConfig::oneshot();
+    store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+    rx.await.unwrap().unwrap();
+}
+
+async fn read_all(store: &mut LogStore) -> Vec<Entry> {
+    store.try_get_log_entries(..).await.unwrap()
+}
+
+fn wal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Copies a closed store's directory, so each damage case starts from the same bytes.
+fn copy_dir(from: &Path) -> TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for d in std::fs::read_dir(from).unwrap() {
+        let path = d.unwrap().path();
+        std::fs::copy(&path, to.path().join(path.file_name().unwrap())).unwrap();
+    }
+    to
+}
+
+#[tokio::test]
+async fn reopen_keeps_vote_entries_committed_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> = (1..=10).map(|i| ent(i, 10)).collect();
+    let vote = Vote::new_committed(2, 1);
+    {
+        let mut store = LogStore::open(dir.path(), None).unwrap();
+        append_durably(&mut store, entries.clone()).await;
+        store.save_vote(&vote).await.unwrap();
+        store.save_committed(Some(entries[6].log_id)).await.unwrap();
+        // A committed id past the last entry is skipped, not an error.
+        store
+            .save_committed(Some(log_id::<TypeConfig>(3, 1, 20)))
+            .await
+            .unwrap();
+        store.truncate_after(Some(entries[8].log_id)).await.unwrap();
+        // Past the end: nothing to do.
+        store
+            .truncate_after(Some(log_id::<TypeConfig>(2, 1, 30)))
+            .await
+            .unwrap();
+        store.purge(entries[1].log_id).await.unwrap();
+        store.sync().await.unwrap();
+        assert_eq!(store.last_log_id().unwrap(), Some(entries[8].log_id));
+        // One store per directory.
+        assert!(matches!(
+            LogStore::open(dir.path(), None),
+            Err(StoreError::Open { .. })
+        ));
+    }
+    let mut store = LogStore::open(dir.path(), None).unwrap();
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(
+        store.read_committed().await.unwrap(),
+        Some(entries[6].log_id)
+    );
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(entries[1].log_id));
+    assert_eq!(state.last_log_id, Some(entries[8].log_id));
+    assert_eq!(read_all(&mut store).await, entries[2..9].to_vec());
+    assert_eq!(
+        store.try_get_log_entries(4..=5).await.unwrap(),
+        entries[3..5].to_vec()
+    );
+    // The log continues where it left off.
+    append_durably(&mut store, vec![ent(10, 10)]).await;
+    assert_eq!(store.last_log_id().unwrap(), Some(ent(10, 10).log_id));
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_off_on_open() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let orig = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> = (1..=6).map(|i| ent(i, 10)).collect();
+    let size = |dir: &Path| {
+        std::fs::metadata(wal_files(dir).pop().unwrap())
+            .unwrap()
+            .len()
+    };
+    let record_len = {
+        let mut store = LogStore::open(orig.path(), None).unwrap();
+        append_durably(&mut store, entries.clone()).await;
+        let before = size(orig.path());
+        append_durably(&mut store, vec![ent(7, 2000)]).await;
+        size(orig.path()) - before
+    };
+    for cut in [
+        1,
+        3,
+        4,
+        8,
+        100,
+        record_len / 2,
+        record_len - 8,
+        record_len - 1,
+    ] {
+        let dir = copy_dir(orig.path());
+        let last = wal_files(dir.path()).pop().unwrap();
+        let len = std::fs::metadata(&last).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&last)
+            .unwrap()
+            .set_len(len - cut)
+            .unwrap();
+
+        let mut store =
+            LogStore::open(dir.path(), None).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        assert_eq!(read_all(&mut store).await, entries, "cut {cut}");
+        append_durably(&mut store, vec![ent(7, 5)]).await;
+        drop(store);
+        let mut store = LogStore::open(dir.path(), None).unwrap();
+        assert_eq!(read_all(&mut store).await.len(), 7, "cut {cut}");
+    }
+
+    // A crash can also leave the file extended over a zero-filled, never-written record.
+    let dir = copy_dir(orig.path());
+    let last = wal_files(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&last).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    f.set_len(len - record_len).unwrap();
+    f.set_len(len).unwrap();
+    drop(f);
+    let mut store = LogStore::open(dir.path(), None).unwrap();
+    assert_eq!(read_all(&mut store).await, entries);
+}
+
+#[tokio::test]
+async fn damage_in_the_middle_is_reported_as_corrupt() {
+    let orig = tempfile::tempdir().unwrap();
+    {
+        let mut store = LogStore::open(orig.path(), None).unwrap();
+        append_durably(&mut store, (1..=50).map(|i| ent(i, 100)).collect()).await;
+    }
+    for (num, den) in [(1u64, 4u64), (1, 3), (1, 2), (3, 4)] {
+        let dir = copy_dir(orig.path());
+        let file = wal_files(dir.path()).pop().unwrap();
+        let offset = std::fs::metadata(&file).unwrap().len() * num / den;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .unwrap();
+        let mut byte = [0u8];
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.read_exact(&mut byte).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.write_all(&[byte[0] ^ 0x5a]).unwrap();
+        drop(f);
+
+        match LogStore::open(dir.path(), None) {
+            Err(StoreError::Corrupt { path, detail }) => {
+                assert_eq!(path, file, "offset {offset}: {detail}");
+            }
+            other => panic!("offset {offset}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+/// Several WAL files: rotation, purge deleting whole files, damage in a file before the last.
+#[tokio::test]
+async fn many_files_purge_and_damage_before_the_last_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> = (1..=200).map(|i| ent(i, 100)).collect();
+    {
+        let mut store = LogStore::open_with(dir.path(), None, 4096).unwrap();
+        for chunk in entries.chunks(7) {
+            append_durably(&mut store, chunk.to_vec()).await;
+        }
+    }
+    let files = wal_files(dir.path());
+    assert!(files.len() > 4, "{files:?}");
+
+    // Damage in a closed file is corruption even when it looks like a torn record.
+    for truncate in [false, true] {
+        let copy = copy_dir(dir.path());
+        let victim = wal_files(copy.path())[1].clone();
+        let len = std::fs::metadata(&victim).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&victim)
+            .unwrap();
+        if truncate {
+            f.set_len(len - 10).unwrap();
+        } else {
+            f.write_all_at(&[0xff], len / 2).unwrap();
+        }
+        drop(f);
+        match LogStore::open_with(copy.path(), None, 4096) {
+            Err(StoreError::Corrupt { path, .. }) => assert_eq!(path, victim),
+            other => panic!("truncate={truncate}: expected Corrupt, got {other:?}"),
+        }
+    }
+
+    let mut store = LogStore::open_with(dir.path(), None, 4096).unwrap();
+    assert_eq!(read_all(&mut store).await, entries);
+    store.purge(entries[149].log_id).await.unwrap();
+    store.sync().await.unwrap();
+    drop(store);
+    assert!(
+        wal_files(dir.path()).len() < files.len(),
+        "purge deleted no file"
+    );
+    let mut store = LogStore::open_with(dir.path(), None, 4096).unwrap();
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(entries[149].log_id));
+    assert_eq!(read_all(&mut store).await, entries[150..].to_vec());
+}
+
+#[tokio::test]
+async fn frame_rejects_damaged_length() {
+    let mut buf = Vec::new();
+    write_frame(&mut buf, b"hello").unwrap();
+    assert_eq!(read_frame(&buf[..]).unwrap(), b"hello");
+    buf[3] ^= 0x40; // length now says 69 bytes: must not read on to EOF
+    assert_eq!(
+        read_frame(&buf[..]).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+    assert_eq!(
+        read_frame(&buf[..6]).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+}
+
+/// Many outstanding appends complete, and share fsyncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path(), Some(Duration::from_micros(50))).unwrap();
+    let mut waits = Vec::new();
+    for i in 1..=200 {
+        let (tx, rx) = TypeConfig::oneshot();
+        store
+            .append(vec![ent(i, 100)], IOFlushed::signal(tx))
+            .await
+            .unwrap();
+        waits.push(rx);
+    }
+    for rx in waits {
+        rx.await.unwrap().unwrap();
+    }
+    let metrics = store.inner.lock().unwrap().stat().flush_metrics;
+    println!("200 appends: {} fsync batches", metrics.sync_batch_count);
+    assert!(metrics.sync_batch_count < 200, "{metrics:?}");
+    assert_eq!(read_all(&mut store).await.len(), 200);
+}
+
+/// Not a test: prints the latency of one durable append for a few batch waits.
+/// `cargo test --lib append_latency -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn append_latency() {
+    for wait in [None, Some(0), Some(20), Some(50), Some(100), Some(200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), wait.map(Duration::from_micros)).unwrap();
+        let mut times = Vec::new();
+        for i in 1..=300 {
+            let t = Instant::now();
+            append_durably(&mut store, vec![ent(i, 100)]).await;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let mut waits = Vec::new();
+        let t = Instant::now();
+        for i in 301..=500 {
+            let (tx, rx) = TypeConfig::oneshot();
+            let entries = vec![ent(i, 100)];
+            store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.await.unwrap().unwrap();
+        }
+        let elapsed = t.elapsed();
+        let syncs = store
+            .inner
+            .lock()
+            .unwrap()
+            .stat()
+            .flush_metrics
+            .sync_batch_count;
+        println!(
+            "wait {wait:?} us: single append p50 {:?} p99 {:?}; 200 outstanding: {elapsed:?}, \
+             {syncs} fsyncs in all",
+            times[150], times[297]
+        );
+    }
+}
