@@ -8,6 +8,7 @@
 //! - [`raft`]: type config, outbound network, inbound RPC, write forwarding, read levels.
 //! - [`cluster`]: bootstrap, join (learner → voter), remove.
 //! - [`store`]: the durable Raft log (raft-log), the state machine and its snapshot files.
+//! - [`mvcc`]: a pure multi-version store with etcd v3's revisions, ranges, txns and compaction.
 //!
 //! Dependencies run one way: http → raft/cluster → store.
 
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod mvcc;
 pub mod node;
 pub mod peer;
 pub mod raft;
