@@ -30,6 +30,8 @@ pub mod types;
 mod write;
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod tests;
@@ -160,5 +162,23 @@ impl Store {
         let response = w.delete_range(req);
         let (_, changes) = w.finish();
         Ok(Written { response, changes })
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Every key history's invariants, and no key with an empty history.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        for (k, h) in &self.keys {
+            h.check(self.current)
+                .map_err(|e| format!("key {k:?}: {e}"))?;
+            if h.entries
+                .get(1)
+                .is_some_and(|e| e.rev.main <= self.compacted)
+            {
+                return Err(format!("key {k:?}: history below the compacted revision"));
+            }
+        }
+        Ok(())
     }
 }

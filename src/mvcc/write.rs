@@ -3,7 +3,10 @@
 //! A [`WriteTxn`] appends entries at main revision `begin + 1` straight into the key histories
 //! (sub-revisions 0, 1, …) and bumps the store's revision when it finishes — if it changed
 //! anything. Every check that can fail runs before the first append, so a txn never has to be
-//! rolled back: an error leaves the store untouched.
+//! rolled back — except one case etcd itself cannot handle: a put with `ignore_value`/
+//! `ignore_lease` of a key that an earlier from-key delete of the same txn removed (etcd's
+//! duplicate-key check does not see from-key deletes; etcd 3.4 panics in `applyTxn`). Such a
+//! txn is undone ([`WriteTxn::abort`]) and fails with `KeyNotFound`.
 
 use bytes::Bytes;
 
@@ -132,6 +135,21 @@ impl<'a> WriteTxn<'a> {
             revision,
             deleted,
             prev_kvs,
+        }
+    }
+
+    /// Undo every write of this txn (the store is as before it began).
+    pub fn abort(self) {
+        for c in self.changes.iter().rev() {
+            let Some(h) = self.store.keys.get_mut(&c.kv.key) else {
+                continue;
+            };
+            if h.entries.last().is_some_and(|e| e.rev == c.revision) {
+                h.entries.pop();
+            }
+            if h.entries.is_empty() {
+                self.store.keys.remove(&c.kv.key);
+            }
         }
     }
 
