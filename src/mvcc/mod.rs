@@ -34,7 +34,11 @@ mod model;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;
 
 use std::collections::BTreeMap;
 
