@@ -30,6 +30,8 @@ pub mod types;
 mod write;
 
 #[cfg(test)]
+mod mem_tests;
+#[cfg(test)]
 mod model;
 #[cfg(test)]
 mod model_tests;
