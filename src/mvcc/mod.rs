@@ -57,6 +57,7 @@ pub use crate::mvcc::revision::NEVER_COMPACTED;
 pub use crate::mvcc::revision::Revision;
 pub use crate::mvcc::revision::revision_compaction_target;
 pub use crate::mvcc::txn::TXN_OPS_MAX_DEFAULT;
+pub use crate::mvcc::txn::is_txn_read_only;
 pub use crate::mvcc::txn::validate_txn;
 pub use crate::mvcc::types::*;
 use crate::mvcc::write::WriteTxn;

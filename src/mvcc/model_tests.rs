@@ -302,15 +302,24 @@ fn run_seed(seed: u64) {
     let mut replica = Store::new(TXN_OPS_MAX);
     let mut restored: Option<Store> = None;
     let mut model = Model::new(TXN_OPS_MAX);
-    let (mut ok, mut errors) = (0usize, 0usize);
+    let (mut ok, mut errors, mut read_txns) = (0usize, 0usize, 0usize);
     let mut kinds: std::collections::BTreeMap<&'static str, usize> = Default::default();
     for i in 0..OPS_PER_SEED {
         let ctx = format!("seed {seed} (RAFTKV_SEED={seed}) op {i}");
         let op = gen_op(&mut rng, store.current_revision(), store.compact_revision());
+        let read_only = match &op {
+            Op::Txn(t) => store.read_txn(t),
+            _ => None,
+        };
         let want = apply_model(&mut model, &op);
         let got = apply(&mut store, &op);
         assert_eq!(got, want, "{ctx}: {op:?}");
         assert_eq!(apply(&mut replica, &op), got, "{ctx}: replica");
+        if let (Some(read), Answer::Txn(full)) = (read_only, &got) {
+            let full = full.clone().map(|w| (w.response, w.changes.is_empty()));
+            assert_eq!(read.map(|r| (r, true)), full, "{ctx}: read_txn");
+            read_txns += 1;
+        }
         if let Some(r) = restored.as_mut() {
             assert_eq!(apply(r, &op), got, "{ctx}: restored replica");
         }
@@ -372,6 +381,10 @@ fn run_seed(seed: u64) {
         "seed {seed}: {ok} ok, {errors} errors"
     );
     assert!(store.compact_revision() > 1, "seed {seed}: never compacted");
+    assert!(
+        read_txns > 10,
+        "seed {seed}: only {read_txns} read-only txns"
+    );
     eprintln!(
         "seed {seed}: {ok} ok / {errors} errors, revision {}, compacted {}, {} keys, {} entries; {kinds:?}",
         store.current_revision(),

@@ -262,3 +262,45 @@ fn apply_txn(w: &mut WriteTxn<'_>, req: TxnRequest) -> Result<TxnResponse, MvccE
         responses,
     })
 }
+
+/// etcd's `isTxnReadonly`: every op of both branches is a range (a nested txn counts as a
+/// write). Such a txn changes nothing and may be served by [`Store::read_txn`] without a log
+/// entry (after ReadIndex, or locally when serializable).
+pub fn is_txn_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| matches!(op, RequestOp::Range(_)))
+}
+
+impl Store {
+    /// A read-only txn over `&self`, answering exactly what [`Store::txn`] would; `None` if the
+    /// txn is not read-only (see [`is_txn_read_only`]).
+    pub fn read_txn(&self, req: &TxnRequest) -> Option<Result<TxnResponse, MvccError>> {
+        if !is_txn_read_only(req) {
+            return None;
+        }
+        let answer = || {
+            validate_txn(req, self.txn_ops_max)?;
+            self.check_path(req, Pass::Ranges, &crate::mvcc::NoLeases)?;
+            let succeeded = self.compares_hold(&req.compare, self.current);
+            let ops = if succeeded {
+                &req.success
+            } else {
+                &req.failure
+            };
+            let mut responses = Vec::with_capacity(ops.len());
+            for op in ops {
+                if let RequestOp::Range(r) = op {
+                    responses.push(ResponseOp::Range(self.range_at(r, self.current)?));
+                }
+            }
+            Ok(TxnResponse {
+                revision: self.current,
+                succeeded,
+                responses,
+            })
+        };
+        Some(answer())
+    }
+}

@@ -273,3 +273,80 @@ fn an_ignore_value_put_after_a_from_key_delete_of_its_key_fails_and_changes_noth
     let kv = &get(&s, "k", "").kvs[0];
     assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 3, 3));
 }
+
+#[test]
+fn requests_and_responses_round_trip_through_postcard_and_json() {
+    let nested = TxnRequest {
+        compare: vec![cmp(
+            "k",
+            CompareResult::NotEqual,
+            CompareTarget::Value(Bytes::from_static(b"\x00\xff")),
+        )],
+        success: vec![del_op("a", "\0")],
+        failure: vec![range_op("b")],
+    };
+    let req = TxnRequest {
+        compare: vec![Compare {
+            key: b("a"),
+            range_end: b("b"),
+            result: CompareResult::Less,
+            target: CompareTarget::Lease(-3),
+        }],
+        success: vec![put_op("k", "v"), RequestOp::Txn(nested)],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key: b("a"),
+            range_end: b("\0"),
+            limit: 3,
+            revision: -1,
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Value,
+            keys_only: true,
+            count_only: true,
+            min_mod_revision: 1,
+            max_mod_revision: 2,
+            min_create_revision: 3,
+            max_create_revision: 4,
+        })],
+    };
+    let bytes = postcard::to_stdvec(&req).expect("encode");
+    assert_eq!(
+        postcard::from_bytes::<TxnRequest>(&bytes).expect("decode"),
+        req
+    );
+    let json = serde_json::to_string(&req).expect("json");
+    assert_eq!(
+        serde_json::from_str::<TxnRequest>(&json).expect("json decode"),
+        req
+    );
+    let mut s = Store::default();
+    let w = s.txn(req, &NoLeases).expect("txn");
+    let bytes = postcard::to_stdvec(&w.response).expect("encode");
+    assert_eq!(
+        postcard::from_bytes::<TxnResponse>(&bytes).expect("decode"),
+        w.response
+    );
+    let bytes = postcard::to_stdvec(&w.changes).expect("encode");
+    assert_eq!(
+        postcard::from_bytes::<Vec<Change>>(&bytes).expect("decode"),
+        w.changes
+    );
+}
+
+#[test]
+fn read_only_txns_can_be_served_from_a_shared_reference() {
+    let mut s = Store::default();
+    put(&mut s, "k", "v");
+    let ro = TxnRequest {
+        compare: vec![cmp("k", CompareResult::Equal, CompareTarget::Version(1))],
+        success: vec![range_op("k")],
+        failure: vec![],
+    };
+    assert!(is_txn_read_only(&ro));
+    let read = s.read_txn(&ro).expect("read-only").expect("answer");
+    assert_eq!(read, s.clone().txn(ro, &NoLeases).expect("txn").response);
+    let rw = TxnRequest {
+        success: vec![put_op("k", "w")],
+        ..Default::default()
+    };
+    assert!(s.read_txn(&rw).is_none());
+}
