@@ -2,6 +2,8 @@
 //! compares, nested txns) / compact / range-at-a-random-revision, applied to the store, to a
 //! second replica, to a replica restored from a mid-run snapshot, and to [`Model`]; every answer
 //! (responses, changes, errors) must be identical, and the replicas' state and `hash_kv` equal.
+//! Read-only txns are also answered by `read_txn`, and `changes_between` must replay exactly
+//! the change records the writes returned.
 //!
 //! Seeds: `SEEDS` by default; `RAFTKV_SEED=<n>` replays one. The seed and op index are printed
 //! on failure.
@@ -290,6 +292,34 @@ fn assert_all_reads_agree(s: &Store, m: &Model, ctx: &str) {
     }
 }
 
+/// `changes_between` over a random window above the compacted revision is exactly that window
+/// of the writes' own change records. (At the compacted revision itself a change's prev_kv may
+/// be gone, as in etcd, so windows start above it.)
+fn assert_replay_matches_log(s: &Store, log: &[Change], rng: &mut Rng, ctx: &str) {
+    let from = rng.between(s.compact_revision() + 1, s.current_revision());
+    let to = rng.between(from - 1, s.current_revision());
+    let want: Vec<Change> = log
+        .iter()
+        .filter(|c| (from..=to).contains(&c.revision.main))
+        .cloned()
+        .collect();
+    assert_eq!(
+        s.changes_between(from, to).as_ref(),
+        Ok(&want),
+        "{ctx}: replay {from}..={to}"
+    );
+    if s.compact_revision() > 0 {
+        assert!(matches!(
+            s.changes_between(s.compact_revision() - 1, to),
+            Err(MvccError::Compacted { .. })
+        ));
+    }
+    assert!(matches!(
+        s.changes_between(from, s.current_revision() + 1),
+        Err(MvccError::FutureRevision { .. })
+    ));
+}
+
 fn snapshot_round_trip(s: &Store) -> Store {
     let mut buf = Vec::new();
     s.encode_snapshot(&mut buf).expect("encode");
@@ -303,6 +333,8 @@ fn run_seed(seed: u64) {
     let mut restored: Option<Store> = None;
     let mut model = Model::new(TXN_OPS_MAX);
     let (mut ok, mut errors, mut read_txns) = (0usize, 0usize, 0usize);
+    // Every change every write returned, in order: what a watch from revision 1 would see.
+    let mut log: Vec<Change> = Vec::new();
     let mut kinds: std::collections::BTreeMap<&'static str, usize> = Default::default();
     for i in 0..OPS_PER_SEED {
         let ctx = format!("seed {seed} (RAFTKV_SEED={seed}) op {i}");
@@ -322,6 +354,12 @@ fn run_seed(seed: u64) {
         }
         if let Some(r) = restored.as_mut() {
             assert_eq!(apply(r, &op), got, "{ctx}: restored replica");
+        }
+        match &got {
+            Answer::Put(Ok(w)) => log.extend(w.changes.iter().cloned()),
+            Answer::Delete(Ok(w)) => log.extend(w.changes.iter().cloned()),
+            Answer::Txn(Ok(w)) => log.extend(w.changes.iter().cloned()),
+            _ => {}
         }
         match &got {
             Answer::Range(Err(e))
@@ -364,6 +402,9 @@ fn run_seed(seed: u64) {
                 replica.hash_kv(rev),
                 "{ctx}: hash at {rev}"
             );
+        }
+        if i % 50 == 49 {
+            assert_replay_matches_log(&store, &log, &mut rng, &ctx);
         }
     }
     assert_all_reads_agree(&store, &model, &format!("seed {seed} end"));
