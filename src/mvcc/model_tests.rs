@@ -69,7 +69,12 @@ struct Gen<'a> {
 
 impl Gen<'_> {
     fn key(&mut self) -> Bytes {
-        Bytes::from_static(self.rng.pick(&KEYS))
+        // Now and then an empty key: etcd's "key is not provided", wherever a key goes.
+        if self.rng.chance(1) {
+            Bytes::new()
+        } else {
+            Bytes::from_static(self.rng.pick(&KEYS))
+        }
     }
 
     fn range_end(&mut self, key: &[u8]) -> Bytes {
@@ -141,7 +146,7 @@ impl Gen<'_> {
             } else {
                 Bytes::from_static(self.rng.pick(&VALUES))
             },
-            lease: if ignore_lease || self.rng.chance(70) {
+            lease: if ignore_lease && self.rng.chance(90) || self.rng.chance(70) {
                 0
             } else {
                 self.rng.between(1, 4)

@@ -445,3 +445,35 @@ fn a_non_key_sort_target_with_order_none_sorts_only_the_first_limit_plus_one_key
     };
     assert_eq!(keys(&s.range(&q).expect("range")), vec!["b", "c"]);
 }
+
+#[test]
+fn oversized_keys_and_values_are_refused_before_they_reach_a_snapshot() {
+    let mut s = Store::default();
+    let key = Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]);
+    let req = PutRequest {
+        key,
+        value: b("v"),
+        ..Default::default()
+    };
+    let err = s.put(req, &NoLeases).map(|_| ()).expect_err("too large");
+    assert_eq!(
+        err,
+        MvccError::TooLarge {
+            what: "key",
+            bytes: KEY_BYTES_MAX + 1,
+            max: KEY_BYTES_MAX
+        }
+    );
+    assert_eq!(err.to_string(), "etcdserver: request is too large");
+    let value = Bytes::from(vec![0u8; VALUE_BYTES_MAX + 1]);
+    let req = PutRequest {
+        key: b("k"),
+        value,
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.put(req, &NoLeases),
+        Err(MvccError::TooLarge { what: "value", .. })
+    ));
+    assert_eq!(s.current_revision(), 1);
+}
