@@ -11,6 +11,7 @@
 //! - [`peer`], [`serve`], [`tls`]: node-to-node transport and authentication, the accept loop,
 //!   and the TLS material both are built from.
 //! - [`limits`]: every size limit, and the check every command passes before it is proposed.
+//! - [`mvcc`]: a pure multi-version store with etcd v3's revisions, ranges, txns and compaction.
 //!
 //! Dependencies run one way: http → raft/cluster → store.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod mvcc;
 pub mod node;
 pub mod peer;
 pub mod raft;

@@ -1,0 +1,84 @@
+//! Compaction (etcd's `store.Compact` + `keyIndex.compact`) and the replica-comparable hash
+//! (etcd's `HashByRev`, with our own encoding).
+
+use crate::mvcc::Store;
+use crate::mvcc::error::MvccError;
+
+/// Answer of [`Store::hash_kv`], mirroring etcd's `HashKVResponse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKv {
+    /// crc32 (IEEE) over the retained entries with main revision ≤ the hashed revision.
+    pub hash: u32,
+    /// The compacted revision the hash was taken above ([`crate::mvcc::NEVER_COMPACTED`] if none).
+    pub compact_revision: i64,
+    /// The store's current revision (the response header's).
+    pub revision: i64,
+}
+
+impl Store {
+    /// Drop every entry no read at a revision ≥ `rev` can see. Errors as etcd's
+    /// `updateCompactRev`: at or below the last compaction → Compacted; above the current
+    /// revision → FutureRevision. Answers the current revision (the response header's).
+    pub fn compact(&mut self, rev: i64) -> Result<i64, MvccError> {
+        if rev <= self.compacted {
+            return Err(MvccError::Compacted {
+                compact_revision: self.compacted,
+            });
+        }
+        if rev > self.current {
+            return Err(MvccError::FutureRevision {
+                current_revision: self.current,
+            });
+        }
+        self.compacted = rev;
+        self.keys.retain(|_, h| !h.compact(rev));
+        Ok(self.current)
+    }
+
+    /// etcd's HashKV: a hash of the key space's retained history up to `rev` (0 = current),
+    /// equal on every replica that applied the same entries. Errors as etcd: `rev > 0` at or
+    /// below the compacted revision → Compacted (note: a *read* at the compacted revision
+    /// works); above the current → FutureRevision.
+    pub fn hash_kv(&self, rev: i64) -> Result<HashKv, MvccError> {
+        if rev > 0 && rev <= self.compacted {
+            return Err(MvccError::Compacted {
+                compact_revision: self.compacted,
+            });
+        }
+        if rev > self.current {
+            return Err(MvccError::FutureRevision {
+                current_revision: self.current,
+            });
+        }
+        let rev = if rev == 0 { self.current } else { rev };
+        let mut h = crc32fast::Hasher::new();
+        h.update(b"raftkv-mvcc-hash-v1");
+        for (key, history) in &self.keys {
+            let n = history.entries.partition_point(|e| e.rev.main <= rev);
+            if n == 0 {
+                continue;
+            }
+            h.update(&(key.len() as u64).to_le_bytes());
+            h.update(key);
+            h.update(&(n as u64).to_le_bytes());
+            for e in &history.entries[..n] {
+                for x in [e.rev.main, e.rev.sub, e.create, e.version, e.lease] {
+                    h.update(&x.to_le_bytes());
+                }
+                match &e.value {
+                    Some(v) => {
+                        h.update(&[1]);
+                        h.update(&(v.len() as u64).to_le_bytes());
+                        h.update(v);
+                    }
+                    None => h.update(&[0]),
+                }
+            }
+        }
+        Ok(HashKv {
+            hash: h.finalize(),
+            compact_revision: self.compacted,
+            revision: self.current,
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Memory measurement (ignored by default; numbers and method in `README.md`):
+//!
+//! ```sh
+//! cargo test --lib mvcc::mem_tests -- --ignored --nocapture --test-threads=1
+//! ```
+//! Loads `KEYS` keys of 12 bytes with 100-byte values, then overwrites each 7 times (one more
+//! retained revision per key per round), then deletes each (a tombstone per key), reading the process's
+//! resident set (`VmRSS`) before and after each step: what the store really costs, allocator
+//! overhead included.
+
+use bytes::Bytes;
+
+use crate::mvcc::*;
+
+const KEYS: usize = 1_000_000;
+const VALUE_BYTES: usize = 100;
+const OVERWRITE_ROUNDS: usize = 7;
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS kB");
+    kb * 1024
+}
+
+fn step(store: &mut Store, what: &str, before: u64, f: impl Fn(&mut Store, usize)) -> u64 {
+    for i in 0..KEYS {
+        f(store, i);
+    }
+    let after = rss_bytes();
+    let per = (after.saturating_sub(before)) as f64 / KEYS as f64;
+    eprintln!(
+        "{what}: +{} MiB RSS, {per:.0} bytes per key",
+        (after - before) >> 20
+    );
+    after
+}
+
+fn key(i: usize) -> Bytes {
+    Bytes::copy_from_slice(format!("key-{i:08}").as_bytes())
+}
+
+#[test]
+#[ignore = "measurement: run alone with --ignored --nocapture --test-threads=1"]
+fn bytes_per_key_and_per_retained_revision() {
+    eprintln!(
+        "sizes: Entry {} B, KeyHistory {} B, Bytes {} B",
+        size_of::<crate::mvcc::history::Entry>(),
+        size_of::<crate::mvcc::history::KeyHistory>(),
+        size_of::<Bytes>()
+    );
+    let value = vec![b'v'; VALUE_BYTES];
+    let mut store = Store::default();
+    let base = rss_bytes();
+    let put = |s: &mut Store, i: usize| {
+        let req = PutRequest {
+            key: key(i),
+            value: Bytes::copy_from_slice(&value),
+            ..Default::default()
+        };
+        s.put(req, &NoLeases).expect("put");
+    };
+    let mut rss = step(
+        &mut store,
+        "round 1: 1 live revision per key (create)",
+        base,
+        put,
+    );
+    let copy = store.clone();
+    let cloned = rss_bytes();
+    eprintln!(
+        "Store::clone of {KEYS} keys: +{} MiB RSS, {:.0} bytes per key (values shared, not copied)",
+        (cloned - rss) >> 20,
+        (cloned - rss) as f64 / KEYS as f64
+    );
+    // Kept alive to the end, so the rounds below cannot reuse its memory.
+    let before_history = cloned;
+    rss = cloned;
+    for round in 2..=OVERWRITE_ROUNDS + 1 {
+        rss = step(
+            &mut store,
+            &format!("round {round}: +1 retained revision per key (overwrite)"),
+            rss,
+            put,
+        );
+    }
+    let per = (rss - before_history) as f64 / (KEYS * OVERWRITE_ROUNDS) as f64;
+    eprintln!(
+        "average over {OVERWRITE_ROUNDS} overwrite rounds: {per:.0} bytes per retained revision"
+    );
+    step(&mut store, "+1 tombstone per key (delete)", rss, |s, i| {
+        let req = DeleteRangeRequest {
+            key: key(i),
+            ..Default::default()
+        };
+        s.delete_range(&req).expect("delete");
+    });
+    drop(copy);
+    store.compact(store.current_revision()).expect("compact");
+    eprintln!(
+        "after compacting everything: {} keys, {} entries; RSS {} MiB above the start (freed memory stays mapped)",
+        store.key_count(),
+        store.entry_count(),
+        rss_bytes().saturating_sub(base) >> 20
+    );
+}
+
+#[test]
+fn a_key_with_one_revision_holds_one_entry() {
+    let mut s = Store::default();
+    let req = PutRequest {
+        key: key(1),
+        value: Bytes::from_static(b"v"),
+        ..Default::default()
+    };
+    s.put(req, &NoLeases).expect("put");
+    assert_eq!(
+        s.keys
+            .values()
+            .map(|h| h.entries.capacity())
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+}

@@ -1,0 +1,266 @@
+//! The store's snapshot format: the whole retained state, streamed.
+//!
+//! ```text
+//! magic "RAFTKVMV" | version u8 (= 1) | current_revision i64 | compact_revision i64 | key_count u64
+//! key_count × ( key_len u32 | key | entry_count u32 | entry_count × entry )   -- keys ascending
+//! entry = main i64 | sub i64 | kind u8 (0 tombstone, 1 put)
+//!         [put: create i64 | version i64 | lease i64 | value_len u32 | value]
+//! crc32 u32 (IEEE, of every byte before it)
+//! ```
+//! Integers little-endian. Every length is bounded before anything is allocated
+//! ([`KEY_BYTES_MAX`], [`VALUE_BYTES_MAX`]), and decoding re-checks the store's invariants
+//! (ascending keys and revisions, well-formed generations, revisions within the header's), so a
+//! damaged or truncated stream is an error, never a different store. [`decode`] reads exactly
+//! the encoded bytes (no read-ahead): pass a buffered reader, and embed the stream in a larger
+//! file if you like.
+
+use std::io;
+use std::io::Read;
+use std::io::Write;
+
+use bytes::Bytes;
+
+use crate::mvcc::KEY_BYTES_MAX;
+use crate::mvcc::NEVER_COMPACTED;
+use crate::mvcc::Store;
+use crate::mvcc::VALUE_BYTES_MAX;
+use crate::mvcc::history::Entry;
+use crate::mvcc::history::KeyHistory;
+use crate::mvcc::revision::Revision;
+
+pub const MAGIC: [u8; 8] = *b"RAFTKVMV";
+pub const FORMAT_VERSION: u8 = 1;
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
+/// Entries are preallocated up to this many; a larger (claimed) count grows as it is read.
+const ENTRIES_PREALLOC_MAX: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("mvcc snapshot: {0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt mvcc snapshot at byte {offset}: {detail}")]
+    Corrupt { offset: u64, detail: String },
+}
+
+/// Write `store` to `out` (buffered here; flushed at the end).
+pub fn encode(store: &Store, out: impl Write) -> io::Result<()> {
+    let mut w = CrcWriter {
+        inner: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, out),
+        crc: crc32fast::Hasher::new(),
+    };
+    w.write_all(&MAGIC)?;
+    w.write_all(&[FORMAT_VERSION])?;
+    w.write_all(&store.current.to_le_bytes())?;
+    w.write_all(&store.compacted.to_le_bytes())?;
+    w.write_all(&(store.keys.len() as u64).to_le_bytes())?;
+    for (key, history) in &store.keys {
+        write_len(&mut w, key.len(), KEY_BYTES_MAX)?;
+        w.write_all(key)?;
+        write_len(&mut w, history.entries.len(), u32::MAX as usize)?;
+        for e in &history.entries {
+            w.write_all(&e.rev.main.to_le_bytes())?;
+            w.write_all(&e.rev.sub.to_le_bytes())?;
+            match &e.value {
+                None => w.write_all(&[0])?,
+                Some(v) => {
+                    w.write_all(&[1])?;
+                    for x in [e.create, e.version, e.lease] {
+                        w.write_all(&x.to_le_bytes())?;
+                    }
+                    write_len(&mut w, v.len(), VALUE_BYTES_MAX)?;
+                    w.write_all(v)?;
+                }
+            }
+        }
+    }
+    let crc = w.crc.clone().finalize();
+    w.inner.write_all(&crc.to_le_bytes())?;
+    w.inner.flush()
+}
+
+fn write_len(w: &mut impl Write, len: usize, max: usize) -> io::Result<()> {
+    match u32::try_from(len) {
+        Ok(n) if len <= max => w.write_all(&n.to_le_bytes()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("length {len} over {max}"),
+        )),
+    }
+}
+
+/// Read a store written by [`encode`]; `txn_ops_max` as in [`Store::new`].
+pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotError> {
+    let mut r = CrcReader {
+        inner: input,
+        crc: crc32fast::Hasher::new(),
+        offset: 0,
+    };
+    if r.array::<8>()? != MAGIC {
+        return Err(r.corrupt("not an mvcc snapshot (bad magic)"));
+    }
+    let [version] = r.array::<1>()?;
+    if version != FORMAT_VERSION {
+        return Err(r.corrupt(format!(
+            "format version {version}, this build reads {FORMAT_VERSION}"
+        )));
+    }
+    let current = r.i64()?;
+    let compacted = r.i64()?;
+    if current < crate::mvcc::FIRST_REVISION || compacted < NEVER_COMPACTED || compacted > current {
+        return Err(r.corrupt(format!(
+            "bad revisions: current {current}, compacted {compacted}"
+        )));
+    }
+    let key_count = r.u64()?;
+    let mut store = Store::new(txn_ops_max);
+    store.current = current;
+    store.compacted = compacted;
+    let mut last_key: Option<Bytes> = None;
+    for _ in 0..key_count {
+        let key = r.bytes(KEY_BYTES_MAX, "key")?;
+        if key.is_empty() || last_key.as_ref().is_some_and(|last| key <= *last) {
+            return Err(r.corrupt("keys empty or not ascending"));
+        }
+        let n = r.len(u32::MAX as usize, "entry count")?;
+        let mut history = KeyHistory {
+            entries: Vec::with_capacity(n.min(ENTRIES_PREALLOC_MAX)),
+        };
+        for _ in 0..n {
+            history.entries.push(r.entry()?);
+        }
+        history.check(current).map_err(|d| r.corrupt(d))?;
+        if history
+            .entries
+            .get(1)
+            .is_some_and(|e| e.rev.main <= compacted)
+        {
+            return Err(r.corrupt("history below the compacted revision"));
+        }
+        store.keys.insert(key.clone(), history);
+        last_key = Some(key);
+    }
+    let want = r.crc.clone().finalize();
+    let mut crc = [0u8; 4];
+    r.inner.read_exact(&mut crc).map_err(|e| r.io(e))?;
+    if u32::from_le_bytes(crc) != want {
+        return Err(r.corrupt("checksum mismatch"));
+    }
+    Ok(store)
+}
+
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct CrcReader<R: Read> {
+    inner: R,
+    crc: crc32fast::Hasher,
+    offset: u64,
+}
+
+impl<R: Read> CrcReader<R> {
+    fn corrupt(&self, detail: impl Into<String>) -> SnapshotError {
+        SnapshotError::Corrupt {
+            offset: self.offset,
+            detail: detail.into(),
+        }
+    }
+
+    fn io(&self, e: io::Error) -> SnapshotError {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            self.corrupt("truncated")
+        } else {
+            SnapshotError::Io(e)
+        }
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.inner.read_exact(buf).map_err(|e| self.io(e))?;
+        self.crc.update(buf);
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], SnapshotError> {
+        let mut buf = [0u8; N];
+        self.fill(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn i64(&mut self) -> Result<i64, SnapshotError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn len(&mut self, max: usize, what: &str) -> Result<usize, SnapshotError> {
+        let n = u32::from_le_bytes(self.array()?) as usize;
+        if n > max {
+            return Err(self.corrupt(format!("{what} {n} over {max}")));
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self, max: usize, what: &str) -> Result<Bytes, SnapshotError> {
+        let n = self.len(max, what)?;
+        // Grow as bytes arrive: a damaged length costs no more memory than the stream holds.
+        let mut buf = Vec::with_capacity(n.min(WRITE_BUFFER_BYTES));
+        let got = (&mut self.inner)
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(SnapshotError::Io)?;
+        if got < n {
+            self.offset += got as u64;
+            return Err(self.corrupt("truncated"));
+        }
+        self.crc.update(&buf);
+        self.offset += n as u64;
+        Ok(Bytes::from(buf))
+    }
+
+    fn entry(&mut self) -> Result<Entry, SnapshotError> {
+        let rev = Revision::new(self.i64()?, self.i64()?);
+        match self.array::<1>()? {
+            [0] => Ok(Entry {
+                rev,
+                create: 0,
+                version: 0,
+                lease: 0,
+                value: None,
+            }),
+            [1] => {
+                let (create, version, lease) = (self.i64()?, self.i64()?, self.i64()?);
+                let value = Some(self.bytes(VALUE_BYTES_MAX, "value")?);
+                Ok(Entry {
+                    rev,
+                    create,
+                    version,
+                    lease,
+                    value,
+                })
+            }
+            [k] => Err(self.corrupt(format!("unknown entry kind {k}"))),
+        }
+    }
+}
+
+impl Store {
+    /// [`encode`] as a method.
+    pub fn encode_snapshot(&self, out: impl Write) -> io::Result<()> {
+        encode(self, out)
+    }
+}

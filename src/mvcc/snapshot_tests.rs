@@ -1,0 +1,217 @@
+//! Snapshot format tests: round trip, every truncation point, every flipped byte, invariant
+//! violations behind a valid checksum, and oversized length claims.
+
+use bytes::Bytes;
+
+use crate::mvcc::snapshot::SnapshotError;
+use crate::mvcc::snapshot::decode;
+use crate::mvcc::tests::*;
+use crate::mvcc::*;
+
+/// A small store with every kind of entry: history, a tombstone, a re-created key, a lease,
+/// binary and empty values, and a compaction that left a mid-generation first entry.
+fn sample() -> Store {
+    let mut s = Store::default();
+    put(&mut s, "a", "1");
+    put(&mut s, "a", "2");
+    put(&mut s, "b", "");
+    let leased = PutRequest {
+        key: b("c"),
+        value: Bytes::from_static(b"\x00\xff"),
+        lease: 8,
+        ..Default::default()
+    };
+    s.put(leased, &|_| true).expect("put");
+    del(&mut s, "b", "");
+    put(&mut s, "b", "again");
+    put(&mut s, "a", "3");
+    s.compact(3).expect("compact");
+    put(&mut s, "d\u{ff}", "x");
+    s
+}
+
+fn encoded(s: &Store) -> Vec<u8> {
+    let mut buf = Vec::new();
+    s.encode_snapshot(&mut buf).expect("encode");
+    buf
+}
+
+fn corrupt_detail(r: Result<Store, SnapshotError>) -> String {
+    match r {
+        Err(SnapshotError::Corrupt { detail, .. }) => detail,
+        other => panic!("expected a corrupt-snapshot error, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_trip_keeps_state_history_and_hash() {
+    let s = sample();
+    let copy = decode(&encoded(&s)[..], TXN_OPS_MAX_DEFAULT).expect("decode");
+    assert_eq!(copy, s);
+    assert_eq!(copy.hash_kv(0), s.hash_kv(0));
+    assert_eq!(copy.compact_revision(), 3);
+    assert_eq!(get_at(&copy, "a", 3), get_at(&s, "a", 3));
+    let empty = Store::default();
+    assert_eq!(decode(&encoded(&empty)[..], 128).expect("decode"), empty);
+}
+
+#[test]
+fn decode_reads_exactly_the_snapshot_and_no_further() {
+    let mut buf = encoded(&sample());
+    let len = buf.len();
+    buf.extend_from_slice(b"trailer");
+    let mut reader = &buf[..];
+    decode(&mut reader, 128).expect("decode");
+    assert_eq!(reader, b"trailer", "{len} bytes consumed");
+}
+
+#[test]
+fn every_truncation_is_rejected() {
+    let buf = encoded(&sample());
+    for cut in 0..buf.len() {
+        let detail = corrupt_detail(decode(&buf[..cut], 128));
+        assert!(!detail.is_empty(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn every_flipped_byte_is_rejected() {
+    let buf = encoded(&sample());
+    for i in 0..buf.len() {
+        for mask in [0x01u8, 0x80, 0xff] {
+            let mut bad = buf.clone();
+            bad[i] ^= mask;
+            assert!(
+                decode(&bad[..], 128).is_err(),
+                "byte {i} ^ {mask:#x} accepted"
+            );
+        }
+    }
+}
+
+/// Builds a stream by hand, with a correct checksum, to reach the checks behind it.
+struct Raw(Vec<u8>);
+
+impl Raw {
+    fn header(current: i64, compacted: i64, keys: u64) -> Raw {
+        let mut r = Raw(snapshot::MAGIC.to_vec());
+        r.0.push(snapshot::FORMAT_VERSION);
+        r.i64(current).i64(compacted);
+        r.0.extend_from_slice(&keys.to_le_bytes());
+        r
+    }
+    fn i64(&mut self, x: i64) -> &mut Raw {
+        self.0.extend_from_slice(&x.to_le_bytes());
+        self
+    }
+    fn len(&mut self, n: u32) -> &mut Raw {
+        self.0.extend_from_slice(&n.to_le_bytes());
+        self
+    }
+    fn key(&mut self, k: &[u8], entries: u32) -> &mut Raw {
+        self.len(k.len() as u32);
+        self.0.extend_from_slice(k);
+        self.len(entries)
+    }
+    fn put(&mut self, main: i64, create: i64, version: i64, value: &[u8]) -> &mut Raw {
+        self.i64(main).i64(0);
+        self.0.push(1);
+        self.i64(create).i64(version).i64(0).len(value.len() as u32);
+        self.0.extend_from_slice(value);
+        self
+    }
+    fn tomb(&mut self, main: i64) -> &mut Raw {
+        self.i64(main).i64(0);
+        self.0.push(0);
+        self
+    }
+    fn done(&self) -> Vec<u8> {
+        let mut out = self.0.clone();
+        out.extend_from_slice(&crc32fast::hash(&self.0).to_le_bytes());
+        out
+    }
+}
+
+#[test]
+fn a_valid_checksum_does_not_hide_broken_invariants() {
+    let ok = Raw::header(3, -1, 1)
+        .key(b"a", 2)
+        .put(2, 2, 1, b"x")
+        .put(3, 2, 2, b"y")
+        .done();
+    decode(&ok[..], 128).expect("well-formed stream");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("bad revisions", Raw::header(0, -1, 0).done()),
+        ("bad revisions", Raw::header(3, 4, 0).done()),
+        (
+            "not ascending",
+            Raw::header(3, -1, 2)
+                .key(b"b", 1)
+                .put(2, 2, 1, b"")
+                .key(b"a", 1)
+                .put(3, 3, 1, b"")
+                .done(),
+        ),
+        (
+            "empty",
+            Raw::header(3, -1, 1).key(b"", 1).put(2, 2, 1, b"").done(),
+        ),
+        (
+            "empty key history",
+            Raw::header(3, -1, 1).key(b"a", 0).done(),
+        ),
+        (
+            "starts with a tombstone",
+            Raw::header(3, -1, 1).key(b"a", 1).tomb(2).done(),
+        ),
+        (
+            "revisions not ascending",
+            Raw::header(3, -1, 1)
+                .key(b"a", 2)
+                .put(3, 3, 1, b"")
+                .put(3, 3, 2, b"")
+                .done(),
+        ),
+        (
+            "out of range",
+            Raw::header(3, -1, 1).key(b"a", 1).put(4, 4, 1, b"").done(),
+        ),
+        (
+            "continue its generation",
+            Raw::header(3, -1, 1)
+                .key(b"a", 2)
+                .put(2, 2, 1, b"")
+                .put(3, 2, 3, b"")
+                .done(),
+        ),
+        (
+            "version 1",
+            Raw::header(4, -1, 1)
+                .key(b"a", 3)
+                .put(2, 2, 1, b"")
+                .tomb(3)
+                .put(4, 4, 2, b"")
+                .done(),
+        ),
+        (
+            "below the compacted",
+            Raw::header(4, 3, 1)
+                .key(b"a", 2)
+                .put(2, 2, 1, b"")
+                .put(3, 2, 2, b"")
+                .done(),
+        ),
+        (
+            "key 4294967295 over",
+            Raw::header(3, -1, 1).len(u32::MAX).done(),
+        ),
+    ];
+    for (want, bytes) in cases {
+        let detail = corrupt_detail(decode(&bytes[..], 128));
+        assert!(detail.contains(want), "wanted {want:?}, got {detail:?}");
+    }
+    let mut wrong_version = Raw::header(3, -1, 0).done();
+    wrong_version[8] = 2;
+    assert!(corrupt_detail(decode(&wrong_version[..], 128)).contains("format version 2"));
+    assert!(corrupt_detail(decode(&b"RAFTKVSN\x01"[..], 128)).contains("bad magic"));
+}
