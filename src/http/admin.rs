@@ -172,6 +172,7 @@ pub async fn status(State(app): State<SharedApp>) -> Json<Value> {
         "commit_index": commit_index,
         "applied_index": applied_index,
         "snapshot_index": snapshot_index,
+        "revision": app.state_machine.revision(),
         "members": members_json(&app),
         "digest": { "applied_index": digest.0, "value": format!("{:016x}", digest.1), "keys": digest.2 },
     }))

@@ -43,8 +43,14 @@ pub async fn get(
     Path(key): Path<String>,
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
-    let value = read_value(&app, &key, &params).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+    let kv = read_value(&app, &key, &params).await?;
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        kv.value.clone(),
+    )
+        .into_response();
+    crate::http::revision_headers(&mut response, &kv);
+    Ok(response)
 }
 
 /// `DELETE /db/<key>` and `DELETE /key/<key>`.

@@ -66,9 +66,11 @@ pub async fn get(
     Path(key): Path<String>,
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
-    let value = read_value(&app, &key, &params).await?;
-    let text = String::from_utf8_lossy(&value).into_owned();
-    Ok(Json(serde_json::json!({ key: text })).into_response())
+    let kv = read_value(&app, &key, &params).await?;
+    let text = String::from_utf8_lossy(&kv.value).into_owned();
+    let mut response = Json(serde_json::json!({ key: text })).into_response();
+    crate::http::revision_headers(&mut response, &kv);
+    Ok(response)
 }
 
 #[cfg(test)]

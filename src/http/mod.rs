@@ -88,7 +88,11 @@ pub fn validate_key(key: &str) -> Result<(), KvError> {
 }
 
 /// Reads `key` at the consistency level the request asks for; `NotFound` if absent.
-pub async fn read_value(app: &App, key: &str, params: &ReadParams) -> Result<Vec<u8>, KvError> {
+pub async fn read_value(
+    app: &App,
+    key: &str,
+    params: &ReadParams,
+) -> Result<crate::mvcc::KeyValue, KvError> {
     validate_key(key)?;
     crate::raft::read::read_barrier(app, params.level()?).await?;
     app.state_machine.get(key).ok_or(KvError::NotFound)
@@ -112,11 +116,27 @@ pub async fn read_limited(body: Body, limit: usize, what: &str) -> Result<Bytes,
     })
 }
 
-/// A successful write: 200 with an empty body (as raftd/hraftd), the commit index in a header.
+/// A successful write: 200 with an empty body (as raftd/hraftd), the commit index and the
+/// store's new revision in headers.
 pub fn write_response(ok: &WriteOk) -> Response {
     let mut response = ().into_response();
+    let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ok.index.to_string()) {
-        response.headers_mut().insert("x-raft-index", v);
+        headers.insert("x-raft-index", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ok.response.revision.to_string()) {
+        headers.insert("x-raft-revision", v);
     }
     response
+}
+
+/// A read's headers: the key's `mod_revision` as `X-Raft-Revision` and as the `ETag`.
+pub fn revision_headers(response: &mut Response, kv: &crate::mvcc::KeyValue) {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&kv.mod_revision.to_string()) {
+        headers.insert("x-raft-revision", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", kv.mod_revision)) {
+        headers.insert(axum::http::header::ETAG, v);
+    }
 }

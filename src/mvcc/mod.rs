@@ -24,6 +24,7 @@ pub mod error;
 mod history;
 mod range;
 pub mod revision;
+mod seed;
 pub mod snapshot;
 mod txn;
 pub mod types;

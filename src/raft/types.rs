@@ -153,6 +153,8 @@ mod value_bytes {
 pub struct Response {
     /// For `Delete`: whether the key existed. For sets: whether any key was overwritten.
     pub existed: bool,
+    /// The store's revision after this entry (etcd's header revision).
+    pub revision: i64,
 }
 
 openraft::declare_raft_types!(

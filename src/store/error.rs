@@ -10,6 +10,9 @@ pub enum StoreError {
     Open { path: PathBuf, source: io::Error },
     #[error("corrupt data in {path}: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    /// Written by another version of raftkv that this build cannot read (no data was changed).
+    #[error("cannot use {path}: {detail}")]
+    Unsupported { path: PathBuf, detail: String },
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }

@@ -1,127 +1,172 @@
-//! The key/value map the state machine replicates: pure data, no I/O, no locks, no openraft.
+//! The replicated key space: the multi-version store (`mvcc`) plus what the node reports about
+//! it cheaply (the live keys' count and digest). Pure data, no I/O, no locks, no openraft.
 //!
-//! Owns: applying one [`Command`] at one log index, point reads, ordered iteration (for
-//! snapshots) and a deterministic digest (for comparing replicas in tests and admin tools).
+//! Owns: applying one [`Command`] (the seed APIs' set / multi-set / delete; each is one etcd
+//! revision), point reads at the current revision, and a deterministic digest of the live keys
+//! (for comparing replicas in tests and admin tools), kept current from each write's changes.
 //! Does not own: locking, log order, durability — see `state_machine.rs` and `snapshot.rs`.
 //!
-//! Invariant: every stored [`Value`] carries the log index of the command that last wrote it, so
-//! two replicas that applied the same log prefix hold byte-identical maps and equal digests.
+//! Invariant: two replicas that applied the same log prefix hold equal stores (same revisions,
+//! same history) and equal digests.
 
-use std::collections::BTreeMap;
+use bytes::Bytes;
 
+use crate::mvcc;
+use crate::mvcc::Change;
+use crate::mvcc::ChangeKind;
+use crate::mvcc::KeyValue;
+use crate::mvcc::MvccError;
 use crate::raft::types::Command;
 use crate::raft::types::Response;
 
-/// A stored value and the log index of the command that last wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Value {
-    pub data: Vec<u8>,
-    /// Log index of the entry that last wrote this key.
-    pub index: u64,
-}
-
-/// The replicated map, ordered by key (snapshots stream it in this order).
+/// The store and its live-key digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KvMap {
-    entries: BTreeMap<String, Value>,
-    /// Wrapping sum of [`pair_hash`] over all entries, kept current on every change so that
-    /// [`KvMap::digest`] is O(1) (`/status` reports it).
+pub struct KvState {
+    store: mvcc::Store,
+    /// Keys live at the current revision.
+    live_keys: usize,
+    /// Wrapping sum of [`kv_hash`] over the live keys.
     digest_sum: u64,
 }
 
-impl KvMap {
+impl KvState {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Applies `cmd`, written by the log entry at `index`. See [`KvMap::apply_owned`].
-    pub fn apply(&mut self, index: u64, cmd: &Command) -> Response {
-        self.apply_owned(index, cmd.clone())
+    /// Wraps a store read from a snapshot, computing its digest (O(live keys)).
+    pub fn from_store(store: mvcc::Store) -> Self {
+        let mut state = KvState {
+            store,
+            live_keys: 0,
+            digest_sum: 0,
+        };
+        for kv in state.live() {
+            state.live_keys += 1;
+            state.digest_sum = state.digest_sum.wrapping_add(kv_hash(&kv));
+        }
+        state
     }
 
-    /// Applies `cmd` without copying its values (the state machine owns each entry it applies).
+    pub fn store(&self) -> &mvcc::Store {
+        &self.store
+    }
+
+    /// Applies `cmd`. A command the store refuses changes nothing; the leader checks commands
+    /// before proposing (`limits::check_command`), so a refusal here means a hand-made entry,
+    /// and it is the same on every replica.
     ///
     /// `existed` is true when a key the command touches held a value before the command:
     /// for `Delete`, the key was present; for `Set`/`SetMany`, at least one key was overwritten.
-    /// In a `SetMany` naming a key twice, the last pair wins and the repeat does not count as an
-    /// overwrite.
-    pub fn apply_owned(&mut self, index: u64, cmd: Command) -> Response {
-        let existed = match cmd {
-            Command::Set { key, value } => self.set(index, key, value),
-            Command::SetMany { pairs } => pairs.into_iter().fold(false, |existed, (key, value)| {
-                self.set(index, key, value) | existed
-            }),
-            Command::Delete { key } => self.remove(&key),
+    pub fn apply_owned(&mut self, cmd: Command) -> Response {
+        let written = match cmd {
+            Command::Set { key, value } => {
+                let req = mvcc::PutRequest {
+                    key: Bytes::from(key.into_bytes()),
+                    value: Bytes::from(value),
+                    ..mvcc::PutRequest::default()
+                };
+                self.store.put(req, &mvcc::NoLeases).map(|w| w.changes)
+            }
+            Command::SetMany { pairs } => {
+                let pairs = pairs
+                    .into_iter()
+                    .map(|(k, v)| (Bytes::from(k.into_bytes()), Bytes::from(v)))
+                    .collect();
+                self.store.put_many(pairs).map(|w| w.changes)
+            }
+            Command::Delete { key } => {
+                let req = mvcc::DeleteRangeRequest {
+                    key: Bytes::from(key.into_bytes()),
+                    ..mvcc::DeleteRangeRequest::default()
+                };
+                self.store.delete_range(&req).map(|w| w.changes)
+            }
         };
-        Response { existed }
-    }
-
-    /// Returns whether `key` held a value written by an earlier command.
-    fn set(&mut self, index: u64, key: String, data: Vec<u8>) -> bool {
-        let value = Value { data, index };
-        let added = pair_hash(&key, &value);
-        let replaced = self.entries.get(&key).map(|old| pair_hash(&key, old));
-        self.digest_sum = self
-            .digest_sum
-            .wrapping_add(added)
-            .wrapping_sub(replaced.unwrap_or(0));
-        let old = self.entries.insert(key, value);
-        old.is_some_and(|old| old.index != index)
-    }
-
-    fn remove(&mut self, key: &str) -> bool {
-        let Some(old) = self.entries.remove(key) else {
-            return false;
+        let existed = match written {
+            Ok(changes) => {
+                self.account(&changes);
+                changes.iter().any(|c| c.prev_kv.is_some())
+            }
+            Err(e) => {
+                tracing::warn!(error = %refusal(&e), "a replicated command was refused by the store");
+                false
+            }
         };
-        self.digest_sum = self.digest_sum.wrapping_sub(pair_hash(key, &old));
-        true
+        Response {
+            existed,
+            revision: self.store.current_revision(),
+        }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries.get(key)
+    /// Keeps the live count and digest current with one write's changes.
+    fn account(&mut self, changes: &[Change]) {
+        for change in changes {
+            if let Some(prev) = &change.prev_kv {
+                self.live_keys -= 1;
+                self.digest_sum = self.digest_sum.wrapping_sub(kv_hash(prev));
+            }
+            if change.kind == ChangeKind::Put {
+                self.live_keys += 1;
+                self.digest_sum = self.digest_sum.wrapping_add(kv_hash(&change.kv));
+            }
+        }
     }
 
+    /// The live `key` at the current revision.
+    pub fn get(&self, key: &str) -> Option<KeyValue> {
+        let req = mvcc::RangeRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ..mvcc::RangeRequest::default()
+        };
+        self.store.range(&req).ok()?.kvs.into_iter().next()
+    }
+
+    /// Every live key at the current revision, in key order.
+    pub fn live(&self) -> Vec<KeyValue> {
+        let all = mvcc::RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            ..mvcc::RangeRequest::default()
+        };
+        self.store.range(&all).map(|r| r.kvs).unwrap_or_default()
+    }
+
+    /// Keys live at the current revision.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live_keys
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live_keys == 0
     }
 
-    /// The greatest key, if any.
-    pub fn last_key(&self) -> Option<&str> {
-        self.entries.last_key_value().map(|(key, _)| key.as_str())
+    pub fn revision(&self) -> i64 {
+        self.store.current_revision()
     }
 
-    /// All pairs in key order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &Value)> {
-        self.entries.iter()
-    }
-
-    /// Puts back a pair read from a snapshot, as it was stored (no command semantics).
-    pub fn restore(&mut self, key: String, value: Value) {
-        self.set(value.index, key, value.data);
-    }
-
-    /// A digest of the whole map: the wrapping sum of a 64-bit FNV-1a hash of every pair, each
-    /// encoded as `key_len u64 LE | key | data_len u64 LE | data | index u64 LE`.
-    ///
-    /// Deterministic across runs, platforms and versions (replicas compare digests); O(1), as it
-    /// is maintained on every change.
+    /// A digest of the live keys: the wrapping sum of a 64-bit FNV-1a hash of every live kv
+    /// (key, value, create and mod revision, version, lease). Deterministic across runs,
+    /// platforms and versions (replicas compare digests); O(1), maintained on every change.
     pub fn digest(&self) -> u64 {
         self.digest_sum
     }
 }
 
-/// The FNV-1a hash of one stored pair (see [`KvMap::digest`]).
-fn pair_hash(key: &str, value: &Value) -> u64 {
+fn refusal(e: &MvccError) -> String {
+    format!("{e} ({e:?})")
+}
+
+/// The FNV-1a hash of one live kv (see [`KvState::digest`]).
+fn kv_hash(kv: &KeyValue) -> u64 {
     let mut hash = Fnv1a::new();
-    hash.write(&(key.len() as u64).to_le_bytes());
-    hash.write(key.as_bytes());
-    hash.write(&(value.data.len() as u64).to_le_bytes());
-    hash.write(&value.data);
-    hash.write(&value.index.to_le_bytes());
+    hash.write(&(kv.key.len() as u64).to_le_bytes());
+    hash.write(&kv.key);
+    hash.write(&(kv.value.len() as u64).to_le_bytes());
+    hash.write(&kv.value);
+    for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+        hash.write(&n.to_le_bytes());
+    }
     hash.0
 }
 
@@ -129,16 +174,14 @@ fn pair_hash(key: &str, value: &Value) -> u64 {
 struct Fnv1a(u64);
 
 impl Fnv1a {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
     fn new() -> Self {
-        Self(Self::OFFSET)
+        Self(0xcbf2_9ce4_8422_2325)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(Self::PRIME);
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
 }
@@ -148,141 +191,87 @@ mod tests {
     use super::*;
 
     fn set(key: &str, value: &str) -> Command {
-        Command::Set {
-            key: key.into(),
-            value: value.into(),
-        }
+        let (key, value) = (key.to_string(), value.as_bytes().to_vec());
+        Command::Set { key, value }
     }
 
     fn del(key: &str) -> Command {
-        Command::Delete { key: key.into() }
+        let key = key.to_string();
+        Command::Delete { key }
     }
 
     #[test]
-    fn set_overwrite_and_delete_report_existed() {
-        let mut kv = KvMap::new();
-        assert!(!kv.apply(1, &set("a", "1")).existed);
+    fn set_overwrite_and_delete_report_existed_and_revisions() {
+        let mut kv = KvState::new();
+        assert_eq!(kv.revision(), 1, "a fresh store is at revision 1");
+        let r = kv.apply_owned(set("a", "1"));
+        assert_eq!((r.existed, r.revision), (false, 2));
+        let r = kv.apply_owned(set("a", "2"));
+        assert_eq!((r.existed, r.revision), (true, 3));
+        let a = kv.get("a").expect("a");
         assert_eq!(
-            kv.get("a"),
-            Some(&Value {
-                data: b"1".to_vec(),
-                index: 1
-            })
+            (
+                a.value.as_ref(),
+                a.create_revision,
+                a.mod_revision,
+                a.version
+            ),
+            (&b"2"[..], 2, 3, 2)
         );
-        assert!(kv.apply(2, &set("a", "2")).existed);
+        let r = kv.apply_owned(del("a"));
+        assert_eq!((r.existed, r.revision), (true, 4));
+        let r = kv.apply_owned(del("a"));
         assert_eq!(
-            kv.get("a"),
-            Some(&Value {
-                data: b"2".to_vec(),
-                index: 2
-            })
+            (r.existed, r.revision),
+            (false, 4),
+            "deleting nothing adds no revision"
         );
-        assert!(kv.apply(3, &del("a")).existed);
         assert_eq!(kv.get("a"), None);
-        assert!(
-            !kv.apply(4, &del("a")).existed,
-            "deleting an absent key is not an error"
-        );
         assert!(kv.is_empty());
     }
 
     #[test]
-    fn set_many_applies_every_pair_at_one_index() {
-        let mut kv = KvMap::new();
-        kv.apply(1, &set("b", "old"));
+    fn set_many_is_one_revision() {
+        let mut kv = KvState::new();
+        kv.apply_owned(set("x", "0"));
         let pairs = vec![
-            ("a".to_string(), b"1".to_vec()),
-            ("c".to_string(), b"3".to_vec()),
-            ("a".to_string(), b"last".to_vec()),
+            ("x".to_string(), b"1".to_vec()),
+            ("y".to_string(), b"2".to_vec()),
+            ("x".to_string(), b"3".to_vec()),
         ];
-        let resp = kv.apply(
-            7,
-            &Command::SetMany {
-                pairs: pairs.clone(),
-            },
-        );
-        assert!(
-            !resp.existed,
-            "a repeated key inside one command is not an overwrite"
-        );
-        assert_eq!(kv.len(), 3);
-        assert_eq!(
-            kv.get("a"),
-            Some(&Value {
-                data: b"last".to_vec(),
-                index: 7
-            })
-        );
-        assert_eq!(kv.get("b").map(|v| v.index), Some(1));
-        assert_eq!(kv.get("c").map(|v| v.index), Some(7));
-
-        let resp = kv.apply(
-            8,
-            &Command::SetMany {
-                pairs: vec![("b".into(), b"new".to_vec())],
-            },
-        );
-        assert!(resp.existed);
-        let empty = kv.apply(9, &Command::SetMany { pairs: vec![] });
-        assert!(!empty.existed);
-        let keys: Vec<&str> = kv.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["a", "b", "c"], "iteration is in key order");
+        let r = kv.apply_owned(Command::SetMany { pairs });
+        assert_eq!((r.existed, r.revision), (true, 3));
+        assert_eq!(kv.get("x").expect("x").value.as_ref(), b"3");
+        assert_eq!(kv.get("y").expect("y").mod_revision, 3);
+        assert_eq!(kv.len(), 2);
     }
 
     #[test]
-    fn digest_is_deterministic_and_sensitive() {
-        let build = |cmds: &[(u64, Command)]| {
-            let mut kv = KvMap::new();
-            for (index, cmd) in cmds {
-                kv.apply(*index, cmd);
+    fn incremental_digest_matches_a_rebuilt_one_and_is_sensitive() {
+        let mut a = KvState::new();
+        for i in 0..200 {
+            a.apply_owned(set(&format!("k{}", i % 50), &format!("v{i}")));
+            if i % 7 == 0 {
+                a.apply_owned(del(&format!("k{}", (i * 3) % 50)));
             }
-            kv
-        };
-        let a = build(&[(1, set("x", "1")), (2, set("y", "2"))]);
-        let b = build(&[(1, set("x", "1")), (2, set("y", "2"))]);
-        assert_eq!(a.digest(), b.digest());
-        // Fixed value: the encoding must never change silently.
-        assert_eq!(KvMap::new().digest(), 0);
-
-        assert_ne!(
-            a.digest(),
-            build(&[(1, set("x", "1")), (3, set("y", "2"))]).digest()
-        );
-        assert_ne!(
-            a.digest(),
-            build(&[(1, set("x", "1")), (2, set("y", "3"))]).digest()
-        );
-        // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        assert_ne!(
-            build(&[(1, set("ab", "c"))]).digest(),
-            build(&[(1, set("a", "bc"))]).digest()
-        );
-
-        let mut restored = KvMap::new();
-        for (k, v) in a.iter() {
-            restored.restore(k.clone(), v.clone());
         }
-        assert_eq!(restored, a);
-        assert_eq!(restored.digest(), a.digest());
-    }
+        let rebuilt = KvState::from_store(a.store().clone());
+        assert_eq!(rebuilt.digest(), a.digest());
+        assert_eq!(rebuilt.len(), a.len());
+        assert_eq!(rebuilt.len(), a.live().len());
 
-    #[test]
-    fn incremental_digest_matches_a_rebuilt_map() {
-        let mut a = KvMap::new();
-        a.apply(1, &set("x", "1"));
-        a.apply(2, &set("y", "2"));
-        a.apply(3, &set("x", "3"));
-        a.apply(4, &del("y"));
-        a.apply(5, &del("absent"));
-        let mut rebuilt = KvMap::new();
-        for (k, v) in a.iter() {
-            rebuilt.restore(k.clone(), v.clone());
-        }
-        assert_eq!(a.digest(), rebuilt.digest());
-        let mut only_x = KvMap::new();
-        only_x.apply(3, &set("x", "3"));
-        assert_eq!(a.digest(), only_x.digest());
-        a.apply(6, &del("x"));
-        assert_eq!(a.digest(), KvMap::new().digest());
+        let mut b = a.clone();
+        b.apply_owned(set("k1", "other"));
+        assert_ne!(b.digest(), a.digest());
+        let mut c = KvState::new();
+        c.apply_owned(set("k", "v"));
+        let mut d = KvState::new();
+        d.apply_owned(set("k", "x"));
+        d.apply_owned(set("k", "v"));
+        assert_ne!(
+            c.digest(),
+            d.digest(),
+            "same value, other revisions and version: the digest tells them apart"
+        );
     }
 }

@@ -2,12 +2,15 @@
 //! directory (naming, finding the newest, deleting the rest). Blocking I/O only: callers keep it
 //! off the async executor.
 //!
-//! Format (all integers little-endian):
+//! Format 2 (all integers little-endian):
 //! ```text
-//! magic "RAFTKVSN" | version u32 | meta_len u32 | meta (postcard SnapshotMeta) | count u64
-//! count × ( key_len u32 | key (UTF-8) | value_len u32 | value | index u64 )  -- keys ascending
+//! magic "RAFTKVSN" | version u32 (2) | meta_len u32 | meta (postcard SnapshotMeta)
+//! mvcc store (`mvcc::snapshot`: its own magic, version, every retained revision, crc32)
 //! crc32 u32 (of every byte before it) | EOF
 //! ```
+//! Format 1 (raftkv before the multi-version store: latest values only) is refused with
+//! [`OldFormat`]: its data cannot become the same revisions on every replica, so such a data dir
+//! is not migrated (see the README, DATA_DIR).
 //! Invariants: a file under a final name (`snapshot-<term>-<index>.bin`, or `snapshot-none.bin`
 //! before anything was applied) is complete, fsynced, and holds the meta its name says; files
 //! being written end in `.tmp` and are deleted on startup. Any damage (truncation, flipped bit,
@@ -27,22 +30,25 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
+use crate::mvcc;
 use crate::raft::types::LogId;
 use crate::raft::types::SnapshotMeta;
-use crate::store::kv::KvMap;
-use crate::store::kv::Value;
+use crate::store::kv::KvState;
 
 /// What openraft passes between the state machine and the network: an open snapshot file,
 /// positioned at offset 0.
 pub type SnapshotData = File;
 
 pub const MAGIC: [u8; 8] = *b"RAFTKVSN";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Decoding limits: a damaged length must fail fast instead of allocating gigabytes. Writing
 /// enforces the same limits, so every file we write is readable.
 pub const META_BYTES_MAX: usize = 16 << 20;
-pub const KEY_BYTES_MAX: usize = 1 << 20;
-pub const VALUE_BYTES_MAX: usize = 256 << 20;
+pub const KEY_BYTES_MAX: usize = mvcc::KEY_BYTES_MAX;
+pub const VALUE_BYTES_MAX: usize = mvcc::VALUE_BYTES_MAX;
+/// etcd's `--max-txn-ops` default; every replica must use the same (it decides whether an entry
+/// fails), so it is a constant, not a flag.
+pub const TXN_OPS_MAX: usize = 128;
 const BUFFER_BYTES: usize = 256 << 10;
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".bin";
@@ -63,6 +69,26 @@ impl CorruptSnapshot {
     /// The [`CorruptSnapshot`] inside `e`, if that is what `e` is.
     pub fn inside(e: &io::Error) -> Option<&CorruptSnapshot> {
         e.get_ref()?.downcast_ref::<CorruptSnapshot>()
+    }
+}
+
+/// The error inside an `InvalidData` io::Error for a snapshot written by an older raftkv.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "snapshot {file} has format {version}, written by a raftkv before the multi-version (etcd) \
+     store; this build reads format {FORMAT_VERSION} and cannot migrate it (the revisions would \
+     differ between replicas). Start this node with an empty data dir and join it to a current \
+     cluster, or copy the data over with the HTTP API"
+)]
+pub struct OldFormat {
+    pub file: String,
+    pub version: u32,
+}
+
+impl OldFormat {
+    /// The [`OldFormat`] inside `e`, if that is what `e` is.
+    pub fn inside(e: &io::Error) -> Option<&OldFormat> {
+        e.get_ref()?.downcast_ref::<OldFormat>()
     }
 }
 
@@ -90,22 +116,15 @@ fn name_key(name: &str) -> Option<Option<(u64, u64)>> {
     Some(Some((term.parse().ok()?, index.parse().ok()?)))
 }
 
-/// Encodes a snapshot to `out`, streaming the entries (the encoded map never exists in memory).
-pub fn encode(out: impl Write, meta: &SnapshotMeta, map: &KvMap) -> io::Result<()> {
+/// Encodes a snapshot to `out`, streaming the store (the encoded store never exists in memory).
+pub fn encode(out: impl Write, meta: &SnapshotMeta, kv: &KvState) -> io::Result<()> {
     let mut w = Crc::new(out);
     let meta_bytes = postcard::to_stdvec(meta).map_err(io::Error::other)?;
     w.write_all(&MAGIC)?;
     w.write_all(&FORMAT_VERSION.to_le_bytes())?;
     write_len(&mut w, meta_bytes.len(), META_BYTES_MAX, "meta")?;
     w.write_all(&meta_bytes)?;
-    w.write_all(&(map.len() as u64).to_le_bytes())?;
-    for (key, value) in map.iter() {
-        write_len(&mut w, key.len(), KEY_BYTES_MAX, "key")?;
-        w.write_all(key.as_bytes())?;
-        write_len(&mut w, value.data.len(), VALUE_BYTES_MAX, "value")?;
-        w.write_all(&value.data)?;
-        w.write_all(&value.index.to_le_bytes())?;
-    }
+    mvcc::snapshot::encode(kv.store(), &mut w)?;
     let crc = w.crc.finalize();
     w.inner.write_all(&crc.to_le_bytes())?;
     w.inner.flush()
@@ -121,9 +140,9 @@ fn write_len(w: &mut impl Write, len: usize, max: usize, what: &str) -> io::Resu
     }
 }
 
-/// Decodes and validates a whole snapshot from `input` (magic, version, lengths, key order,
-/// checksum, end of file). `file` names the source in errors.
-pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvMap)> {
+/// Decodes and validates a whole snapshot from `input` (magic, version, lengths, the store's
+/// own checks, checksum, end of file). `file` names the source in errors.
+pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState)> {
     let mut r = Crc::new(input);
     let eof = |e: io::Error| match e.kind() {
         io::ErrorKind::UnexpectedEof => corrupt(file, "truncated"),
@@ -135,25 +154,25 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvMap)>
         return Err(corrupt(file, "bad magic: not a raftkv snapshot"));
     }
     let version = u32::from_le_bytes(read_array(&mut r).map_err(eof)?);
+    if version == 1 {
+        let old = OldFormat {
+            file: file.to_string(),
+            version,
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, old));
+    }
     if version != FORMAT_VERSION {
         return Err(corrupt(file, format!("unknown format version {version}")));
     }
     let meta_bytes = read_bytes(&mut r, META_BYTES_MAX, file, "meta").map_err(eof)?;
     let meta: SnapshotMeta = postcard::from_bytes(&meta_bytes)
         .map_err(|e| corrupt(file, format!("undecodable meta: {e}")))?;
-    let count = u64::from_le_bytes(read_array(&mut r).map_err(eof)?);
-    let mut map = KvMap::new();
-    for n in 0..count {
-        let key = read_bytes(&mut r, KEY_BYTES_MAX, file, "key").map_err(eof)?;
-        let key = String::from_utf8(key)
-            .map_err(|_| corrupt(file, format!("entry {n}: key is not UTF-8")))?;
-        let data = read_bytes(&mut r, VALUE_BYTES_MAX, file, "value").map_err(eof)?;
-        let index = u64::from_le_bytes(read_array(&mut r).map_err(eof)?);
-        if map.last_key().is_some_and(|last| *last >= *key) {
-            return Err(corrupt(file, format!("entry {n}: keys out of order")));
+    let store = mvcc::snapshot::decode(&mut r, TXN_OPS_MAX).map_err(|e| match e {
+        mvcc::snapshot::SnapshotError::Io(io) => eof(io),
+        corrupt_store @ mvcc::snapshot::SnapshotError::Corrupt { .. } => {
+            corrupt(file, corrupt_store.to_string())
         }
-        map.restore(key, Value { data, index });
-    }
+    })?;
     let computed = r.crc.finalize();
     let stored = u32::from_le_bytes(read_array(&mut r.inner).map_err(eof)?);
     if stored != computed {
@@ -164,7 +183,7 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvMap)>
     if r.inner.read(&mut [0u8; 1]).map_err(eof)? != 0 {
         return Err(corrupt(file, "trailing bytes after the checksum"));
     }
-    Ok((meta, map))
+    Ok((meta, KvState::from_store(store)))
 }
 
 fn read_array<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {
@@ -184,7 +203,7 @@ fn read_bytes(r: &mut impl Read, max: usize, file: &str, what: &str) -> io::Resu
 }
 
 /// Writes the snapshot of `map` at `meta` durably into `dir`; returns the final path.
-pub fn write_snapshot(dir: &Path, meta: &SnapshotMeta, map: &KvMap) -> io::Result<PathBuf> {
+pub fn write_snapshot(dir: &Path, meta: &SnapshotMeta, map: &KvState) -> io::Result<PathBuf> {
     let name = file_name(meta.last_log_id.as_ref());
     // 1. Every byte must be written to a temp file in `dir` (same filesystem, so step 3 is a
     //    rename) and flushed from the BufWriter before the file is synced.
@@ -217,7 +236,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Reads and validates the snapshot at `path`, including that its meta matches its name.
-pub fn read_snapshot(path: &Path) -> io::Result<(SnapshotMeta, KvMap)> {
+pub fn read_snapshot(path: &Path) -> io::Result<(SnapshotMeta, KvState)> {
     let label = path.display().to_string();
     let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{label}: {e}")))?;
     let (meta, map) = decode(BufReader::with_capacity(BUFFER_BYTES, file), &label)?;
@@ -235,7 +254,7 @@ pub fn import_snapshot(
     dir: &Path,
     src: &mut File,
     expected: &SnapshotMeta,
-) -> io::Result<(PathBuf, KvMap)> {
+) -> io::Result<(PathBuf, KvState)> {
     src.rewind()?;
     // 1. As in `write_snapshot`, but the bytes are validated while they are copied.
     let tmp = dir.join(INCOMING_TMP);
@@ -362,12 +381,21 @@ mod tests {
         LogId::new(LeaderId { term, node_id: 1 }, index)
     }
 
-    /// A map of `keys` keys (values of 0..97 bytes) and its meta at (term 3, index `keys`).
-    fn sample(keys: u64) -> (SnapshotMeta, KvMap) {
-        let mut map = KvMap::new();
+    /// A store of `keys` keys (values of 0..97 bytes, every 10th overwritten and every 13th
+    /// deleted, so there is history) and its meta at (term 3, index `keys`).
+    fn sample(keys: u64) -> (SnapshotMeta, KvState) {
+        let mut map = KvState::new();
         for i in 0..keys {
             let (key, value) = (format!("key-{i:05}"), vec![i as u8; (i % 97) as usize]);
-            map.apply(i + 1, &Command::Set { key, value });
+            map.apply_owned(Command::Set { key, value });
+            if i % 10 == 0 {
+                let (key, value) = (format!("key-{:05}", i / 2), b"again".to_vec());
+                map.apply_owned(Command::Set { key, value });
+            }
+            if i % 13 == 0 {
+                let key = format!("key-{:05}", i / 3);
+                map.apply_owned(Command::Delete { key });
+            }
         }
         let members = Membership::<u64, Node>::new_with_defaults(vec![[1, 2, 3].into()], [4]);
         let last_membership = StoredMembership::new(Some(log_id(1, 1)), members);
@@ -426,7 +454,10 @@ mod tests {
         }
         type Damage = fn(&mut Vec<u8>);
         let cases: [(&str, Damage); 4] = [
-            ("checksum mismatch", |b| b[1000] ^= 0x10),
+            ("checksum mismatch", |b| {
+                let last = b.len() - 1;
+                b[last] ^= 0x10
+            }),
             ("bad magic", |b| b[0] = b'X'),
             ("version 9", |b| b[8] = 9),
             ("trailing bytes", |b| b.push(0)),
@@ -436,6 +467,21 @@ mod tests {
             damage(&mut bytes);
             assert_corrupt(decode(&bytes[..], "mem").expect_err(want), "mem", want);
         }
+    }
+
+    #[test]
+    fn a_format_1_snapshot_is_refused_as_old_not_as_corrupt() {
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(&[0; 16]);
+        let err = decode(&old[..], "snapshot-1-9.bin").expect_err("format 1");
+        let inner = OldFormat::inside(&err).unwrap_or_else(|| panic!("not OldFormat: {err}"));
+        assert_eq!(inner.version, 1);
+        let text = err.to_string();
+        assert!(
+            text.contains("empty data dir") && text.contains("format 2"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -484,7 +530,7 @@ mod tests {
         // Older snapshots, the empty one and temp leftovers go; foreign files stay.
         let (old_meta, old_map) = sample(10);
         write_snapshot(dir.path(), &old_meta, &old_map).expect("old");
-        write_snapshot(dir.path(), &SnapshotMeta::default(), &KvMap::new()).expect("empty");
+        write_snapshot(dir.path(), &SnapshotMeta::default(), &KvState::new()).expect("empty");
         fs::write(dir.path().join("snapshot-9-9.bin.tmp"), b"partial").expect("tmp");
         fs::write(dir.path().join("notes.txt"), b"mine").expect("foreign");
         assert_eq!(find_latest(dir.path()).expect("find"), Some(path.clone()));

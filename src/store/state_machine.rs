@@ -1,4 +1,4 @@
-//! The openraft state machine: applies committed entries to the in-memory [`KvMap`], builds and
+//! The openraft state machine: applies committed entries to the in-memory [`KvState`] (the multi-version store), builds and
 //! installs snapshots, and serves local reads to the HTTP layer.
 //!
 //! Owns: the map, the last applied log id and membership (all under one `RwLock`, so a read or a
@@ -39,6 +39,7 @@ use openraft::RaftSnapshotBuilder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
+use crate::mvcc::KeyValue;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::Response;
@@ -47,7 +48,7 @@ use crate::raft::types::SnapshotMeta;
 use crate::raft::types::StoredMembership;
 use crate::raft::types::TypeConfig;
 use crate::store::error::StoreError;
-use crate::store::kv::KvMap;
+use crate::store::kv::KvState;
 use crate::store::snapshot;
 use crate::store::snapshot::CorruptSnapshot;
 use crate::store::snapshot::SnapshotData;
@@ -69,7 +70,7 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    map: KvMap,
+    map: KvState,
     /// Last applied log id and membership: exactly what a snapshot of `map` records.
     applied: SnapshotMeta,
 }
@@ -83,7 +84,7 @@ struct Current {
 pub struct SnapshotBuilder {
     inner: Arc<Inner>,
     meta: SnapshotMeta,
-    map: Arc<KvMap>,
+    map: Arc<KvState>,
 }
 
 fn poisoned(what: &str) -> io::Error {
@@ -139,9 +140,14 @@ impl StateMachineStore {
         })
     }
 
-    /// The value of `key` as of the last applied entry.
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.inner.read_state().map.get(key).map(|v| v.data.clone())
+    /// The live `key` (value and revisions) as of the last applied entry.
+    pub fn get(&self, key: &str) -> Option<KeyValue> {
+        self.inner.read_state().map.get(key)
+    }
+
+    /// The store's current revision (1 before any write).
+    pub fn revision(&self) -> i64 {
+        self.inner.read_state().map.revision()
     }
 
     /// Index of the last applied log entry (None before anything was applied).
@@ -178,13 +184,17 @@ impl StateMachineStore {
             let detail = format!("apply out of order: entry {} after {last}", entry.log_id);
             return Err(io::Error::other(detail));
         }
+        let unchanged = Response {
+            existed: false,
+            revision: state.map.revision(),
+        };
         let response = match entry.payload {
-            EntryPayload::Blank => Response::default(),
-            EntryPayload::Normal(cmd) => state.map.apply_owned(entry.log_id.index, cmd),
+            EntryPayload::Blank => unchanged,
+            EntryPayload::Normal(cmd) => state.map.apply_owned(cmd),
             EntryPayload::Membership(membership) => {
                 state.applied.last_membership =
                     StoredMembership::new(Some(entry.log_id), membership);
-                Response::default()
+                unchanged
             }
         };
         state.applied.last_log_id = Some(entry.log_id);
@@ -195,6 +205,10 @@ impl StateMachineStore {
 /// A snapshot that cannot be loaded at startup: `Corrupt` if damaged, `Io` otherwise.
 fn load_error(path: &Path, source: io::Error) -> StoreError {
     let path = path.to_path_buf();
+    if let Some(old) = snapshot::OldFormat::inside(&source) {
+        let detail = old.to_string();
+        return StoreError::Unsupported { path, detail };
+    }
     match CorruptSnapshot::inside(&source) {
         Some(corrupt) => {
             let detail = corrupt.detail.clone();
@@ -303,7 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let task_meta = meta.clone();
         // The file must be validated and durable before the state is swapped: a bad file leaves
         // the state machine untouched, and openraft may purge the log once we return.
-        let map = tokio::task::spawn_blocking(move || -> io::Result<KvMap> {
+        let map = tokio::task::spawn_blocking(move || -> io::Result<KvState> {
             let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
             let (path, map) = snapshot::import_snapshot(&inner.dir, &mut data, &task_meta)?;
             tracing::info!(path = %path.display(), keys = map.len(), "installed snapshot file");
@@ -400,7 +414,10 @@ mod tests {
         assert_eq!(current_meta(&mut sm).await, None);
 
         populate(&mut sm).await;
-        assert_eq!(sm.get("k0001"), Some(b"1".to_vec()));
+        assert_eq!(
+            sm.get("k0001").map(|kv| kv.value.to_vec()),
+            Some(b"1".to_vec())
+        );
         assert_eq!(sm.get("k0002"), None);
         assert_eq!(sm.applied_index(), Some(1004));
         let applied_state = sm.applied_state().await.expect("state");
@@ -467,7 +484,11 @@ mod tests {
         match StateMachineStore::open(&follower_dir) {
             Err(StoreError::Corrupt { path, detail }) => {
                 assert!(path.ends_with("snapshot-2-1004.bin"), "{}", path.display());
-                assert!(detail.contains("checksum"), "{detail}");
+                // The flipped byte is caught by the store's own checks or by a checksum.
+                assert!(
+                    detail.contains("checksum") || detail.contains("corrupt mvcc snapshot"),
+                    "{detail}"
+                );
             }
             other => panic!("expected Corrupt, got {:?}", other.err()),
         }
