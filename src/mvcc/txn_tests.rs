@@ -350,3 +350,115 @@ fn read_only_txns_can_be_served_from_a_shared_reference() {
     };
     assert!(s.read_txn(&rw).is_none());
 }
+
+/// The answers a real single-node etcd 3.4.23 gave to this session (through its JSON gateway,
+/// `/v3/kv/*`, 2026-12-02), replayed on the store.
+#[test]
+fn answers_recorded_from_etcd_3_4_23() {
+    let mut s = Store::default();
+    for k in ["a", "b", "c"] {
+        put(&mut s, k, "v"); // a 2, b 3, c 4
+    }
+    put(&mut s, "a", "w"); // a 5
+    // min_mod_revision 4, limit 1 → kvs [a], more true, count 3 (count ignores filters).
+    let q = RangeRequest {
+        key: b("a"),
+        range_end: b("\0"),
+        min_mod_revision: 4,
+        limit: 1,
+        ..Default::default()
+    };
+    let r = s.range(&q).expect("range");
+    assert_eq!(
+        (keys(&r), r.more, r.count, r.revision),
+        (vec!["a".into()], true, 3, 5)
+    );
+    let r = s
+        .range(&RangeRequest {
+            count_only: true,
+            limit: 0,
+            ..q
+        })
+        .expect("range");
+    assert_eq!((r.kvs.len(), r.count), (0, 3));
+    put(&mut s, "k", "old"); // 6
+    // Outer put k=new, a range of k, and a nested txn comparing k's value with "old": the
+    // nested compare sees the state before the txn (succeeds); its header is empty.
+    let nested = TxnRequest {
+        compare: vec![cmp(
+            "k",
+            CompareResult::Equal,
+            CompareTarget::Value(b("old")),
+        )],
+        success: vec![put_op("n", "yes")],
+        failure: vec![put_op("n", "no")],
+    };
+    let txn = TxnRequest {
+        success: vec![put_op("k", "new"), range_op("k"), RequestOp::Txn(nested)],
+        ..Default::default()
+    };
+    let w = s.txn(txn, &NoLeases).expect("txn");
+    assert!(w.response.succeeded);
+    assert_eq!(w.response.revision, 7);
+    let [ResponseOp::Put(p), ResponseOp::Range(r), ResponseOp::Txn(t)] = &w.response.responses[..]
+    else {
+        panic!("three responses: {:?}", w.response.responses)
+    };
+    assert_eq!(p.revision, 7);
+    let kv = &r.kvs[0];
+    assert_eq!(
+        (
+            r.revision,
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+            kv.value.clone()
+        ),
+        (7, 6, 7, 2, b("new"))
+    );
+    assert!(t.succeeded);
+    assert_eq!(t.revision, 0);
+    let ResponseOp::Put(np) = &t.responses[0] else {
+        panic!("nested put")
+    };
+    assert_eq!(np.revision, 7);
+    // A range at revision -2 inside a txn is Compacted (compacted is -1); -1 reads the current.
+    let at = |rev| TxnRequest {
+        success: vec![RequestOp::Range(RangeRequest {
+            key: b("k"),
+            revision: rev,
+            ..Default::default()
+        })],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.txn(at(-2), &NoLeases),
+        Err(MvccError::Compacted {
+            compact_revision: -1
+        })
+    ));
+    assert_eq!(s.txn(at(-1), &NoLeases).expect("txn").response.revision, 7);
+    // A future-revision range and an unknown lease in one txn: the lease error wins.
+    let both = TxnRequest {
+        success: vec![
+            RequestOp::Range(RangeRequest {
+                key: b("k"),
+                revision: 99,
+                ..Default::default()
+            }),
+            RequestOp::Put(PutRequest {
+                key: b("z"),
+                value: b("v"),
+                lease: 7,
+                ..Default::default()
+            }),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.txn(both, &NoLeases).map(|_| ()),
+        Err(MvccError::LeaseNotFound { lease: 7 })
+    );
+    // Compacting at 0 when never compacted succeeds.
+    assert_eq!(s.compact(0), Ok(7));
+}

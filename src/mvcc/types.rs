@@ -11,6 +11,11 @@ use serde::Serialize;
 
 use crate::mvcc::revision::Revision;
 
+/// The shape version of every serde type in this file (postcard is not self-describing). Embed
+/// it in whatever format carries them (log entries, forwarded replies) and bump it when a field
+/// or variant changes.
+pub const TYPES_WIRE_VERSION: u32 = 1;
+
 /// A live key as etcd's `mvccpb.KeyValue` describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KeyValue {

@@ -50,7 +50,7 @@ impl<'a> WriteTxn<'a> {
     }
 
     fn next_rev(&self) -> Revision {
-        // A txn holds at most a few thousand changes; i64 cannot overflow here.
+        // Sub-revisions count the changes of one txn (a delete of a million keys: a million).
         Revision::new(self.begin + 1, self.changes.len() as i64)
     }
 
