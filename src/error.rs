@@ -44,4 +44,7 @@ pub enum KvError {
     /// Another operation that must not overlap (a membership change) is under way: not applied.
     #[error("busy: {0}; the request was not applied, retry in a moment")]
     Busy(String),
+    /// The multi-version store refused the operation (etcd's error and message).
+    #[error("{0}")]
+    Store(crate::mvcc::MvccError),
 }

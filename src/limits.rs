@@ -78,6 +78,10 @@ pub fn command_encoded_len(cmd: &Command) -> usize {
                     .sum::<usize>()
         }
         Command::Delete { key } => bytes(key.len()),
+        // The etcd operations are rarer and nested: measured by encoding them.
+        Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) | Command::Compact { .. } => {
+            return postcard::to_stdvec(cmd).map_or(usize::MAX, |v| v.len());
+        }
     }
 }
 
@@ -131,6 +135,13 @@ pub fn check_command(cmd: &Command, value_bytes_max: usize) -> Result<(), KvErro
             }
         }
         Command::Delete { key } => check_key(key)?,
+        Command::Put(put) => check_put(put, value_bytes_max)?,
+        Command::DeleteRange(d) => {
+            check_key_bytes(&d.key)?;
+            check_key_bytes(&d.range_end)?;
+        }
+        Command::Txn(txn) => check_txn(txn, value_bytes_max)?,
+        Command::Compact { .. } => {}
     }
     let size = command_encoded_len(cmd);
     let limit = command_bytes_max(value_bytes_max);
@@ -140,6 +151,49 @@ pub fn check_command(cmd: &Command, value_bytes_max: usize) -> Result<(), KvErro
             size,
             limit,
         });
+    }
+    Ok(())
+}
+
+/// An etcd key (or range end) over [`KEY_BYTES_MAX`]; emptiness is the store's (etcd's) check.
+fn check_key_bytes(key: &[u8]) -> Result<(), KvError> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(KvError::Store(crate::mvcc::MvccError::TooLarge {
+            what: "key".into(),
+            bytes: key.len(),
+            max: KEY_BYTES_MAX,
+        }));
+    }
+    Ok(())
+}
+
+fn check_put(put: &crate::mvcc::PutRequest, value_bytes_max: usize) -> Result<(), KvError> {
+    check_key_bytes(&put.key)?;
+    check_value(put.value.len(), value_bytes_max)
+}
+
+/// etcd's txn syntax checks (op counts, empty and duplicate keys: refused before a log entry
+/// is spent on them) and our size limits on every key and value, nested txns included.
+fn check_txn(txn: &crate::mvcc::TxnRequest, value_bytes_max: usize) -> Result<(), KvError> {
+    use crate::mvcc::RequestOp;
+    crate::mvcc::validate_txn(txn, crate::store::snapshot::TXN_OPS_MAX).map_err(KvError::Store)?;
+    for c in &txn.compare {
+        check_key_bytes(&c.key)?;
+        check_key_bytes(&c.range_end)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            RequestOp::Range(r) => {
+                check_key_bytes(&r.key)?;
+                check_key_bytes(&r.range_end)?;
+            }
+            RequestOp::Put(p) => check_put(p, value_bytes_max)?,
+            RequestOp::DeleteRange(d) => {
+                check_key_bytes(&d.key)?;
+                check_key_bytes(&d.range_end)?;
+            }
+            RequestOp::Txn(nested) => check_txn(nested, value_bytes_max)?,
+        }
     }
     Ok(())
 }

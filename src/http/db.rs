@@ -4,6 +4,7 @@ use axum::body::Body;
 use axum::extract::Path;
 use axum::extract::Query;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -15,26 +16,20 @@ use crate::http::error::ApiError;
 use crate::http::read_limited;
 use crate::http::read_value;
 use crate::http::validate_key;
-use crate::http::write_response;
-use crate::raft::types::Command;
+use crate::http::versions;
 
-/// `POST|PUT /db/<key>`: the body is the value.
+/// `POST|PUT /db/<key>`: the body is the value; `If-Match` / `If-None-Match` make it a
+/// compare-and-swap (see `versions.rs`).
 pub async fn put(
     State(app): State<SharedApp>,
     Path(key): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
+    let pre = versions::precondition(&headers)?;
     let value = read_limited(body, app.max_value_bytes, "value").await?;
-    let ok = crate::raft::forward::write(
-        &app,
-        Command::Set {
-            key,
-            value: value.to_vec(),
-        },
-    )
-    .await?;
-    Ok(write_response(&ok))
+    versions::guarded_write(&app, key, Some(value.to_vec()), pre).await
 }
 
 /// `GET /db/<key>`: the raw value, 404 if absent.
@@ -53,14 +48,15 @@ pub async fn get(
     Ok(response)
 }
 
-/// `DELETE /db/<key>` and `DELETE /key/<key>`.
+/// `DELETE /db/<key>` and `DELETE /key/<key>`; `If-Match` makes it conditional.
 pub async fn delete(
     State(app): State<SharedApp>,
     Path(key): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
-    let ok = crate::raft::forward::write(&app, Command::Delete { key }).await?;
-    Ok(write_response(&ok))
+    let pre = versions::precondition(&headers)?;
+    versions::guarded_write(&app, key, None, pre).await
 }
 
 /// `/db/` with no key.

@@ -31,8 +31,25 @@ impl ApiError {
             KvError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             KvError::JoinFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "join_failed"),
             KvError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            KvError::Store(e) => store_status(e),
             KvError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+}
+
+/// The status of an etcd store refusal on the HTTP API.
+fn store_status(e: &crate::mvcc::MvccError) -> (StatusCode, &'static str) {
+    use crate::mvcc::MvccError as M;
+    match e {
+        M::Compacted { .. } => (StatusCode::GONE, "compacted"),
+        M::FutureRevision { .. } => (StatusCode::BAD_REQUEST, "future_revision"),
+        M::KeyNotFound | M::LeaseNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        M::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        M::DuplicateKey
+        | M::TooManyOps { .. }
+        | M::EmptyKey
+        | M::ValueProvided
+        | M::LeaseProvided => (StatusCode::BAD_REQUEST, "bad_request"),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod db;
 pub mod error;
 pub mod keys;
+pub mod versions;
 
 use axum::Router;
 use axum::body::Body;
@@ -40,6 +41,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
                 .put(db::empty_key)
                 .delete(db::empty_key),
         )
+        .route("/db", get(versions::list))
         .route(
             "/db/{*key}",
             get(db::get).post(db::put).put(db::put).delete(db::delete),
@@ -73,6 +75,9 @@ pub fn peer_router(app: SharedApp) -> Router {
 pub struct ReadParams {
     #[serde(default)]
     level: Option<String>,
+    /// `?revision=<r>`: read the key as of revision `r` (history; 0 or absent: now).
+    #[serde(default)]
+    pub revision: i64,
 }
 
 impl ReadParams {
@@ -94,6 +99,9 @@ pub async fn read_value(
     params: &ReadParams,
 ) -> Result<crate::mvcc::KeyValue, KvError> {
     validate_key(key)?;
+    if params.revision != 0 {
+        return versions::read_at(app, key, params.revision, params.level()?).await;
+    }
     crate::raft::read::read_barrier(app, params.level()?).await?;
     app.state_machine.get(key).ok_or(KvError::NotFound)
 }

@@ -35,7 +35,7 @@ pub enum GrpcCode {
 
 /// Every way an MVCC operation can fail. All are deterministic functions of the request and the
 /// store's state, so every replica fails the same entry the same way and changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MvccError {
     /// A read or compaction at or below the compacted revision.
     #[error("{}", MSG_COMPACTED)]
@@ -66,7 +66,7 @@ pub enum MvccError {
     /// A key or value over the store's size limits (they keep every snapshot decodable).
     #[error("{}", MSG_REQUEST_TOO_LARGE)]
     TooLarge {
-        what: &'static str,
+        what: String,
         bytes: usize,
         max: usize,
     },

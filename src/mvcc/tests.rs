@@ -459,7 +459,7 @@ fn oversized_keys_and_values_are_refused_before_they_reach_a_snapshot() {
     assert_eq!(
         err,
         MvccError::TooLarge {
-            what: "key",
+            what: "key".to_string(),
             bytes: KEY_BYTES_MAX + 1,
             max: KEY_BYTES_MAX
         }
@@ -473,7 +473,7 @@ fn oversized_keys_and_values_are_refused_before_they_reach_a_snapshot() {
     };
     assert!(matches!(
         s.put(req, &NoLeases),
-        Err(MvccError::TooLarge { what: "value", .. })
+        Err(MvccError::TooLarge { ref what, .. }) if what == "value"
     ));
     assert_eq!(s.current_revision(), 1);
 }

@@ -173,7 +173,11 @@ pub(crate) fn check_key(key: &Bytes) -> Result<(), MvccError> {
 
 pub(crate) fn check_size(what: &'static str, bytes: usize, max: usize) -> Result<(), MvccError> {
     if bytes > max {
-        return Err(MvccError::TooLarge { what, bytes, max });
+        return Err(MvccError::TooLarge {
+            what: what.to_string(),
+            bytes,
+            max,
+        });
     }
     Ok(())
 }

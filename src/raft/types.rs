@@ -49,6 +49,16 @@ pub enum Command {
     },
     /// Remove one key; removing an absent key is not an error.
     Delete { key: String },
+    // etcd v3 operations, the multi-version store's own requests (types version
+    // `mvcc::TYPES_WIRE_VERSION`). New variants go last.
+    /// etcd's Put.
+    Put(crate::mvcc::PutRequest),
+    /// etcd's DeleteRange.
+    DeleteRange(crate::mvcc::DeleteRangeRequest),
+    /// etcd's Txn (also the HTTP API's compare-and-swap).
+    Txn(crate::mvcc::TxnRequest),
+    /// etcd's Compact: drop history below `revision`.
+    Compact { revision: i64 },
 }
 
 impl fmt::Display for Command {
@@ -57,6 +67,16 @@ impl fmt::Display for Command {
             Command::Set { key, value } => write!(f, "set {key} ({} bytes)", value.len()),
             Command::SetMany { pairs } => write!(f, "set {} keys", pairs.len()),
             Command::Delete { key } => write!(f, "delete {key}"),
+            Command::Put(p) => write!(f, "put {:?} ({} bytes)", p.key, p.value.len()),
+            Command::DeleteRange(d) => write!(f, "delete range {:?}..{:?}", d.key, d.range_end),
+            Command::Txn(t) => write!(
+                f,
+                "txn ({} compares, {} / {} ops)",
+                t.compare.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
+            Command::Compact { revision } => write!(f, "compact at {revision}"),
         }
     }
 }
@@ -155,6 +175,20 @@ pub struct Response {
     pub existed: bool,
     /// The store's revision after this entry (etcd's header revision).
     pub revision: i64,
+    /// The etcd operations' own answer; `None` for the seed commands and for blank and
+    /// membership entries.
+    pub outcome: Option<Outcome>,
+}
+
+/// What an etcd operation answered. Never reorder the variants.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Put(crate::mvcc::PutResponse),
+    DeleteRange(crate::mvcc::DeleteRangeResponse),
+    Txn(crate::mvcc::TxnResponse),
+    Compact,
+    /// The store refused it (the same on every replica; nothing changed).
+    Refused(crate::mvcc::MvccError),
 }
 
 openraft::declare_raft_types!(

@@ -59,34 +59,47 @@ impl KvState {
     /// `existed` is true when a key the command touches held a value before the command:
     /// for `Delete`, the key was present; for `Set`/`SetMany`, at least one key was overwritten.
     pub fn apply_owned(&mut self, cmd: Command) -> Response {
-        let written = match cmd {
+        use crate::raft::types::Outcome;
+        let leases = &mvcc::NoLeases;
+        let (written, outcome) = match cmd {
             Command::Set { key, value } => {
                 let req = mvcc::PutRequest {
                     key: Bytes::from(key.into_bytes()),
                     value: Bytes::from(value),
                     ..mvcc::PutRequest::default()
                 };
-                self.store.put(req, &mvcc::NoLeases).map(|w| w.changes)
+                (self.store.put(req, leases).map(|w| w.changes), None)
             }
             Command::SetMany { pairs } => {
                 let pairs = pairs
                     .into_iter()
                     .map(|(k, v)| (Bytes::from(k.into_bytes()), Bytes::from(v)))
                     .collect();
-                self.store.put_many(pairs).map(|w| w.changes)
+                (self.store.put_many(pairs).map(|w| w.changes), None)
             }
             Command::Delete { key } => {
                 let req = mvcc::DeleteRangeRequest {
                     key: Bytes::from(key.into_bytes()),
                     ..mvcc::DeleteRangeRequest::default()
                 };
-                self.store.delete_range(&req).map(|w| w.changes)
+                (self.store.delete_range(&req).map(|w| w.changes), None)
             }
+            Command::Put(req) => etcd(self.store.put(req, leases), Outcome::Put),
+            Command::DeleteRange(req) => etcd(self.store.delete_range(&req), Outcome::DeleteRange),
+            Command::Txn(req) => etcd(self.store.txn(req, leases), Outcome::Txn),
+            Command::Compact { revision } => match self.store.compact(revision) {
+                Ok(_) => (Ok(Vec::new()), Some(Outcome::Compact)),
+                Err(e) => (Err(e.clone()), Some(Outcome::Refused(e))),
+            },
         };
         let existed = match written {
             Ok(changes) => {
                 self.account(&changes);
                 changes.iter().any(|c| c.prev_kv.is_some())
+            }
+            Err(e) if outcome.is_some() => {
+                tracing::debug!(error = %e, "an etcd operation was refused by the store");
+                false
             }
             Err(e) => {
                 tracing::warn!(error = %refusal(&e), "a replicated command was refused by the store");
@@ -96,6 +109,7 @@ impl KvState {
         Response {
             existed,
             revision: self.store.current_revision(),
+            outcome,
         }
     }
 
@@ -150,6 +164,23 @@ impl KvState {
     /// platforms and versions (replicas compare digests); O(1), maintained on every change.
     pub fn digest(&self) -> u64 {
         self.digest_sum
+    }
+}
+
+/// An etcd write's changes (for the digest) and its answer for the client.
+fn etcd<R>(
+    written: Result<mvcc::Written<R>, MvccError>,
+    answer: impl FnOnce(R) -> crate::raft::types::Outcome,
+) -> (
+    Result<Vec<Change>, MvccError>,
+    Option<crate::raft::types::Outcome>,
+) {
+    match written {
+        Ok(w) => (Ok(w.changes), Some(answer(w.response))),
+        Err(e) => (
+            Err(e.clone()),
+            Some(crate::raft::types::Outcome::Refused(e)),
+        ),
     }
 }
 

@@ -145,6 +145,14 @@ impl StateMachineStore {
         self.inner.read_state().map.get(key)
     }
 
+    /// etcd's Range on the store as of the last applied entry.
+    pub fn range(
+        &self,
+        req: &crate::mvcc::RangeRequest,
+    ) -> Result<crate::mvcc::RangeResponse, crate::mvcc::MvccError> {
+        self.inner.read_state().map.store().range(req)
+    }
+
     /// The store's current revision (1 before any write).
     pub fn revision(&self) -> i64 {
         self.inner.read_state().map.revision()
@@ -187,6 +195,7 @@ impl StateMachineStore {
         let unchanged = Response {
             existed: false,
             revision: state.map.revision(),
+            outcome: None,
         };
         let response = match entry.payload {
             EntryPayload::Blank => unchanged,

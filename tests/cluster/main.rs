@@ -23,3 +23,4 @@ mod snapshot;
 mod tls;
 mod tls_shared_port;
 mod tls_support;
+mod versions;

@@ -33,9 +33,19 @@ pub struct Resp {
     pub status: u16,
     pub body: String,
     pub elapsed: Duration,
+    /// Response headers (names lower-case).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Resp {
+    /// The value of response header `name` (lower-case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body as JSON; panics (showing the body) when it is not JSON.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
@@ -121,21 +131,55 @@ impl Cluster {
         path: &str,
         body: Option<(Vec<u8>, &str)>,
     ) -> Result<Resp, String> {
-        let what = format!("{method} {path} on node {i}");
+        self.try_request_with(i, method, path, &[], body)
+    }
+
+    /// `try_request` with extra request headers (`curl -H 'name: value'`).
+    pub fn try_request_with(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<Resp, String> {
+        let what = format!("{method} {path} {headers:?} on node {i}");
         let mut req = self.http.request(method, self.url(i, path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some((bytes, content_type)) = body {
             req = req.header("content-type", content_type).body(bytes);
         }
         let t0 = Instant::now();
         let r = req.send().map_err(|e| format!("{what}: {e}"))?;
         let status = r.status().as_u16();
+        let headers = r
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
         let body = r.text().map_err(|e| format!("{what}: reading body: {e}"))?;
         Ok(Resp {
             what,
             status,
             body,
             elapsed: t0.elapsed(),
+            headers,
         })
+    }
+
+    /// Like `try_request_with` but panics on transport failure.
+    pub fn request_with(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Resp {
+        self.try_request_with(i, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like `try_request` but panics on transport failure (every request must get an answer).
