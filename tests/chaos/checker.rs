@@ -37,6 +37,21 @@ use crate::history::{Action, NEVER, Observed, Op, Outcome};
 pub enum RegOp {
     Write(Option<u64>),
     Read(Option<u64>),
+    /// An acknowledged compare-and-swap: the register held `expect`, now holds `new`.
+    Cas {
+        expect: Option<u64>,
+        new: u64,
+    },
+    /// A refused compare-and-swap (412): the register did not hold `expect`.
+    CasRefused {
+        expect: Option<u64>,
+    },
+    /// A compare-and-swap whose outcome is unknown: at its linearization point it either
+    /// swapped (the register held `expect`) or did nothing.
+    CasMaybe {
+        expect: Option<u64>,
+        new: u64,
+    },
 }
 
 /// A single register holding `Option<u64>` (`None` = absent). Initial state: absent.
@@ -56,6 +71,11 @@ impl Model for Register {
         match op {
             RegOp::Write(v) => (true, *v),
             RegOp::Read(v) => (v == state, *state),
+            RegOp::Cas { expect, new } => (expect == state, Some(*new)),
+            RegOp::CasRefused { expect } => (expect != state, *state),
+            RegOp::CasMaybe { expect, new } => {
+                (true, if expect == state { Some(*new) } else { *state })
+            }
         }
     }
 }
@@ -72,7 +92,21 @@ pub struct KeyEvent {
 
 impl KeyEvent {
     fn is_read(&self) -> bool {
-        matches!(self.reg, RegOp::Read(_))
+        matches!(self.reg, RegOp::Read(_) | RegOp::CasRefused { .. })
+    }
+
+    /// The same write with an unknown outcome: open-ended, and a compare-and-swap that may
+    /// not have swapped. A relaxation: any linearization of the original also fits this one.
+    fn relaxed(self) -> KeyEvent {
+        let reg = match self.reg {
+            RegOp::Cas { expect, new } => RegOp::CasMaybe { expect, new },
+            other => other,
+        };
+        KeyEvent {
+            ret: NEVER,
+            reg,
+            ..self
+        }
     }
 }
 
@@ -93,6 +127,41 @@ pub fn project(history: &[Op]) -> BTreeMap<String, Vec<KeyEvent>> {
                     call: op.call_ns,
                     ret: op.ret_ns,
                     reg: RegOp::Read(seen),
+                });
+            }
+            (Action::CasRefused { .. }, Outcome::Unknown) => {}
+            (Action::CasRefused { key, expect }, Outcome::Ok) => {
+                keys.entry(key.clone()).or_default().push(KeyEvent {
+                    op: i,
+                    call: op.call_ns,
+                    ret: op.ret_ns,
+                    reg: RegOp::CasRefused { expect: *expect },
+                });
+            }
+            (
+                Action::Cas {
+                    key, expect, value, ..
+                },
+                outcome,
+            ) => {
+                let (ret, reg) = if outcome == Outcome::Ok {
+                    let reg = RegOp::Cas {
+                        expect: *expect,
+                        new: *value,
+                    };
+                    (op.ret_ns, reg)
+                } else {
+                    let reg = RegOp::CasMaybe {
+                        expect: *expect,
+                        new: *value,
+                    };
+                    (NEVER, reg)
+                };
+                keys.entry(key.clone()).or_default().push(KeyEvent {
+                    op: i,
+                    call: op.call_ns,
+                    ret,
+                    reg,
                 });
             }
             (action, outcome) => {
@@ -119,13 +188,25 @@ pub fn project(history: &[Op]) -> BTreeMap<String, Vec<KeyEvent>> {
 /// linearized after every other operation (its interval is open-ended), where it changes no
 /// read's result; conversely removing it from a linearization leaves every read's value
 /// unchanged, because no read returned its value. A delete is kept if any read returned
-/// "absent" (absence is not unique).
+/// "absent" (absence is not unique). Compare-and-swaps count as observers: one that expected
+/// the value, and a refused one that expected anything else (found in the brute-force test).
+/// An unknown swap whose new value nobody observed is pruned the same way.
 pub fn prune_unobserved(events: &[KeyEvent]) -> Vec<KeyEvent> {
-    let observed = |v: Option<u64>| events.iter().any(|e| e.reg == RegOp::Read(v));
+    // Reads observe a value, and so does a compare-and-swap that expected it; a refused swap
+    // observes "anything but its expected value", which `v` may be what provided.
+    let observed = |v: Option<u64>| {
+        events.iter().any(|e| match e.reg {
+            RegOp::Read(r) => r == v,
+            RegOp::Cas { expect, .. } | RegOp::CasMaybe { expect, .. } => expect == v,
+            RegOp::CasRefused { expect } => expect != v,
+            RegOp::Write(_) => false,
+        })
+    };
     events
         .iter()
         .filter(|e| match e.reg {
             RegOp::Write(v) if e.ret == NEVER => observed(v),
+            RegOp::CasMaybe { new, .. } => observed(Some(new)),
             _ => true,
         })
         .copied()
@@ -200,7 +281,7 @@ fn prefix(events: &[KeyEvent], t: i64) -> Vec<KeyEvent> {
         .filter_map(|e| match (e.ret > t, e.is_read()) {
             (false, _) => Some(*e),
             (true, true) => None,
-            (true, false) => Some(KeyEvent { ret: NEVER, ..*e }),
+            (true, false) => Some(e.relaxed()),
         })
         .collect()
 }
@@ -249,7 +330,7 @@ pub fn shrink(events: &[KeyEvent], timeout: Duration) -> Vec<KeyEvent> {
                 c
             } else if pass == 1 && cur[i].ret != NEVER {
                 let mut c = cur.clone();
-                c[i].ret = NEVER;
+                c[i] = c[i].relaxed();
                 c
             } else {
                 continue;

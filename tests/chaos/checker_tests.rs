@@ -295,6 +295,12 @@ fn brute_force(events: &[KeyEvent]) -> bool {
                 RegOp::Write(v) => v,
                 RegOp::Read(v) if v == state => state,
                 RegOp::Read(_) => continue,
+                RegOp::Cas { expect, new } if expect == state => Some(new),
+                RegOp::Cas { .. } => continue,
+                RegOp::CasRefused { expect } if expect != state => state,
+                RegOp::CasRefused { .. } => continue,
+                RegOp::CasMaybe { expect, new } if expect == state => Some(new),
+                RegOp::CasMaybe { .. } => state,
             };
             rest.remove(i);
             let ok = go(rest, next);
@@ -318,13 +324,24 @@ fn random_events(rng: &mut Rng) -> Vec<KeyEvent> {
                 0 => None,
                 x => Some(x),
             };
+            // Values 1..=3 (and absent) so that compare-and-swaps often find what they expect.
+            let new = rng.range(1, 3);
+            let cas = rng.percent(30);
             if rng.percent(50) {
-                let ret = if rng.percent(25) { NEVER } else { ret };
+                let unknown = rng.percent(25);
+                let ret = if unknown { NEVER } else { ret };
+                let reg = match (cas, unknown) {
+                    (false, _) => RegOp::Write(v),
+                    (true, false) => RegOp::Cas { expect: v, new },
+                    (true, true) => RegOp::CasMaybe { expect: v, new },
+                };
+                KeyEvent { op, call, ret, reg }
+            } else if cas {
                 KeyEvent {
                     op,
                     call,
                     ret,
-                    reg: RegOp::Write(v),
+                    reg: RegOp::CasRefused { expect: v },
                 }
             } else {
                 KeyEvent {
@@ -490,4 +507,76 @@ fn projection_drops_failures_and_opens_unknown_writes() {
     assert_eq!(a.len(), 2);
     assert_eq!(a[0].ret, NEVER);
     assert_eq!(a[1].ret, 5_000_000);
+}
+
+// ----- compare-and-swap ---------------------------------------------------------------------
+
+fn cas(c: u32, key: &str, expect: Option<u64>, v: u64, call: i64, ret: i64) -> Op {
+    let action = Action::Cas {
+        key: key.into(),
+        expect,
+        etag: 1,
+        value: v,
+    };
+    op(c, action, call, ret, Outcome::Ok)
+}
+
+fn cas_refused(c: u32, key: &str, expect: Option<u64>, call: i64, ret: i64) -> Op {
+    let action = Action::CasRefused {
+        key: key.into(),
+        expect,
+    };
+    op(c, action, call, ret, Outcome::Ok)
+}
+
+#[test]
+fn compare_and_swap_histories_pass_when_each_swap_saw_what_it_expected() {
+    assert!(linearizable(&[
+        cas(1, "a", None, 1, 0, 1),
+        cas(2, "a", Some(1), 2, 2, 3),
+        cas_refused(3, "a", Some(1), 4, 5),
+        get(1, "a", Some(2), 6, 7),
+    ]));
+    // Two concurrent swaps from the same value: one wins, the other is refused.
+    assert!(linearizable(&[
+        put(1, "a", 1, 0, 1),
+        cas(2, "a", Some(1), 2, 2, 5),
+        cas_refused(3, "a", Some(1), 3, 6),
+        get(1, "a", Some(2), 7, 8),
+    ]));
+    // A swap of unknown outcome may have landed (observed by the read) ...
+    let mut maybe = cas(2, "a", Some(1), 2, 2, 3);
+    maybe.outcome = Outcome::Unknown;
+    assert!(linearizable(&[
+        put(1, "a", 1, 0, 1),
+        maybe.clone(),
+        get(1, "a", Some(2), 6, 7)
+    ]));
+    // ... or not.
+    assert!(linearizable(&[
+        put(1, "a", 1, 0, 1),
+        maybe,
+        get(1, "a", Some(1), 6, 7)
+    ]));
+}
+
+#[test]
+fn a_swap_from_a_value_that_was_already_overwritten_is_caught() {
+    // Both writes completed before the swap began: the key held 3, so swapping from 1 (and
+    // being acknowledged) is a lost update.
+    assert!(!linearizable(&[
+        put(1, "a", 1, 0, 1),
+        put(1, "a", 3, 2, 3),
+        cas(2, "a", Some(1), 2, 4, 5),
+    ]));
+    // A refusal while the key certainly held the expected value is wrong too.
+    assert!(!linearizable(&[
+        put(1, "a", 1, 0, 1),
+        cas_refused(2, "a", Some(1), 2, 3),
+    ]));
+    // A create-only swap that succeeded on an existing key.
+    assert!(!linearizable(&[
+        put(1, "a", 1, 0, 1),
+        cas(2, "a", None, 5, 2, 3),
+    ]));
 }

@@ -67,17 +67,32 @@ pub enum Action {
     PutMany {
         pairs: Vec<(String, u64)>,
     },
+    /// Compare-and-swap: `PUT /db/<key>` with `If-Match: <etag>` (the ETag a read of `expect`
+    /// answered) or, when `expect` is absent, `If-None-Match: *`. Values are unique, so "the key
+    /// still has the mod revision of the read" is "the key still holds `expect`".
+    Cas {
+        key: String,
+        expect: Option<u64>,
+        etag: i64,
+        value: u64,
+    },
+    /// A `Cas` answered `412 precondition_failed`: it observed that `key` did not hold `expect`.
+    CasRefused {
+        key: String,
+        expect: Option<u64>,
+    },
 }
 
 impl Action {
     pub fn is_write(&self) -> bool {
-        !matches!(self, Action::Read { .. })
+        !matches!(self, Action::Read { .. } | Action::CasRefused { .. })
     }
 
     /// The (key, new value) pairs this action writes; `None` = delete.
     pub fn writes(&self) -> Vec<(&str, Option<u64>)> {
         match self {
-            Action::Read { .. } => Vec::new(),
+            Action::Read { .. } | Action::CasRefused { .. } => Vec::new(),
+            Action::Cas { key, value, .. } => vec![(key.as_str(), Some(*value))],
             Action::Put { key, value } => vec![(key.as_str(), Some(*value))],
             Action::Delete { key } => vec![(key.as_str(), None)],
             Action::PutMany { pairs } => {
@@ -123,6 +138,12 @@ impl fmt::Display for Op {
                 let p: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 write!(f, "put-many {{{}}}", p.join(", "))?
             }
+            Action::Cas {
+                key, expect, value, ..
+            } => write!(f, "cas {key}: {} -> {value}", show(*expect))?,
+            Action::CasRefused { key, expect } => {
+                write!(f, "cas {key} refused: not {}", show(*expect))?
+            }
         }
         match (&self.outcome, &self.read) {
             (Outcome::Ok, Some(Observed::Absent)) => write!(f, " → absent"),
@@ -133,6 +154,10 @@ impl fmt::Display for Op {
             (Outcome::Unknown, _) => write!(f, " → UNKNOWN ({})", self.note),
         }
     }
+}
+
+fn show(v: Option<u64>) -> String {
+    v.map_or_else(|| "absent".to_owned(), |v| v.to_string())
 }
 
 /// Counts over a history.
@@ -146,6 +171,9 @@ pub struct Tally {
     pub writes_ok: u64,
     pub reads: u64,
     pub reads_ok: u64,
+    /// Compare-and-swaps acknowledged (swapped) and refused (412).
+    pub cas_swapped: u64,
+    pub cas_refused: u64,
 }
 
 impl Tally {
@@ -157,6 +185,11 @@ impl Tally {
                 Outcome::Ok => t.ok += 1,
                 Outcome::Fail => t.failed += 1,
                 Outcome::Unknown => t.unknown += 1,
+            }
+            match (&op.action, op.outcome) {
+                (Action::Cas { .. }, Outcome::Ok) => t.cas_swapped += 1,
+                (Action::CasRefused { .. }, _) => t.cas_refused += 1,
+                _ => {}
             }
             if op.action.is_write() {
                 t.writes += 1;
@@ -178,6 +211,8 @@ impl Tally {
         self.writes_ok += o.writes_ok;
         self.reads += o.reads;
         self.reads_ok += o.reads_ok;
+        self.cas_swapped += o.cas_swapped;
+        self.cas_refused += o.cas_refused;
     }
 
     pub fn write_success_ratio(&self) -> f64 {
@@ -193,7 +228,8 @@ impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ops: {} ok, {} failed, {} indeterminate; writes {}/{} ok ({:.1} %), reads {}/{} ok",
+            "{} ops: {} ok, {} failed, {} indeterminate; writes {}/{} ok ({:.1} %), reads {}/{} ok, \
+             compare-and-swaps {} swapped / {} refused",
             self.ops,
             self.ok,
             self.failed,
@@ -202,7 +238,9 @@ impl fmt::Display for Tally {
             self.writes,
             100.0 * self.write_success_ratio(),
             self.reads_ok,
-            self.reads
+            self.reads,
+            self.cas_swapped,
+            self.cas_refused
         )
     }
 }

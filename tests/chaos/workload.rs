@@ -1,5 +1,6 @@
 //! The workload: concurrent clients (one OS thread each, blocking HTTP) issuing get / put /
-//! delete / multi-key `POST /key` on a small key set, each request to a random current member,
+//! delete / multi-key `POST /key` / compare-and-swap (a read, then `PUT` with `If-Match` its
+//! ETag, or `If-None-Match: *` when absent) on a small key set, each request to a random current member,
 //! every operation recorded with monotonic invocation and completion times and its outcome
 //! (see `history.rs` for how answers map to ok / failed / indeterminate).
 //!
@@ -101,7 +102,28 @@ fn client_loop(
             continue;
         }
         let (node, addr) = rng.pick(&nodes).clone();
-        let action = choose(&mut rng, keys);
+        let action = match choose(&mut rng, keys) {
+            Plan::Op(action) => action,
+            Plan::Cas(key) => {
+                // Read first (a checked read like any other), then swap what it saw.
+                let (read, etag) = read_with_etag(&http, client, node, &addr, &key);
+                let expect = match (&read.outcome, &read.read, etag) {
+                    (Outcome::Ok, Some(Observed::Absent), _) => Some((None, 0)),
+                    (Outcome::Ok, Some(Observed::Value(v)), Some(etag)) => Some((Some(*v), etag)),
+                    _ => None,
+                };
+                ops.push(read);
+                let Some((expect, etag)) = expect else {
+                    continue;
+                };
+                Action::Cas {
+                    key,
+                    expect,
+                    etag,
+                    value: next_value(),
+                }
+            }
+        };
         let api = rng.below(2);
         let op = execute(&http, client, node, &addr, action, api);
         let failed = op.outcome != Outcome::Ok;
@@ -117,15 +139,22 @@ fn client_loop(
     ops
 }
 
-fn choose(rng: &mut Rng, keys: &[String]) -> Action {
+/// What a client does next: one operation, or a compare-and-swap (a read, then the swap).
+enum Plan {
+    Op(Action),
+    Cas(String),
+}
+
+fn choose(rng: &mut Rng, keys: &[String]) -> Plan {
     let key = rng.pick(keys).clone();
-    match rng.below(100) {
-        0..50 => Action::Read { key },
-        50..75 => Action::Put {
+    Plan::Op(match rng.below(100) {
+        0..45 => Action::Read { key },
+        45..65 => Action::Put {
             key,
             value: next_value(),
         },
-        75..83 => Action::Delete { key },
+        65..73 => Action::Delete { key },
+        73..88 => return Plan::Cas(key),
         _ => {
             let n = rng.range(2, PUT_MANY_PAIRS_MAX) as usize;
             let mut pairs: Vec<(String, u64)> = Vec::new();
@@ -137,7 +166,40 @@ fn choose(rng: &mut Rng, keys: &[String]) -> Action {
             }
             Action::PutMany { pairs }
         }
-    }
+    })
+}
+
+/// A default-level read of `key` via `/db` that also returns the key's ETag (its mod revision).
+fn read_with_etag(
+    http: &Client,
+    client: u32,
+    node: usize,
+    addr: &str,
+    key: &str,
+) -> (Op, Option<i64>) {
+    let call_ns = now_ns();
+    let sent = http.get(format!("http://{addr}/db/{key}")).send();
+    let etag = sent.as_ref().ok().and_then(|r| {
+        r.headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_matches('"').parse().ok())
+    });
+    let (outcome, read, note) = classify_read(sent, key, false);
+    let action = Action::Read {
+        key: key.to_owned(),
+    };
+    let op = Op {
+        client,
+        node,
+        action,
+        call_ns,
+        ret_ns: now_ns(),
+        outcome,
+        read,
+        note,
+    };
+    (op, etag)
 }
 
 /// Sends one operation to node `node` at `addr` and records it. `api` picks between the two
@@ -165,6 +227,19 @@ pub fn execute(
             .send(),
         Action::Delete { key } if api == 0 => http.delete(format!("{base}/db/{key}")).send(),
         Action::Delete { key } => http.delete(format!("{base}/key/{key}")).send(),
+        Action::Cas {
+            key, expect, etag, ..
+        } if expect.is_none() || *etag == 0 => http
+            .put(format!("{base}/db/{key}"))
+            .header("if-none-match", "*")
+            .body(cas_value(&action))
+            .send(),
+        Action::Cas { key, etag, .. } => http
+            .put(format!("{base}/db/{key}"))
+            .header("if-match", format!("\"{etag}\""))
+            .body(cas_value(&action))
+            .send(),
+        Action::CasRefused { .. } => unreachable!("a refused swap is recorded, never sent"),
         Action::PutMany { pairs } => {
             let obj: serde_json::Map<String, Value> = pairs
                 .iter()
@@ -180,6 +255,14 @@ pub fn execute(
         Action::Read { key } => classify_read(sent, key, api == 1),
         _ => classify_write(sent),
     };
+    // A 412 is a successful observation that the key moved on, not a write.
+    let action = match (&action, note.as_str()) {
+        (Action::Cas { key, expect, .. }, PRECONDITION_FAILED) => Action::CasRefused {
+            key: key.clone(),
+            expect: *expect,
+        },
+        _ => action,
+    };
     Op {
         client,
         node,
@@ -189,6 +272,16 @@ pub fn execute(
         outcome,
         read,
         note,
+    }
+}
+
+/// `classify_write`'s note for a `412 precondition_failed` (the outcome is `Ok`).
+const PRECONDITION_FAILED: &str = "412 precondition_failed";
+
+fn cas_value(action: &Action) -> String {
+    match action {
+        Action::Cas { value, .. } => value.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -220,6 +313,7 @@ fn classify_write(sent: reqwest::Result<Response>) -> (Outcome, Option<Observed>
             None,
             format!("index {}", index.unwrap_or_default()),
         ),
+        (412, "precondition_failed") => (Outcome::Ok, None, PRECONDITION_FAILED.into()),
         (503, "no_leader") => (Outcome::Fail, None, "503 no_leader".into()),
         (503, "timeout") => (Outcome::Unknown, None, "503 timeout".into()),
         (s, c) => (Outcome::Unknown, None, format!("UNEXPECTED {s} {c} {body}")),
