@@ -35,6 +35,8 @@ const GO_STYLE_FLAGS: &[&str] = &[
     "advertise-raddr",
     "join-timeout-ms",
     "insecure-peers",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
     "peer-cert-file",
     "peer-key-file",
     "peer-trusted-ca-file",
@@ -112,6 +114,14 @@ pub struct Args {
     /// loopback callers only). Only on a network where every host is trusted.
     #[arg(long)]
     pub insecure_peers: bool,
+    /// Automatic compaction of old revisions: `revision` (keep the last N revisions) or
+    /// `periodic` (keep the revisions of the last hour, say), as etcd's flag.
+    #[arg(long, default_value = "revision")]
+    pub auto_compaction_mode: String,
+    /// What auto-compaction keeps: revisions (revision mode, default 10000) or a duration
+    /// (periodic mode: `1h`, `30m`, a bare number of hours; default 1h). 0 turns it off.
+    #[arg(long)]
+    pub auto_compaction_retention: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Print help.
@@ -232,7 +242,13 @@ impl Args {
                 self.max_value_bytes
             )));
         }
+        let auto_compaction = crate::compaction::AutoCompaction::parse(
+            &self.auto_compaction_mode,
+            self.auto_compaction_retention.as_deref(),
+        )
+        .map_err(CliError::Invalid)?;
         Ok(Config {
+            auto_compaction,
             data_dir: self.data_dir,
             http,
             raft,

@@ -54,6 +54,8 @@ pub struct Config {
     /// TLS on the public API (`--cert-file`, `--key-file`, and with `--client-cert-auth`
     /// `--trusted-ca-file`).
     pub client_tls: Option<ClientTlsFiles>,
+    /// `--auto-compaction-mode` / `--auto-compaction-retention`.
+    pub auto_compaction: crate::compaction::AutoCompaction,
 }
 
 /// The files of peer mutual TLS: this node's certificate and key, and the CA every peer's

@@ -11,6 +11,7 @@
 //! - [`peer`], [`serve`], [`tls`]: node-to-node transport and authentication, the accept loop,
 //!   and the TLS material both are built from.
 //! - [`limits`]: every size limit, and the check every command passes before it is proposed.
+//! - [`compaction`]: the leader's automatic compaction (etcd's flags).
 //! - [`mvcc`]: a pure multi-version store with etcd v3's revisions, ranges, txns and compaction.
 //!
 //! Dependencies run one way: http → raft/cluster → store.
@@ -18,6 +19,7 @@
 pub mod app;
 pub mod cli;
 pub mod cluster;
+pub mod compaction;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -208,6 +208,7 @@ pub async fn run(
         }));
     }
 
+    let compactor = tokio::spawn(crate::compaction::run(app.clone(), config.auto_compaction));
     let bootstrap_app = app.clone();
     let join = config.join.clone();
     let bootstrap = tokio::spawn(async move {
@@ -234,6 +235,7 @@ pub async fn run(
         }
     };
     bootstrap.abort();
+    compactor.abort();
     let _ = stop_tx.send(true);
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

@@ -153,6 +153,11 @@ impl StateMachineStore {
         self.inner.read_state().map.store().range(req)
     }
 
+    /// The revision of the last compaction (`mvcc::NEVER_COMPACTED` before the first).
+    pub fn compact_revision(&self) -> i64 {
+        self.inner.read_state().map.store().compact_revision()
+    }
+
     /// The store's current revision (1 before any write).
     pub fn revision(&self) -> i64 {
         self.inner.read_state().map.revision()

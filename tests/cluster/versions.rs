@@ -173,3 +173,43 @@ fn revisions_compare_and_swap_history_and_listing_over_http() {
         statuses[leader]["digest"]["keys"].as_u64().expect("keys"),
     );
 }
+
+#[test]
+fn auto_compaction_drops_old_revisions_in_both_modes() {
+    let mut c = Cluster::new("auto-compaction");
+    c.phase("revision mode keeping 5 revisions: 20 writes, then old revisions answer 410");
+    let a = c.start_raftd(None, "--auto-compaction-retention 5");
+    c.wait_leader_is(a);
+    let mut last = 0;
+    for i in 0..20 {
+        last = rev(&c.put_db(a, "k", &format!("v{i}")));
+    }
+    let old = |c: &Cluster, i: usize, r: i64| {
+        c.request(i, Method::GET, &format!("/db/k?revision={r}"), None)
+    };
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "revision 2 is compacted",
+        || old(&c, a, 2).status == 410,
+    );
+    old(&c, a, 2).expect_error(&[410], &["compacted"]);
+    old(&c, a, last - 2).expect_body("v17");
+    c.get_db(a, "k", Level::Linearizable).expect_body("v19");
+
+    c.phase("periodic mode keeping 1 s: a revision older than that is compacted");
+    let b = c.start_raftd(
+        None,
+        "--auto-compaction-mode periodic --auto-compaction-retention 1s",
+    );
+    c.wait_leader_is(b);
+    let first = rev(&c.put_db(b, "k", "first"));
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the first revision is compacted",
+        || {
+            c.put_db(b, "k", "later").expect_status(200);
+            old(&c, b, first).status == 410
+        },
+    );
+    c.get_db(b, "k", Level::Linearizable).expect_body("later");
+}
