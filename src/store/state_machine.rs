@@ -153,6 +153,14 @@ impl StateMachineStore {
         self.inner.read_state().map.store().range(req)
     }
 
+    /// A read-only etcd txn on the store as of the last applied entry (`None`: it writes).
+    pub fn read_txn(
+        &self,
+        req: &crate::mvcc::TxnRequest,
+    ) -> Option<Result<crate::mvcc::TxnResponse, crate::mvcc::MvccError>> {
+        self.inner.read_state().map.store().read_txn(req)
+    }
+
     /// The revision of the last compaction (`mvcc::NEVER_COMPACTED` before the first).
     pub fn compact_revision(&self) -> i64 {
         self.inner.read_state().map.store().compact_revision()
