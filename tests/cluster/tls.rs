@@ -57,7 +57,7 @@ fn tls_peer_mtls_and_client_tls_hraftd_style() {
         a
     });
     assert_eq!(c.leader(n0), n0);
-    let (p0, r0) = (c.nodes[n0].http, c.nodes[n0].raft);
+    let (p0, r0) = (c.ports(n0).http, c.ports(n0).raft);
     let client = c.watcher.clone();
     for i in 0..12 {
         let url = c.url(n0, &format!("/db/early{i}"));

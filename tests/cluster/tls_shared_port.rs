@@ -48,7 +48,7 @@ fn tls_shared_port_with_client_cert_auth() {
     let shared = |h: u16| format!("-haddr 127.0.0.1:{h} -advertise-haddr localhost:{h}");
     let n0 = c.start(true, |h, _| [argv(&shared(h)), t0.clone()].concat());
     assert_eq!(c.leader(n0), n0);
-    let p0 = c.nodes[n0].http;
+    let p0 = c.ports(n0).http;
     let t1 = tls(2);
     let n1 = c.start(true, |h, _| {
         [
@@ -177,7 +177,7 @@ fn tls_shared_port_with_peer_tls_only() {
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
-    let url = format!("http://127.0.0.1:{}/db/k", c.nodes[n0].http);
+    let url = format!("http://127.0.0.1:{}/db/k", c.ports(n0).http);
     let a = send(&plain, Method::GET, &url, None);
     assert!(a.as_ref().map_or(true, |a| a.status != 200), "{a:?}");
 }

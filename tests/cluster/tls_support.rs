@@ -10,10 +10,8 @@
 #![allow(dead_code)] // not every story uses every helper
 
 use std::fs;
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::path::PathBuf;
-use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
@@ -22,9 +20,10 @@ use std::time::Instant;
 use reqwest::Method;
 use reqwest::blocking::Client;
 use serde_json::Value;
-use tempfile::TempDir;
 
-use crate::harness::free_port;
+use crate::harness::Cluster;
+use crate::harness::Ports;
+use crate::harness::StartOpts;
 use crate::harness::wait_until_with;
 
 /// The README's commands for a CA and three node certificates (`ca.pem`, `node1.pem`,
@@ -48,8 +47,6 @@ openssl x509 -req -in alice.csr -CA clients-ca.pem -CAkey clients-ca-key.pem -CA
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node gets to answer `/status`; cluster-level waits get as long.
 pub const WAIT: Duration = Duration::from_secs(20);
-const START_ATTEMPTS_MAX: usize = 5;
-const LOG_TAIL_LINES: usize = 60;
 
 /// Runs `script` with `sh` in `dir` (created); panics with openssl's output on failure.
 pub fn run_script(dir: &Path, script: &str) {
@@ -178,152 +175,63 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// One `raftkv` process.
-pub struct TlsNode {
-    pub http: u16,
-    pub raft: u16,
-    pub log: PathBuf,
-    child: Option<Child>,
-}
-
-/// The nodes of one TLS story and the https client used to watch them.
+/// The nodes of one TLS story (the shared harness, talking https) and the https client used to
+/// watch them.
 pub struct TlsCluster {
-    test: String,
-    started: Instant,
-    tmp: Option<TempDir>,
-    pub nodes: Vec<TlsNode>,
+    pub c: Cluster,
     /// The client readiness and status probes use.
     pub watcher: Client,
 }
 
 impl TlsCluster {
     pub fn new(test: &str, watcher: impl FnOnce(&Path) -> Client) -> TlsCluster {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("raftkv-{test}-"))
-            .tempdir()
-            .expect("create temp dir");
-        eprintln!("== cluster {test}: temp dir {}", tmp.path().display());
-        let watcher = watcher(tmp.path());
-        TlsCluster {
-            test: test.to_owned(),
-            started: Instant::now(),
-            tmp: Some(tmp),
-            nodes: Vec::new(),
-            watcher,
-        }
+        let c = Cluster::with_client(test, "https", watcher);
+        let watcher = c.client().clone();
+        TlsCluster { c, watcher }
     }
 
     pub fn root(&self) -> &Path {
-        self.tmp.as_ref().expect("temp dir").path()
+        self.c.root()
     }
 
     pub fn phase(&self, what: &str) {
-        eprintln!(
-            "== phase: {what}   [{} +{:.1}s]",
-            self.test,
-            self.started.elapsed().as_secs_f64()
-        );
+        self.c.phase(what);
+    }
+
+    /// The ports node `i` was started with.
+    pub fn ports(&self, i: usize) -> Ports {
+        self.c.node(i).ports
     }
 
     /// `https://127.0.0.1:<http port of node i><path>`.
     pub fn url(&self, i: usize, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.nodes[i].http)
+        self.c.url(i, path)
     }
 
     /// `https://127.0.0.1:<raft port of node i><path>`.
     pub fn raft_url(&self, i: usize, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.nodes[i].raft)
+        format!("https://127.0.0.1:{}{path}", self.ports(i).raft)
     }
 
     /// Starts a node with flags `args(http, raft)` (the data dir is appended); with `ready`,
-    /// waits until `/status` answers over https, retrying with fresh ports on a port clash.
+    /// waits until `/status` answers over https.
     pub fn start(&mut self, ready: bool, args: impl Fn(u16, u16) -> Vec<String>) -> usize {
-        let index = self.nodes.len();
-        let data_dir = self.root().join(format!("n{index}"));
-        let log = self.root().join(format!("n{index}.log"));
-        for attempt in 1..=START_ATTEMPTS_MAX {
-            let (http, raft) = (free_port(), free_port());
-            let flags = args(http, raft);
-            let _ = fs::remove_dir_all(&data_dir);
-            let child = spawn(&flags, &data_dir, &log);
-            self.nodes.push(TlsNode {
-                http,
-                raft,
-                log: log.clone(),
-                child: Some(child),
-            });
-            if !ready {
-                eprintln!("   node {index} started (not awaited): flags {flags:?}");
-                return index;
-            }
-            match self.await_ready(index) {
-                Ok(()) => {
-                    eprintln!("   node {index} up: http {http}, flags {flags:?}");
-                    return index;
-                }
-                Err(why) if why.contains("in use") && attempt < START_ATTEMPTS_MAX => {
-                    eprintln!("   node {index}: port clash; retrying with fresh ports");
-                    let mut node = self.nodes.pop().expect("node just pushed");
-                    reap(&mut node);
-                }
-                Err(why) => panic!("node {index} did not start: {why}"),
-            }
-        }
-        unreachable!("start loop returns or panics")
-    }
-
-    fn await_ready(&mut self, i: usize) -> Result<(), String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let node = &mut self.nodes[i];
-            let child = node.child.as_mut().expect("child");
-            if let Some(exit) = child.try_wait().expect("try_wait") {
-                node.child = None;
-                let tail = tail(&node.log, 15);
-                let why = if tail.contains("Address already in use") {
-                    "address in use".to_string()
-                } else {
-                    String::new()
-                };
-                return Err(format!("exited with {exit} {why}; log tail:\n{tail}"));
-            }
-            if self.try_status(i).is_some() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "GET /status over https did not answer within {WAIT:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50)); // polling period
-        }
+        let opts = StartOpts {
+            await_ready: ready,
+            ..StartOpts::default()
+        };
+        self.c.start_with(opts, |p| args(p.http, p.raft))
     }
 
     /// `GET /status` of node `i` (with the watcher client), if it answers 200 JSON.
     pub fn try_status(&self, i: usize) -> Option<Value> {
-        let a = send(&self.watcher, Method::GET, &self.url(i, "/status"), None).ok()?;
-        (a.status == 200)
-            .then(|| serde_json::from_str(&a.body).ok())
-            .flatten()
+        self.c.try_status(i)
     }
 
     /// Waits until node `i` reports `n` members, all voters; returns their names, sorted.
     pub fn wait_voters(&self, i: usize, n: usize) -> Vec<String> {
-        wait_until_with(WAIT, &format!("node {i} sees {n} voters"), || {
-            let s = self.try_status(i).ok_or("no status")?;
-            let members = s["members"].as_array().cloned().unwrap_or_default();
-            let mut voters: Vec<String> = members
-                .iter()
-                .filter(|m| m["voter"] == true)
-                .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                .collect();
-            voters.sort();
-            if members.len() == n && voters.len() == n {
-                Ok(voters)
-            } else {
-                Err(format!("members {}", s["members"]))
-            }
-        })
+        self.c.wait_voters(i, n);
+        self.c.voters(i).unwrap_or_default()
     }
 
     /// Waits until node `i` names a leader that is one of the nodes here; returns its index.
@@ -336,10 +244,8 @@ impl TlsCluster {
                 .ok_or(format!("leader {}", s["leader"]))?
                 .to_owned();
             let port = api.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-            let leader = self
-                .nodes
-                .iter()
-                .position(|n| Some(n.http) == port)
+            let leader = (0..self.c.len())
+                .find(|&n| Some(self.ports(n).http) == port)
                 .ok_or(format!("leader {api} is not one of ours"))?;
             match self.try_status(leader) {
                 Some(l) if l["role"] == "leader" => Ok(leader),
@@ -350,74 +256,8 @@ impl TlsCluster {
 
     /// The last lines of node `i`'s log.
     pub fn log_tail(&self, i: usize, n: usize) -> String {
-        tail(&self.nodes[i].log, n)
+        self.c.log_tail(i, n)
     }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        if failed || std::env::var_os("RAFTKV_TEST_LOGS").is_some() {
-            for (i, node) in self.nodes.iter().enumerate() {
-                eprintln!(
-                    "---- [{}] node {i} log tail: {} ----\n{}",
-                    self.test,
-                    node.log.display(),
-                    tail(&node.log, LOG_TAIL_LINES)
-                );
-            }
-        }
-        for node in &mut self.nodes {
-            reap(node);
-        }
-        if failed
-            && std::env::var_os("RAFTKV_KEEP_TMP").is_some()
-            && let Some(tmp) = self.tmp.take()
-        {
-            eprintln!("---- [{}] keeping {}", self.test, tmp.keep().display());
-        }
-    }
-}
-
-fn spawn(flags: &[String], data_dir: &Path, log_path: &Path) -> Child {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .expect("open node log");
-    let err = log.try_clone().expect("clone log handle");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftkv"));
-    cmd.args(flags)
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err);
-    for var in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("NO_PROXY", "*");
-    cmd.spawn().expect("spawn raftkv")
-}
-
-/// SIGKILL through the child's own handle, then wait (no zombie).
-fn reap(node: &mut TlsNode) {
-    if let Some(mut child) = node.child.take() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Runs `raftkv` with `args` expecting it to exit on its own within `timeout`; returns the exit

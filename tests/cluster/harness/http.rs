@@ -120,7 +120,7 @@ impl Resp {
 
 impl Cluster {
     pub fn url(&self, i: usize, path: &str) -> String {
-        format!("http://{}{path}", self.nodes[i].http_addr())
+        format!("{}://{}{path}", self.scheme, self.nodes[i].http_addr())
     }
 
     /// Sends one request to node `i`; `Err` on transport failure (refused, timeout, reset).

@@ -58,6 +58,8 @@ pub struct Cluster {
     tmp: Option<TempDir>,
     nodes: Vec<NodeProc>,
     http: Client,
+    /// `http`, or `https` for clusters whose public API is TLS (`with_client`).
+    scheme: &'static str,
 }
 
 impl Cluster {
@@ -81,7 +83,26 @@ impl Cluster {
             tmp: Some(tmp),
             nodes: Vec::new(),
             http,
+            scheme: "http",
         }
+    }
+
+    /// A cluster whose nodes the harness talks to over `scheme` with the client `make` builds
+    /// (given the temp dir, e.g. to trust a CA made there): the TLS stories.
+    pub fn with_client(
+        test: &str,
+        scheme: &'static str,
+        make: impl FnOnce(&Path) -> Client,
+    ) -> Cluster {
+        let mut c = Cluster::new(test);
+        c.http = make(c.root());
+        c.scheme = scheme;
+        c
+    }
+
+    /// The client the harness uses.
+    pub fn client(&self) -> &Client {
+        &self.http
     }
 
     /// Announces a phase of the story.

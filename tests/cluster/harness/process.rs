@@ -99,6 +99,8 @@ pub struct StartOpts {
     /// A fixed API port (no retry on a port clash); `None` picks free ones.
     pub http_port: Option<u16>,
     pub env: Vec<(String, String)>,
+    /// Wait until the node answers `/status` (false: return once it is spawned).
+    pub await_ready: bool,
 }
 
 impl Default for StartOpts {
@@ -107,6 +109,7 @@ impl Default for StartOpts {
             ip: "127.0.0.1".to_owned(),
             http_port: None,
             env: Vec::new(),
+            await_ready: true,
         }
     }
 }
@@ -162,7 +165,15 @@ impl Cluster {
                 child: None,
             };
             node.child = Some(spawn(&node));
-            match await_ready(&self.http, &mut node, READY_TIMEOUT) {
+            if !opts.await_ready {
+                eprintln!(
+                    "   node {index} started (not awaited): flags {:?}",
+                    node.flags
+                );
+                self.nodes.push(node);
+                return index;
+            }
+            match await_ready(&self.http, self.scheme, &mut node, READY_TIMEOUT) {
                 Ok(()) => {
                     eprintln!(
                         "   node {index} ({}) up: pid {:?}, http {}, flags {:?}",
@@ -250,7 +261,7 @@ impl Cluster {
 
     /// Waits until node `i` answers `GET /status` (panics if it exits or the deadline passes).
     pub fn wait_ready(&mut self, i: usize) {
-        match await_ready(&self.http, &mut self.nodes[i], READY_TIMEOUT) {
+        match await_ready(&self.http, self.scheme, &mut self.nodes[i], READY_TIMEOUT) {
             Ok(()) => {}
             Err(
                 StartFailure::PortInUse(w) | StartFailure::Exited(w) | StartFailure::Timeout(w),
@@ -385,9 +396,14 @@ fn spawn(node: &NodeProc) -> Child {
 }
 
 /// Waits until the node answers `GET /status` with 200 while its process is still alive.
-fn await_ready(http: &Client, node: &mut NodeProc, timeout: Duration) -> Result<(), StartFailure> {
+fn await_ready(
+    http: &Client,
+    scheme: &str,
+    node: &mut NodeProc,
+    timeout: Duration,
+) -> Result<(), StartFailure> {
     let deadline = Instant::now() + timeout;
-    let url = format!("http://{}/status", node.http_addr());
+    let url = format!("{scheme}://{}/status", node.http_addr());
     loop {
         let child = node.child.as_mut().expect("child");
         if let Some(exit) = child.try_wait().expect("try_wait") {
