@@ -155,10 +155,16 @@ fn cut_to_fit(
 }
 
 fn to_rpc_error(target: NodeId, e: reqwest::Error) -> RPCError<TypeConfig> {
+    // The cause chain says why (refused, TLS: unknown CA, name mismatch, ...); reqwest's own
+    // text is only "error sending request". At most one line per 5 s: links retry constantly.
+    static LAST_LOG_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
+        let cause = crate::peer::client::error_chain(&e);
+        tracing::info!(target, error = %cause, "raft rpc to a peer failed");
+    }
     if e.is_connect() {
         RPCError::Unreachable(Unreachable::new(&e))
     } else {
-        tracing::trace!(target, error = %e, "raft rpc failed");
         RPCError::Network(NetworkError::new(&e))
     }
 }
