@@ -5,6 +5,9 @@
 //! - [`node`]: wiring — open the stores, build Raft, bind listeners, bootstrap/join, shut down.
 //! - [`http`]: the public API (raftd's `/db`, hraftd's `/key`, `/join`, `/remove`, `/status`) and
 //!   the one place errors become status codes.
+//! - [`api`]: etcd's v3 gRPC API on the same port ([`api::etcd`]), dispatched by content type.
+//! - [`service`]: the protocol-neutral layer both APIs call (membership and status as data,
+//!   membership changes from any node).
 //! - [`raft`]: type config, outbound network, inbound RPC, write forwarding, read levels.
 //! - [`cluster`]: bootstrap, join (learner → voter), remove.
 //! - [`store`]: the durable Raft log (raft-log), the state machine and its snapshot files.
@@ -12,8 +15,9 @@
 //!   and the TLS material both are built from.
 //! - [`limits`]: every size limit, and the check every command passes before it is proposed.
 //!
-//! Dependencies run one way: http → raft/cluster → store.
+//! Dependencies run one way: http / api → service → raft/cluster → store.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod cluster;
@@ -25,5 +29,6 @@ pub mod node;
 pub mod peer;
 pub mod raft;
 pub mod serve;
+pub mod service;
 pub mod store;
 pub mod tls;
