@@ -67,8 +67,10 @@ pub struct NodeStatus {
 
 /// The members this node knows (possibly not yet committed), in node id order.
 pub fn members(app: &App) -> Vec<Member> {
-    let membership = app.membership();
-    let membership = membership.membership();
+    members_of(app.membership().membership())
+}
+
+fn members_of(membership: &openraft::Membership<NodeId, Node>) -> Vec<Member> {
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     membership
         .nodes()
@@ -95,15 +97,7 @@ pub fn status(app: &App) -> NodeStatus {
     let leader = m
         .current_leader
         .map(|id| (id, membership.get_node(&id).cloned()));
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let members = membership
-        .nodes()
-        .map(|(id, node)| Member {
-            id: *id,
-            node: node.clone(),
-            voter: voters.contains(id),
-        })
-        .collect();
+    let members = members_of(membership);
     NodeStatus {
         node_id: app.node_id,
         role,
@@ -113,7 +107,7 @@ pub fn status(app: &App) -> NodeStatus {
         commit_index: m.local_committed.map(|l| l.index),
         applied_index: m.last_applied.map(|l| l.index),
         snapshot_index: m.snapshot.map(|l| l.index),
-        is_learner: !voters.contains(&app.node_id),
+        is_learner: !membership.voter_ids().any(|v| v == app.node_id),
         members,
     }
 }

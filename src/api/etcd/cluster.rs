@@ -32,6 +32,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use crate::api::etcd::authorize_admin;
 use crate::api::etcd::error::EtcdError;
 use crate::api::etcd::header;
 use crate::app::App;
@@ -167,6 +168,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
+        authorize_admin(&self.app, &request)?;
         Ok(Response::new(self.add(request.into_inner()).await?))
     }
 
@@ -174,6 +176,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        authorize_admin(&self.app, &request)?;
         Ok(Response::new(self.remove(request.into_inner().id).await?))
     }
 

@@ -8,7 +8,8 @@ use tonic::Status;
 
 use crate::error::KvError;
 
-/// etcd's texts (v3.4.23 `rpctypes/error.go`), each with its code in [`EtcdError::code`].
+/// etcd's texts (v3.4.23 `rpctypes/error.go`; the leader-transfer timeout is from
+/// `etcdserver/errors.go`), each with its code in [`EtcdError::code`]. Checked against the tag.
 pub mod text {
     pub const NO_LEADER: &str = "etcdserver: no leader";
     pub const NOT_LEADER: &str = "etcdserver: not leader";
@@ -68,7 +69,8 @@ impl EtcdError {
             | EtcdError::LearnerNotReady
             | EtcdError::BadLeaderTransferee
             | EtcdError::Unsupported(_) => Code::FailedPrecondition,
-            EtcdError::LeaderTransferTimeout => Code::Unavailable,
+            // etcd has no gRPC error for it: its `togRPCError` answers Unknown with the text.
+            EtcdError::LeaderTransferTimeout => Code::Unknown,
             EtcdError::MemberNotFound => Code::NotFound,
             EtcdError::BadUrls => Code::InvalidArgument,
             EtcdError::TooManyRequests => Code::ResourceExhausted,

@@ -30,6 +30,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use crate::api::etcd::authorize_admin;
 use crate::api::etcd::error::EtcdError;
 use crate::api::etcd::error::text;
 use crate::api::etcd::header;
@@ -166,6 +167,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        authorize_admin(&self.app, &request)?;
         let target = request.get_ref().target_id;
         Ok(Response::new(self.move_leader(target).await?))
     }

@@ -19,6 +19,11 @@
 //! and proposals, `--join-timeout-ms` for a member add); the client's `grpc-timeout` is not
 //! enforced by the server (clients enforce their own deadline).
 //!
+//! **Who may change the cluster.** `MemberAdd`, `MemberRemove` and `MoveLeader` follow
+//! `POST /join`'s rule ([`authorize_admin`]): loopback callers, or holders of a peer certificate
+//! under peer TLS; anyone else gets `PermissionDenied`. Reads (`MemberList`, `Status`) are open
+//! like `GET /status`.
+//!
 //! **Headers.** Every response header carries `cluster_id` (FNV-1a 64 of the cluster id string,
 //! see [`crate::service::cluster::cluster_id_number`]), `member_id` (this node's id: the same
 //! u64 as in `/status` and in `Cluster.MemberList`), `raft_term`, and `revision` 0 until the
@@ -49,6 +54,7 @@ use tower::ServiceExt;
 
 use crate::app::App;
 use crate::app::SharedApp;
+use crate::error::KvError;
 use crate::limits;
 use error::EtcdError;
 
@@ -129,6 +135,19 @@ async fn in_flight_limit(
         return Ok(status_response(EtcdError::TooManyRequests.into()));
     };
     Ok(next.run(request).await)
+}
+
+/// Lets only callers allowed to change the membership through the public port (`POST /join`'s
+/// rule, `peer::auth::authorize_admin`: loopback, or a peer certificate under peer TLS) make a
+/// membership or leadership change; others get `PermissionDenied` saying what to configure.
+pub fn authorize_admin<T>(app: &App, request: &tonic::Request<T>) -> Result<(), EtcdError> {
+    let Some(conn) = request.extensions().get::<crate::serve::ConnInfo>() else {
+        return Err(KvError::Forbidden("no connection info".into()).into());
+    };
+    crate::peer::auth::authorize_admin(&app.peer_auth, conn).map_err(|e| {
+        tracing::warn!(remote = %conn.remote, reason = %e, "refused an etcd membership call");
+        EtcdError::from(KvError::Forbidden(e.to_string()))
+    })
 }
 
 /// The header of every response: see the module docs.
