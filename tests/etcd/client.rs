@@ -79,6 +79,26 @@ fn etcd_client_crate_through_a_follower_and_a_leader_kill() {
         other => panic!("expected a gRPC status, got {other:?}"),
     }
 
+    c.phase("a message over the request limit is refused before it is decoded");
+    // The default --max-value-bytes is 1 MiB; the limit is that plus 64 KiB.
+    let huge = format!("http://{}:1", "h".repeat(2 << 20));
+    let err = rt.block_on(async {
+        let mut client = Client::connect([c.node(follower).http_addr()], None)
+            .await
+            .expect("connect");
+        client
+            .member_add([huge], None)
+            .await
+            .expect_err("over the limit")
+    });
+    match err {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
+            assert!(s.message().contains("message length too large"), "{s:?}");
+        }
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+
     c.phase("kill -9 the leader: the survivors report the new leader, members unchanged");
     c.kill9(leader);
     let new_leader = c.leader();

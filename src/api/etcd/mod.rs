@@ -13,7 +13,8 @@
 //!
 //! **Limits.** Every service decodes messages of at most
 //! [`limits::grpc_request_bytes_max`] (what the HTTP API accepts: the largest value plus the
-//! command slack) and encodes at most [`limits::GRPC_RESPONSE_BYTES_MAX`]; at most
+//! command slack) and encodes at most [`limits::GRPC_RESPONSE_BYTES_MAX`] (over either: tonic's
+//! `OutOfRange` "message length too large"); at most
 //! [`GRPC_IN_FLIGHT_MAX`] calls are answered at once, more get etcd's `ResourceExhausted
 //! "etcdserver: too many requests"`. Each RPC bounds its own wait (`--timeout-ms` for reads
 //! and proposals, `--join-timeout-ms` for a member add); the client's `grpc-timeout` is not
