@@ -36,6 +36,10 @@ pub struct App {
     /// Serialises this leader's membership changes (joins queue behind each other instead of
     /// failing with "change in progress").
     pub membership_lock: tokio::sync::Mutex<()>,
+    /// This node's data dir (its size is etcd's `dbSize`).
+    pub data_dir: std::path::PathBuf,
+    /// `https` when the public API is served over TLS, else `http` (etcd's client URLs).
+    pub api_scheme: &'static str,
 }
 
 pub type SharedApp = Arc<App>;

@@ -5,6 +5,9 @@
 //! - [`node`]: wiring — open the stores, build Raft, bind listeners, bootstrap/join, shut down.
 //! - [`http`]: the public API (raftd's `/db`, hraftd's `/key`, `/join`, `/remove`, `/status`) and
 //!   the one place errors become status codes.
+//! - [`api`]: etcd's v3 gRPC API on the same port ([`api::etcd`]), dispatched by content type.
+//! - [`service`]: the protocol-neutral layer both APIs call (membership and status as data,
+//!   membership changes from any node).
 //! - [`raft`]: type config, outbound network, inbound RPC, write forwarding, read levels.
 //! - [`cluster`]: bootstrap, join (learner → voter), remove.
 //! - [`store`]: the durable Raft log (raft-log), the state machine and its snapshot files.
@@ -14,8 +17,9 @@
 //! - [`compaction`]: the leader's automatic compaction (etcd's flags).
 //! - [`mvcc`]: a pure multi-version store with etcd v3's revisions, ranges, txns and compaction.
 //!
-//! Dependencies run one way: http → raft/cluster → store.
+//! Dependencies run one way: http / api → service → raft/cluster → store.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod cluster;
@@ -29,5 +33,6 @@ pub mod node;
 pub mod peer;
 pub mod raft;
 pub mod serve;
+pub mod service;
 pub mod store;
 pub mod tls;

@@ -48,6 +48,19 @@ pub const SNAPSHOT_HEADER_BYTES_MAX: usize = 16 << 20;
 /// received snapshot is decoded into it, so a larger one would not fit a host anyway.
 pub const SNAPSHOT_BYTES_MAX: u64 = 16 << 30;
 
+/// Largest gRPC message etcd's API sends (a response); a larger one fails with `OutOfRange`
+/// (tonic's answer) rather than being cut. Bounds what one `Range` page may carry once the
+/// multi-version store lands (clients page with `limit`).
+pub const GRPC_RESPONSE_BYTES_MAX: usize = 64 << 20;
+
+/// Largest gRPC message a client may send to etcd's API: what the HTTP API accepts, the largest
+/// value plus the command slack (its key and the encoding), so any request valid on one API is
+/// valid on the other. Over it the call fails with `OutOfRange` (tonic's answer; etcd's Go
+/// server says `ResourceExhausted`) before it is decoded.
+pub const fn grpc_request_bytes_max(value_bytes_max: usize) -> usize {
+    command_bytes_max(value_bytes_max)
+}
+
 /// Largest encoded command allowed with `--max-value-bytes` = `value_bytes_max`.
 pub const fn command_bytes_max(value_bytes_max: usize) -> usize {
     value_bytes_max + COMMAND_SLACK_BYTES

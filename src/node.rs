@@ -155,6 +155,12 @@ pub async fn run(
         join_timeout: config.join_timeout,
         heartbeat_interval: config.heartbeat_interval,
         membership_lock: tokio::sync::Mutex::new(()),
+        data_dir: data_dir.clone(),
+        api_scheme: if public_acceptor.is_some() {
+            "https"
+        } else {
+            "http"
+        },
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -164,7 +170,8 @@ pub async fn run(
     let mut endpoints = vec![(
         "http",
         config.http.bind.clone(),
-        crate::http::router(app.clone(), shared_port),
+        // etcd's gRPC API shares the public port, dispatched by content type.
+        crate::api::etcd::with_grpc(app.clone(), crate::http::router(app.clone(), shared_port)),
         public_acceptor,
     )];
     if let Some(raft_endpoint) = &config.raft {

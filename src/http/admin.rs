@@ -7,8 +7,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use openraft::ServerState;
-use openraft::async_runtime::watch::WatchReceiver;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::json;
@@ -20,6 +18,7 @@ use crate::cluster::RemoveRequest;
 use crate::error::KvError;
 use crate::http::error::ApiError;
 use crate::http::read_limited;
+use crate::service::cluster::Member;
 
 /// Largest accepted admin request body.
 const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -112,19 +111,19 @@ async fn forward_admin_to_leader<T: Serialize>(
 }
 
 fn members_json(app: &App) -> Vec<Value> {
-    let metrics = app.raft.metrics();
-    let m = metrics.borrow_watched();
-    let membership = m.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    membership
-        .nodes()
-        .map(|(id, node)| {
+    members_to_json(&crate::service::cluster::members(app))
+}
+
+fn members_to_json(members: &[Member]) -> Vec<Value> {
+    members
+        .iter()
+        .map(|m| {
             json!({
-                "id": node.name,
-                "node_id": id,
-                "api_addr": node.api_addr,
-                "raft_addr": node.raft_addr,
-                "voter": voters.contains(id),
+                "id": m.node.name,
+                "node_id": m.id,
+                "api_addr": m.node.api_addr,
+                "raft_addr": m.node.raft_addr,
+                "voter": m.voter,
             })
         })
         .collect()
@@ -132,32 +131,11 @@ fn members_json(app: &App) -> Vec<Value> {
 
 /// `GET /status`: this node's view of the cluster.
 pub async fn status(State(app): State<SharedApp>) -> Json<Value> {
-    let (role, term, leader, last_log_index, commit_index, applied_index, snapshot_index) = {
-        let metrics = app.raft.metrics();
-        let m = metrics.borrow_watched();
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
-        let leader = m.current_leader.and_then(|id| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| json!({ "id": n.name, "node_id": id, "api_addr": n.api_addr }))
-        });
-        (
-            role,
-            m.current_term,
-            leader,
-            m.last_log_index,
-            m.local_committed.map(|l| l.index),
-            m.last_applied.map(|l| l.index),
-            m.snapshot.map(|l| l.index),
-        )
-    };
+    let s = crate::service::cluster::status(&app);
+    let leader = s.leader.as_ref().and_then(|(id, node)| {
+        node.as_ref()
+            .map(|n| json!({ "id": n.name, "node_id": id, "api_addr": n.api_addr }))
+    });
     let digest = app.state_machine.digest();
     Json(json!({
         "id": app.me.name,
@@ -165,15 +143,15 @@ pub async fn status(State(app): State<SharedApp>) -> Json<Value> {
         "cluster_id": app.identity().cluster_id(),
         "api_addr": app.me.api_addr,
         "raft_addr": app.me.raft_addr,
-        "role": role,
-        "term": term,
+        "role": s.role.as_str(),
+        "term": s.term,
         "leader": leader,
-        "last_log_index": last_log_index,
-        "commit_index": commit_index,
-        "applied_index": applied_index,
-        "snapshot_index": snapshot_index,
+        "last_log_index": s.last_log_index,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "snapshot_index": s.snapshot_index,
         "revision": app.state_machine.revision(),
-        "members": members_json(&app),
+        "members": members_to_json(&s.members),
         "digest": { "applied_index": digest.0, "value": format!("{:016x}", digest.1), "keys": digest.2 },
     }))
 }

@@ -161,6 +161,11 @@ impl StateMachineStore {
         self.inner.read_state().map.store().read_txn(req)
     }
 
+    /// etcd's HashKV at `revision` (0: now) on the store as of the last applied entry.
+    pub fn hash_kv(&self, revision: i64) -> Result<crate::mvcc::HashKv, crate::mvcc::MvccError> {
+        self.inner.read_state().map.store().hash_kv(revision)
+    }
+
     /// The revision of the last compaction (`mvcc::NEVER_COMPACTED` before the first).
     pub fn compact_revision(&self) -> i64 {
         self.inner.read_state().map.store().compact_revision()

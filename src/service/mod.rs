@@ -1,0 +1,8 @@
+//! The protocol-neutral layer both public APIs call (raftd/hraftd HTTP in `http/`, etcd's gRPC
+//! in `api/etcd/`): what a request means, written once; each API only translates its wire format
+//! and maps [`crate::error::KvError`] to its own status codes.
+//!
+//! - [`cluster`]: the membership as data, this node's status as data, and membership changes
+//!   that can be asked of any node (a follower relays them to the leader).
+
+pub mod cluster;
