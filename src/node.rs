@@ -61,6 +61,11 @@ pub enum NodeError {
          raftkv without peer identity; start this node with a new data dir and join it again"
     )]
     NoClusterId(String),
+    #[error(
+        "data dir {dir} has data format {found:?}; this raftkv reads and writes format \
+         {DATA_FORMAT} (nothing was changed): use the raftkv version that wrote it"
+    )]
+    DataFormat { dir: String, found: String },
     /// The Raft core stopped on its own (a storage or fatal error): fail-stop.
     #[error("the Raft core stopped: {0}; exiting instead of serving from a stopped node")]
     Fatal(String),
@@ -84,6 +89,7 @@ pub async fn run(
     };
     std::fs::create_dir_all(data_dir).map_err(io_err)?;
 
+    check_data_format(data_dir)?;
     let name = load_or_create_name(data_dir, config.node_name.as_deref())?;
     let node_id = node_id_from_name(&name);
     let me = Node {
@@ -302,6 +308,29 @@ async fn core_stopped(raft: &Raft) -> String {
         }
         if metrics.changed().await.is_err() {
             return "the Raft core's metrics channel closed".to_string();
+        }
+    }
+}
+
+/// The data dir format this build reads and writes, kept in `DATA_DIR/format`: 2 = the
+/// multi-version store (log entries with the etcd commands, snapshot format 2). Format 1 data
+/// dirs (no `format` file, no `cluster-id`) are refused by the cluster-id check and the
+/// snapshot reader.
+pub const DATA_FORMAT: &str = "2";
+const DATA_FORMAT_FILE: &str = "format";
+
+/// Refuses a data dir of another format; records ours in a new one. Must run before the log and
+/// the snapshots are opened: nothing of a foreign format may be read or written.
+fn check_data_format(data_dir: &Path) -> Result<(), NodeError> {
+    match small_file::read(data_dir, DATA_FORMAT_FILE)? {
+        Some(found) if found.trim() == DATA_FORMAT => Ok(()),
+        Some(found) => Err(NodeError::DataFormat {
+            dir: data_dir.display().to_string(),
+            found: found.trim().to_string(),
+        }),
+        None => {
+            small_file::write(data_dir, DATA_FORMAT_FILE, DATA_FORMAT)?;
+            Ok(())
         }
     }
 }

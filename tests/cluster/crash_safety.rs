@@ -114,3 +114,36 @@ fn torn_tail_is_repaired_and_corruption_refuses_to_start() {
     c.get_db(a, &format!("k{}", KEYS - 1), Level::Linearizable)
         .expect_body(&format!("v{}", KEYS - 1));
 }
+
+#[test]
+fn a_data_dir_of_another_format_is_refused_untouched() {
+    let mut c = Cluster::new("data_format");
+    c.phase("a node records its data format (2) in DATA_DIR/format");
+    let a = c.start(|p| argv(&format!("-haddr 127.0.0.1:{}", p.http)));
+    c.wait_leader_is(a);
+    c.put_db(a, "k", "v").expect_status(200);
+    c.kill9(a);
+    let data_dir = c.node(a).data_dir.clone();
+    let format = data_dir.join("format");
+    assert_eq!(
+        fs::read_to_string(&format).expect("format file").trim(),
+        "2"
+    );
+
+    c.phase("a data dir claiming format 9 is refused at start, naming both formats");
+    fs::write(&format, "9\n").expect("write format");
+    let log_before = wal_files(&data_dir);
+    let (ok, stderr) = run_until_exit(&data_dir, c.node(a).ports.http);
+    assert!(!ok, "must refuse; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("data format \"9\"") && stderr.contains("format 2"),
+        "{stderr}"
+    );
+    assert_eq!(wal_files(&data_dir), log_before, "nothing was changed");
+
+    c.phase("format 2 again: the node starts and serves its data");
+    fs::write(&format, "2\n").expect("write format");
+    c.restart(a);
+    c.wait_leader_is(a);
+    c.get_db(a, "k", Level::Linearizable).expect_body("v");
+}
