@@ -118,6 +118,11 @@ pub const KV: &[Step] = &[
         &["txn"],
         "version(\"foo\") = \"2\"\ncreate(\"nope\") = \"0\"\n\nput a 1\nput b 2\n\n\n",
     ),
+    // Interactive (prompts on stdout), as a user at a terminal would type it.
+    txn(
+        &["txn", "-i"],
+        "value(\"a\") = \"1\"\n\nput a 11\n\nget a\n\n",
+    ),
     kv(&["get", "a", "--prefix", "-w", "json"]),
     kv(&["put", "k", "v", "--lease=1234"]),
     kv(&["put", "missing", "--ignore-value"]),
