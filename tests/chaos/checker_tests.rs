@@ -16,11 +16,11 @@ use crate::checker::{
 use crate::history::{Action, NEVER, Observed, Op, Outcome};
 use crate::rng::Rng;
 
-const T: Duration = Duration::from_secs(10);
+pub(crate) const T: Duration = Duration::from_secs(10);
 
 // ----- building histories by hand (times in ms) ------------------------------------------------
 
-fn op(client: u32, action: Action, call_ms: i64, ret_ms: i64, outcome: Outcome) -> Op {
+pub(crate) fn op(client: u32, action: Action, call_ms: i64, ret_ms: i64, outcome: Outcome) -> Op {
     Op {
         client,
         node: 0,
@@ -33,7 +33,7 @@ fn op(client: u32, action: Action, call_ms: i64, ret_ms: i64, outcome: Outcome) 
     }
 }
 
-fn put(c: u32, key: &str, v: u64, call: i64, ret: i64) -> Op {
+pub(crate) fn put(c: u32, key: &str, v: u64, call: i64, ret: i64) -> Op {
     op(
         c,
         Action::Put {
@@ -75,13 +75,13 @@ fn put_many(c: u32, pairs: &[(&str, u64)], call: i64, ret: i64) -> Op {
     op(c, Action::PutMany { pairs }, call, ret, Outcome::Ok)
 }
 
-fn get(c: u32, key: &str, seen: Option<u64>, call: i64, ret: i64) -> Op {
+pub(crate) fn get(c: u32, key: &str, seen: Option<u64>, call: i64, ret: i64) -> Op {
     let mut o = op(c, Action::Read { key: key.into() }, call, ret, Outcome::Ok);
     o.read = Some(seen.map_or(Observed::Absent, Observed::Value));
     o
 }
 
-fn linearizable(h: &[Op]) -> bool {
+pub(crate) fn linearizable(h: &[Op]) -> bool {
     let r = check_linearizable(h, T);
     assert!(r.undecided.is_empty(), "search did not finish");
     for v in &r.violations {
@@ -507,76 +507,4 @@ fn projection_drops_failures_and_opens_unknown_writes() {
     assert_eq!(a.len(), 2);
     assert_eq!(a[0].ret, NEVER);
     assert_eq!(a[1].ret, 5_000_000);
-}
-
-// ----- compare-and-swap ---------------------------------------------------------------------
-
-fn cas(c: u32, key: &str, expect: Option<u64>, v: u64, call: i64, ret: i64) -> Op {
-    let action = Action::Cas {
-        key: key.into(),
-        expect,
-        etag: 1,
-        value: v,
-    };
-    op(c, action, call, ret, Outcome::Ok)
-}
-
-fn cas_refused(c: u32, key: &str, expect: Option<u64>, call: i64, ret: i64) -> Op {
-    let action = Action::CasRefused {
-        key: key.into(),
-        expect,
-    };
-    op(c, action, call, ret, Outcome::Ok)
-}
-
-#[test]
-fn compare_and_swap_histories_pass_when_each_swap_saw_what_it_expected() {
-    assert!(linearizable(&[
-        cas(1, "a", None, 1, 0, 1),
-        cas(2, "a", Some(1), 2, 2, 3),
-        cas_refused(3, "a", Some(1), 4, 5),
-        get(1, "a", Some(2), 6, 7),
-    ]));
-    // Two concurrent swaps from the same value: one wins, the other is refused.
-    assert!(linearizable(&[
-        put(1, "a", 1, 0, 1),
-        cas(2, "a", Some(1), 2, 2, 5),
-        cas_refused(3, "a", Some(1), 3, 6),
-        get(1, "a", Some(2), 7, 8),
-    ]));
-    // A swap of unknown outcome may have landed (observed by the read) ...
-    let mut maybe = cas(2, "a", Some(1), 2, 2, 3);
-    maybe.outcome = Outcome::Unknown;
-    assert!(linearizable(&[
-        put(1, "a", 1, 0, 1),
-        maybe.clone(),
-        get(1, "a", Some(2), 6, 7)
-    ]));
-    // ... or not.
-    assert!(linearizable(&[
-        put(1, "a", 1, 0, 1),
-        maybe,
-        get(1, "a", Some(1), 6, 7)
-    ]));
-}
-
-#[test]
-fn a_swap_from_a_value_that_was_already_overwritten_is_caught() {
-    // Both writes completed before the swap began: the key held 3, so swapping from 1 (and
-    // being acknowledged) is a lost update.
-    assert!(!linearizable(&[
-        put(1, "a", 1, 0, 1),
-        put(1, "a", 3, 2, 3),
-        cas(2, "a", Some(1), 2, 4, 5),
-    ]));
-    // A refusal while the key certainly held the expected value is wrong too.
-    assert!(!linearizable(&[
-        put(1, "a", 1, 0, 1),
-        cas_refused(2, "a", Some(1), 2, 3),
-    ]));
-    // A create-only swap that succeeded on an existing key.
-    assert!(!linearizable(&[
-        put(1, "a", 1, 0, 1),
-        cas(2, "a", None, 5, 2, 3),
-    ]));
 }

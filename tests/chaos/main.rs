@@ -11,7 +11,7 @@
 //! - `workload` + `history`: the clients and the recorded operations;
 //! - `checker`: per-key linearizability (porcupine-rs), shrinking to a witness, lost writes;
 //! - `run`: one schedule start to verdict, and runs of many;
-//! - `checker_tests`, `broken_build`, `regressions`: the checker's own tests, a broken build
+//! - `checker_tests`, `checker_cas_tests`, `broken_build`, `regressions`: the checker's own tests, a broken build
 //!   caught on the real cluster, and reproductions of the product bugs chaos found.
 //!
 //! Modes:
@@ -35,6 +35,8 @@ mod harness;
 #[cfg(test)]
 mod broken_build;
 mod checker;
+#[cfg(test)]
+mod checker_cas_tests;
 #[cfg(test)]
 mod checker_tests;
 mod history;
