@@ -70,33 +70,17 @@ pub async fn remove(State(app): State<SharedApp>, body: Body) -> Result<Response
     Ok(Json(json!({ "removed": request.id, "members": members_json(&app) })).into_response())
 }
 
-/// On a follower, relays an admin request to the leader's Raft address (its peer router serves
-/// `/join` and `/remove`, authenticated like every peer request) and returns its answer;
-/// `None` when this node is the leader and should handle it.
+/// On a follower, relays an admin request to the leader (see
+/// `service::cluster::send_to_leader`) and returns its answer as is; `None` when this node is
+/// the leader and should handle it.
 async fn forward_admin_to_leader<T: Serialize>(
     app: &App,
     route: &str,
     request: &T,
 ) -> Result<Option<Response>, KvError> {
-    let Some((leader_id, leader)) = app.leader() else {
-        return Err(KvError::NoLeader("no leader known; retry shortly".into()));
-    };
-    if leader_id == app.node_id {
+    let Some(answer) = crate::service::cluster::send_to_leader(app, route, request).await? else {
         return Ok(None);
-    }
-    let answer = app
-        .peers
-        .post_admin(&leader.raft_addr, route)
-        .json(request)
-        .timeout(app.join_timeout + app.request_timeout)
-        .send()
-        .await
-        .map_err(|e| {
-            KvError::NoLeader(format!(
-                "cannot reach the leader at {}: {e}",
-                leader.raft_addr
-            ))
-        })?;
+    };
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = answer.bytes().await.map_err(|e| {
         tracing::debug!(error = %e, "relayed admin request: no answer");

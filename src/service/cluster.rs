@@ -173,32 +173,45 @@ struct ErrorBody {
     code: String,
 }
 
-/// On a follower, sends `request` to the leader's `/<route>` and turns its answer back into a
-/// result (`true`: done by the leader); `false` when this node is the leader.
-async fn relay_to_leader<T: serde::Serialize>(
+/// On a follower, sends `request` to the leader's `/<route>` on its Raft address (its peer
+/// router serves the admin routes, authenticated like every peer request) and hands back the
+/// leader's raw answer; `None` when this node is the leader and should handle it itself.
+pub(crate) async fn send_to_leader<T: serde::Serialize>(
     app: &App,
     route: &str,
     request: &T,
-) -> Result<bool, KvError> {
+) -> Result<Option<reqwest::Response>, KvError> {
     let Some((leader_id, leader)) = app.leader() else {
         return Err(KvError::NoLeader("no leader known; retry shortly".into()));
     };
     if leader_id == app.node_id {
-        return Ok(false);
+        return Ok(None);
     }
-    let answer = app
-        .peers
+    app.peers
         .post_admin(&leader.raft_addr, route)
         .json(request)
         .timeout(app.join_timeout + app.request_timeout)
         .send()
         .await
+        .map(Some)
         .map_err(|e| {
             KvError::NoLeader(format!(
                 "cannot reach the leader at {}: {e}",
                 leader.raft_addr
             ))
-        })?;
+        })
+}
+
+/// On a follower, relays `request` to the leader and turns its answer back into a result
+/// (`true`: done by the leader); `false` when this node is the leader.
+async fn relay_to_leader<T: serde::Serialize>(
+    app: &App,
+    route: &str,
+    request: &T,
+) -> Result<bool, KvError> {
+    let Some(answer) = send_to_leader(app, route, request).await? else {
+        return Ok(false);
+    };
     if answer.status().is_success() {
         return Ok(true);
     }

@@ -65,6 +65,19 @@ fn nested_header(revision: i64) -> Option<PbResponseHeader> {
     })
 }
 
+/// The wait before a read of the local store: none for `serializable` (the local replica, as
+/// etcd serves it), else the linearizable read barrier the HTTP API uses too.
+async fn read_barrier(app: &App, serializable: bool) -> Result<(), EtcdError> {
+    let level = if serializable {
+        ReadLevel::Stale
+    } else {
+        ReadLevel::Linearizable
+    };
+    crate::raft::read::read_barrier(app, level)
+        .await
+        .map_err(EtcdError::from)
+}
+
 /// Proposes `cmd` and returns the store's answer (or its refusal as etcd's error).
 async fn propose(app: &App, cmd: Command) -> Result<(i64, Outcome), EtcdError> {
     let ok = crate::raft::forward::write(app, cmd).await?;
@@ -86,14 +99,7 @@ impl PbKvService for KvService {
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
         let p = request.into_inner();
-        let level = if p.serializable {
-            ReadLevel::Stale
-        } else {
-            ReadLevel::Linearizable
-        };
-        crate::raft::read::read_barrier(&self.app, level)
-            .await
-            .map_err(EtcdError::from)?;
+        read_barrier(&self.app, p.serializable).await?;
         let r = self
             .app
             .state_machine
@@ -150,14 +156,7 @@ impl PbKvService for KvService {
         let txn = txn_request(p).map_err(|e| EtcdError::from(KvError::Store(e)))?;
         if mvcc::is_txn_read_only(&txn) {
             // Like a range: no log entry; linearizable unless every range asked serializable.
-            let level = if serializable {
-                ReadLevel::Stale
-            } else {
-                ReadLevel::Linearizable
-            };
-            crate::raft::read::read_barrier(&self.app, level)
-                .await
-                .map_err(EtcdError::from)?;
+            read_barrier(&self.app, serializable).await?;
             let r = self
                 .app
                 .state_machine
