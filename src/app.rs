@@ -36,6 +36,8 @@ pub struct App {
     /// Serialises this leader's membership changes (joins queue behind each other instead of
     /// failing with "change in progress").
     pub membership_lock: tokio::sync::Mutex<()>,
+    /// Serving, stopping or draining, and the public requests in flight (`shutdown.rs`).
+    pub lifecycle: crate::shutdown::Lifecycle,
 }
 
 pub type SharedApp = Arc<App>;

@@ -74,7 +74,7 @@ pub async fn remove(State(app): State<SharedApp>, body: Body) -> Result<Response
 /// On a follower, relays an admin request to the leader's Raft address (its peer router serves
 /// `/join` and `/remove`, authenticated like every peer request) and returns its answer;
 /// `None` when this node is the leader and should handle it.
-async fn forward_admin_to_leader<T: Serialize>(
+pub(crate) async fn forward_admin_to_leader<T: Serialize>(
     app: &App,
     route: &str,
     request: &T,

@@ -56,7 +56,7 @@ const SPOOL_CHUNKS_QUEUED_MAX: usize = 16;
 /// Write buffer of the spooling thread.
 const SPOOL_BUFFER_BYTES: usize = 256 << 10;
 
-/// The peer router: internal routes plus `/join` and `/remove` (relayed by followers and sent
+/// The peer router: internal routes plus `/join`, `/remove` and `/leader` (relayed by followers and sent
 /// by joiners), all behind [`guard`].
 pub fn routes(app: SharedApp) -> Router<SharedApp> {
     Router::new()
@@ -70,6 +70,7 @@ pub fn routes(app: SharedApp) -> Router<SharedApp> {
         .route("/raft/read_index", post(read_index))
         .route("/join", post(crate::http::admin::join))
         .route("/remove", post(crate::http::admin::remove))
+        .route("/leader", post(crate::http::leader::transfer))
         .route_layer(axum::middleware::from_fn_with_state(app, guard))
 }
 
