@@ -9,7 +9,9 @@
 //!    meanwhile are not lost: openraft refuses them before appending (`ForwardToLeader`) and the
 //!    write path forwards them to the new leader.
 //! 3. **Drain**: the listeners stop accepting connections; a public request that arrives on an
-//!    open connection gets `503 shutting_down`; the ones in flight finish (at most [`DRAIN_MAX`]).
+//!    open connection gets `503 shutting_down`; the ones in flight, and write batches and
+//!    read-index requests forwarded by followers, finish (at most [`DRAIN_MAX`]). A proposal
+//!    still pending when Raft stops answers `503 timeout` (outcome unknown), never a 500.
 //! 4. **Stop Raft**: `raft.shutdown()` (in `node.rs`).
 //! 5. **Flush the log**: every record written to the WAL is fsynced ([`flush_log`]).
 //!
@@ -45,7 +47,7 @@ pub enum Phase {
     Draining,
 }
 
-/// The lifecycle phase and the public requests in flight. One per node, in `App`.
+/// The lifecycle phase and the requests in flight. One per node, in `App`.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     phase: AtomicU8,
@@ -97,7 +99,14 @@ impl Lifecycle {
         (self.phase() != Phase::Draining).then_some(guard)
     }
 
-    /// Public requests in flight.
+    /// Counts a request that is never refused (a write batch or read-index request a follower
+    /// forwarded here): the drain waits for it too.
+    pub fn track(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    /// Requests in flight (public ones and tracked forwarded ones).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }

@@ -126,6 +126,8 @@ async fn hello(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> 
 /// (one log append for the batch), never forward again; answers in the same order. A batch over
 /// the count or byte cap is refused whole; an invalid command is refused alone (`propose_many`).
 async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
+    // A graceful shutdown must wait for this batch before it stops Raft (shutdown.rs).
+    let _in_flight = app.lifecycle.track();
     let bytes = match read_body(body).await {
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
@@ -155,6 +157,7 @@ async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
 /// `POST /raft/read_index` on the leader: the index a follower must have applied before it may
 /// serve a linearizable read.
 async fn read_index(State(app): State<SharedApp>) -> Response {
+    let _in_flight = app.lifecycle.track();
     let result = crate::raft::read::leader_read_index(&app).await;
     postcard_reply::<Result<u64, KvError>, String>(&Ok(result))
 }

@@ -78,6 +78,23 @@ fn health_endpoints_follow_the_cluster() {
     );
     get(&c, survivor, "/livez").expect_status(200);
 
+    c.phase("restart the two killed nodes: the survivor's /health is 200 again");
+    let killed: Vec<usize> = (0..3).filter(|&i| i != survivor).collect();
+    for &i in &killed {
+        c.restart(i);
+    }
+    for i in 0..3 {
+        wait_until_with(
+            CONVERGE_TIMEOUT,
+            &format!("node {i} is healthy again"),
+            || {
+                let r = get(&c, i, "/health");
+                if r.status == 200 { Ok(()) } else { Err(r.body) }
+            },
+        );
+        c.wait_readyz(i);
+    }
+
     c.phase("a node that never joined (its -join names a dead address) is live but not ready");
     let dead = format!("127.0.0.1:{}", free_port());
     let loner = c.start(move |p| {
@@ -93,6 +110,11 @@ fn health_endpoints_follow_the_cluster() {
     r.expect_error(&[503], &["not_ready"]);
     assert!(r.body.contains("not a member"), "{}", r.body);
     get(&c, loner, "/health").expect_error(&[503], &["not_ready"]);
+
+    c.phase("SIGTERM the never-joined node: it stops cleanly (exit 0)");
+    let (status, took) = c.terminate(loner, SHUTDOWN_WITHIN);
+    assert!(status.success(), "exit 0, got {status}");
+    eprintln!("   never-joined node shut down in {took:?}");
 }
 
 #[test]
@@ -156,7 +178,8 @@ fn post_leader_moves_leadership_and_sigterm_hands_it_off() {
 /// time between two acknowledgements.
 struct WriterLog {
     acked: BTreeMap<String, String>,
-    failed: usize,
+    /// Failed writes by kind (`503 <code>`, `no connection`, ...): not acknowledged.
+    failed: BTreeMap<String, usize>,
     longest_gap: Duration,
 }
 
@@ -170,7 +193,7 @@ fn writer(
 ) -> WriterLog {
     let mut log = WriterLog {
         acked: BTreeMap::new(),
-        failed: 0,
+        failed: BTreeMap::new(),
         longest_gap: Duration::ZERO,
     };
     let mut last_ack = Instant::now();
@@ -190,7 +213,23 @@ fn writer(
                 log.acked.insert(key, value);
                 acks.fetch_add(1, Ordering::SeqCst);
             }
-            _ => log.failed += 1,
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let code = r
+                    .json::<Value>()
+                    .ok()
+                    .and_then(|v| v["code"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                *log.failed.entry(format!("{status} {code}")).or_default() += 1;
+            }
+            Err(e) => {
+                let kind = if e.is_connect() {
+                    "no connection"
+                } else {
+                    "transport error"
+                };
+                *log.failed.entry(kind.to_owned()).or_default() += 1;
+            }
         }
         thread::sleep(WRITE_EVERY); // pacing the load, not synchronisation
     }
@@ -217,6 +256,40 @@ fn monitor(http: Client, bases: Vec<String>, stop: Arc<AtomicBool>) -> Duration 
         thread::sleep(MONITOR_EVERY); // the polling period
     }
     longest.max(last_with_leader.elapsed())
+}
+
+/// Reads `key` (linearizable) round-robin from the nodes at `bases` until `stop`; returns the
+/// count of 200 answers and the failures by kind.
+fn reader(
+    http: Client,
+    bases: Vec<String>,
+    key: &str,
+    stop: Arc<AtomicBool>,
+) -> (usize, BTreeMap<String, usize>) {
+    let (mut ok, mut failed) = (0, BTreeMap::new());
+    let mut n = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let base = &bases[n % bases.len()];
+        n += 1;
+        let kind = match http.get(format!("{base}/db/{key}")).send() {
+            Ok(r) if r.status().is_success() => {
+                ok += 1;
+                None
+            }
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let v = r.json::<Value>().ok().unwrap_or_default();
+                Some(format!("{status} {}", v["code"].as_str().unwrap_or("")))
+            }
+            Err(e) if e.is_connect() => Some("no connection".to_owned()),
+            Err(_) => Some("transport error".to_owned()),
+        };
+        if let Some(kind) = kind {
+            *failed.entry(kind).or_default() += 1;
+        }
+        thread::sleep(WRITE_EVERY); // pacing the load, not synchronisation
+    }
+    (ok, failed)
 }
 
 fn client(timeout: Duration) -> Client {
@@ -271,6 +344,10 @@ fn rolling_restart_under_load_loses_nothing() {
         thread::spawn(move || monitor(client(Duration::from_millis(300)), bases, stop))
     };
     acked_more("the load runs");
+    let r = {
+        let (bases, stop) = (bases.clone(), stop.clone());
+        thread::spawn(move || reader(client(Duration::from_secs(10)), bases, "w/000001", stop))
+    };
 
     let mut shutdowns = Vec::new();
     let mut leaders_stopped = 0;
@@ -296,6 +373,7 @@ fn rolling_restart_under_load_loses_nothing() {
     stop.store(true, Ordering::SeqCst);
     let written = w.join().expect("writer");
     let leaderless = m.join().expect("monitor");
+    let (reads_ok, reads_failed) = r.join().expect("reader");
     assert!(
         written.acked.len() > 100,
         "the load ran: {} acked",
@@ -316,7 +394,8 @@ fn rolling_restart_under_load_loses_nothing() {
         );
     }
     eprintln!(
-        "   rolling restart: {} writes acked, {} failed, longest gap between acks {:?}, \
+        "   rolling restart: {} writes acked, failed {:?}, longest gap between acks {:?}, \
+         {reads_ok} linearizable reads ok, failed {reads_failed:?}, \
          longest leaderless window {leaderless:?}, shutdowns {shutdowns:?}, test took {:?}",
         written.acked.len(),
         written.failed,
