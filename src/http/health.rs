@@ -4,8 +4,9 @@
 //!
 //! - `/livez`: the process runs and its Raft core has not stopped (restart the node if not).
 //! - `/readyz`: this node is a member (voter or learner) that knows a leader, has applied the
-//!   log up to within [`READY_APPLY_LAG_MAX`] entries of the commit index it knows, and is not
-//!   shutting down: send it traffic.
+//!   log up to within [`READY_APPLY_LAG_MAX`] entries of the commit index it knows (its own, or
+//!   the cluster's as the leader last reported it, whichever is higher), and is not shutting
+//!   down: send it traffic.
 //! - `/health`: etcd's check — running, a leader known, and a linearizable read barrier (the
 //!   default read level) confirmed within [`HEALTH_READ_MAX`]. Body shaped like etcd's
 //!   (`{"health":"true","reason":""}`); a failure adds our `error` and `code`.
@@ -58,7 +59,9 @@ fn facts(app: &App) -> Facts {
             .current_leader
             .and_then(|id| membership.get_node(&id))
             .map(|n| n.name.clone()),
-        committed: m.local_committed.map(|l| l.index),
+        // The leader's commit index as last reported, if ahead of what this node holds: a
+        // node far behind is catching up, not ready.
+        committed: m.local_committed.max(m.cluster_committed).map(|l| l.index),
         applied: m.last_applied.map(|l| l.index),
         role: match m.state {
             ServerState::Leader => "leader",
