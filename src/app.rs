@@ -40,6 +40,8 @@ pub struct App {
     pub data_dir: std::path::PathBuf,
     /// `https` when the public API is served over TLS, else `http` (etcd's client URLs).
     pub api_scheme: &'static str,
+    /// Serving, stopping or draining, and the public requests in flight (`shutdown.rs`).
+    pub lifecycle: crate::shutdown::Lifecycle,
 }
 
 pub type SharedApp = Arc<App>;

@@ -47,4 +47,10 @@ pub enum KvError {
     /// The multi-version store refused the operation (etcd's error and message).
     #[error("{0}")]
     Store(crate::mvcc::MvccError),
+    /// This node is not ready to serve (`/readyz`, `/health`): the reason.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// This node is shutting down: the request was not handled; send it to another member.
+    #[error("this node is shutting down; the request was not handled, send it to another member")]
+    ShuttingDown,
 }

@@ -15,6 +15,8 @@
 //!   and the TLS material both are built from.
 //! - [`limits`]: every size limit, and the check every command passes before it is proposed.
 //! - [`compaction`]: the leader's automatic compaction (etcd's flags).
+//! - [`shutdown`]: graceful shutdown (leadership hand-off, drain, log flush) and the lifecycle
+//!   phase health checks read.
 //! - [`mvcc`]: a pure multi-version store with etcd v3's revisions, ranges, txns and compaction.
 //!
 //! Dependencies run one way: http / api → service → raft/cluster → store.
@@ -34,5 +36,6 @@ pub mod peer;
 pub mod raft;
 pub mod serve;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod tls;

@@ -101,6 +101,7 @@ pub async fn run(
 
     let log_store = LogStore::open(&data_dir.join("raft-log"), Some(config.flush_batch_wait))?;
     let state_machine = StateMachineStore::open(&data_dir.join("snapshots"))?;
+    let wal = log_store.clone(); // flushed once more at a graceful shutdown
 
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let raft_config = openraft::Config {
@@ -167,6 +168,7 @@ pub async fn run(
         } else {
             "http"
         },
+        lifecycle: crate::shutdown::Lifecycle::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -249,9 +251,34 @@ pub async fn run(
     };
     bootstrap.abort();
     compactor.abort();
+    let graceful = outcome.is_ok();
+    let stopping = std::time::Instant::now();
+    if graceful {
+        // Hand-off, then drain (see shutdown.rs); the listeners stop in between.
+        crate::shutdown::hand_off_and_drain(&app, || {
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    }
     let _ = stop_tx.send(true);
+    let step = std::time::Instant::now();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
+    }
+    if graceful {
+        tracing::info!(
+            took_ms = step.elapsed().as_millis(),
+            "shutdown step 4/5: Raft stopped"
+        );
+        // Must come after raft.shutdown(): no append may follow the final flush.
+        if let Err(source) = crate::shutdown::flush_log(&wal).await {
+            let path = wal.dir().to_path_buf();
+            return Err(StoreError::Io { path, source }.into());
+        }
+        tracing::info!(
+            took_ms = stopping.elapsed().as_millis(),
+            "shutdown complete: exiting 0"
+        );
     }
     for server in servers {
         let _ = server.await;

@@ -3,6 +3,7 @@
 //! catch-up, promotion, removal) is in `membership.rs`. Join and remove requests reaching a
 //! follower are relayed to the leader.
 
+pub mod leader;
 mod membership;
 
 pub use membership::add_member;

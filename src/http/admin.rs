@@ -73,7 +73,7 @@ pub async fn remove(State(app): State<SharedApp>, body: Body) -> Result<Response
 /// On a follower, relays an admin request to the leader (see
 /// `service::cluster::send_to_leader`) and returns its answer as is; `None` when this node is
 /// the leader and should handle it.
-async fn forward_admin_to_leader<T: Serialize>(
+pub(crate) async fn forward_admin_to_leader<T: Serialize>(
     app: &App,
     route: &str,
     request: &T,

@@ -33,6 +33,8 @@ impl ApiError {
             KvError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             KvError::Store(e) => store_status(e),
             KvError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            KvError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            KvError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         }
     }
 }

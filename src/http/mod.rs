@@ -5,7 +5,9 @@
 pub mod admin;
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod keys;
+pub mod leader;
 pub mod versions;
 
 use axum::Router;
@@ -29,6 +31,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
     let admin = Router::new()
         .route("/join", post(admin::join))
         .route("/remove", post(admin::remove))
+        .route("/leader", post(leader::transfer))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             admin::guard,
@@ -49,7 +52,15 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .route("/key", post(keys::set))
         .route("/key/", get(db::empty_key).delete(db::empty_key))
         .route("/key/{*key}", get(keys::get).delete(db::delete))
-        .route("/status", get(admin::status));
+        .route("/status", get(admin::status))
+        // Health answers even while draining (it says why it is not ready).
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            health::drain_guard,
+        ))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/health", get(health::health));
     let public = if with_peer_routes {
         // The peer router carries its own guarded copy of /join and /remove.
         public.merge(crate::peer::server::routes(app.clone()))

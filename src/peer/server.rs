@@ -56,7 +56,7 @@ const SPOOL_CHUNKS_QUEUED_MAX: usize = 16;
 /// Write buffer of the spooling thread.
 const SPOOL_BUFFER_BYTES: usize = 256 << 10;
 
-/// The peer router: internal routes plus `/join` and `/remove` (relayed by followers and sent
+/// The peer router: internal routes plus `/join`, `/remove` and `/leader` (relayed by followers and sent
 /// by joiners), all behind [`guard`].
 pub fn routes(app: SharedApp) -> Router<SharedApp> {
     Router::new()
@@ -70,6 +70,7 @@ pub fn routes(app: SharedApp) -> Router<SharedApp> {
         .route("/raft/read_index", post(read_index))
         .route("/join", post(crate::http::admin::join))
         .route("/remove", post(crate::http::admin::remove))
+        .route("/leader", post(crate::http::leader::transfer))
         .route_layer(axum::middleware::from_fn_with_state(app, guard))
 }
 
@@ -125,6 +126,8 @@ async fn hello(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> 
 /// (one log append for the batch), never forward again; answers in the same order. A batch over
 /// the count or byte cap is refused whole; an invalid command is refused alone (`propose_many`).
 async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
+    // A graceful shutdown must wait for this batch before it stops Raft (shutdown.rs).
+    let _in_flight = app.lifecycle.track();
     let bytes = match read_body(body).await {
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
@@ -154,6 +157,7 @@ async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
 /// `POST /raft/read_index` on the leader: the index a follower must have applied before it may
 /// serve a linearizable read.
 async fn read_index(State(app): State<SharedApp>) -> Response {
+    let _in_flight = app.lifecycle.track();
     let result = crate::raft::read::leader_read_index(&app).await;
     postcard_reply::<Result<u64, KvError>, String>(&Ok(result))
 }

@@ -100,7 +100,17 @@ async fn propose_locally(app: &App, cmd: Command, deadline: Instant) -> Attempt 
             response: resp.data,
         })),
         Ok(Err(RaftError::APIError(e))) => refused(app, e),
-        Ok(Err(RaftError::Fatal(e))) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
+        Ok(Err(RaftError::Fatal(e))) => Attempt::Done(Err(fatal_error(app, &e))),
+    }
+}
+
+/// A proposal the Raft core could not see through. Stopped (a shutdown while the proposal was
+/// pending): it may have been appended and may still commit on the next leader, so the outcome
+/// is unknown (`Timeout`), never a 500. Any other fatal error: `Internal` (the node exits).
+fn fatal_error(app: &App, e: &openraft::errors::Fatal<TypeConfig>) -> KvError {
+    match e {
+        openraft::errors::Fatal::Stopped => KvError::Timeout(app.request_timeout),
+        other => KvError::Internal(other.to_string()),
     }
 }
 
@@ -194,14 +204,14 @@ async fn propose_checked(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, K
                         Attempt::Done(r) => r,
                         Attempt::RetryAfterLeaderChange(_) => Err(not_leader()),
                     },
-                    Ok(Some(Err(fatal))) => Err(KvError::Internal(fatal.to_string())),
+                    Ok(Some(Err(fatal))) => Err(fatal_error(app, &fatal)),
                     // The stream ended early or the deadline passed: outcome unknown.
                     Ok(None) | Err(_) => break,
                 };
                 results.push(result);
             }
         }
-        Ok(Err(fatal)) => return vec![Err(KvError::Internal(fatal.to_string())); count],
+        Ok(Err(fatal)) => return vec![Err(fatal_error(app, &fatal)); count],
         Err(_elapsed) => {}
     }
     results.resize_with(count, || Err(KvError::Timeout(app.request_timeout)));

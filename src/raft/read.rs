@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::error::KvError;
+use crate::raft::types::NodeId;
 
 /// The consistency level of a read, from `?level=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,38 +49,57 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
     }
     let deadline = Instant::now() + app.request_timeout;
     let unavailable = || KvError::ReadUnavailable(app.request_timeout);
-    let read_index = match app.leader() {
-        Some((id, _)) if id == app.node_id => {
-            return match tokio::time::timeout_at(
-                deadline,
-                app.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-            )
-            .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "linearizable read refused");
-                    Err(unavailable())
+    // A leader that is handing leadership off (graceful shutdown, `POST /leader`) refuses
+    // reads with "forward to leader": wait for the next leader and ask it, within the deadline.
+    let mut attempts = 0;
+    let read_index = loop {
+        attempts += 1;
+        let retry = attempts < READ_ATTEMPTS_MAX;
+        match app.leader() {
+            Some((id, _)) if id == app.node_id => {
+                match tokio::time::timeout_at(
+                    deadline,
+                    app.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))))
+                        if retry =>
+                    {
+                        wait_for_other_leader(app, id, deadline).await?;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "linearizable read refused");
+                        return Err(unavailable());
+                    }
+                    Err(_) => return Err(unavailable()),
                 }
-                Err(_) => Err(unavailable()),
-            };
+            }
+            Some((leader_id, leader)) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let response = app
+                    .peers
+                    .post_raft(&leader.raft_addr, leader_id, "read_index", false)
+                    .timeout(remaining)
+                    .send()
+                    .await
+                    .map_err(|_| unavailable())?;
+                // Whatever the leader says (even "not the leader"), the read was not served.
+                let answer =
+                    crate::raft::network::decode_response::<Result<u64, KvError>>(response)
+                        .await
+                        .map_err(|_| unavailable())?;
+                match answer {
+                    Ok(index) => break index,
+                    Err(KvError::NoLeader(_)) if retry => {
+                        wait_for_other_leader(app, leader_id, deadline).await?;
+                    }
+                    Err(_) => return Err(unavailable()),
+                }
+            }
+            None => return Err(unavailable()),
         }
-        Some((leader_id, leader)) => {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let response = app
-                .peers
-                .post_raft(&leader.raft_addr, leader_id, "read_index", false)
-                .timeout(remaining)
-                .send()
-                .await
-                .map_err(|_| unavailable())?;
-            // Whatever the leader says (even "not the leader"), the read was not served.
-            crate::raft::network::decode_response::<Result<u64, KvError>>(response)
-                .await
-                .map_err(|_| unavailable())?
-                .map_err(|_| unavailable())?
-        }
-        None => return Err(unavailable()),
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
     app.raft
@@ -88,6 +108,28 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
         .await
         .map_err(|_| unavailable())?;
     Ok(())
+}
+
+/// Attempts of one linearizable read: the first, and retries after a leadership hand-off.
+const READ_ATTEMPTS_MAX: u32 = 3;
+
+/// Waits until a leader other than `stale` is known (with its record in the membership), at
+/// most until `deadline`; `ReadUnavailable` then.
+async fn wait_for_other_leader(app: &App, stale: NodeId, deadline: Instant) -> Result<(), KvError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    app.raft
+        .wait(Some(remaining))
+        .metrics(
+            move |m| {
+                m.current_leader.is_some_and(|id| {
+                    id != stale && m.membership_config.membership().get_node(&id).is_some()
+                })
+            },
+            "next leader known",
+        )
+        .await
+        .map(|_| ())
+        .map_err(|_| KvError::ReadUnavailable(app.request_timeout))
 }
 
 /// On the leader: confirm leadership with a quorum and return the index a follower must have

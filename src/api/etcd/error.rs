@@ -25,6 +25,8 @@ pub mod text {
     pub const LEARNER_NOT_READY: &str =
         "etcdserver: can only promote a learner member which is in sync with leader";
     pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+    /// etcd's `ErrGRPCStopped`: clients retry on another endpoint.
+    pub const STOPPED: &str = "etcdserver: server stopped";
 }
 
 /// An outcome of an etcd RPC that is not a success.
@@ -98,7 +100,9 @@ fn kv_code(e: &KvError) -> Code {
         | KvError::Timeout(_)
         | KvError::ReadUnavailable(_)
         | KvError::JoinFailed(_)
-        | KvError::Busy(_) => Code::Unavailable,
+        | KvError::Busy(_)
+        | KvError::NotReady(_)
+        | KvError::ShuttingDown => Code::Unavailable,
         KvError::Forbidden(_) => Code::PermissionDenied,
         // The store's refusals carry etcd's own code (and text, see `kv_message`).
         KvError::Store(e) => match e.grpc_code() {
@@ -117,6 +121,7 @@ fn kv_message(e: &KvError) -> String {
         KvError::Timeout(_) | KvError::ReadUnavailable(_) => text::TIMEOUT.to_string(),
         KvError::TooLarge { .. } => text::REQUEST_TOO_LARGE.to_string(),
         KvError::NoSuchMember(_) => text::MEMBER_NOT_FOUND.to_string(),
+        KvError::ShuttingDown => text::STOPPED.to_string(),
         other => other.to_string(),
     }
 }

@@ -87,21 +87,12 @@ impl MaintenanceService {
         if !s.members.iter().any(|m| m.id == target && m.voter) {
             return Err(EtcdError::BadLeaderTransferee);
         }
-        if target != app.node_id {
-            app.raft
-                .trigger()
-                .transfer_leader(target)
-                .await
-                .map_err(|e| crate::error::KvError::Internal(e.to_string()))?;
-            app.raft
-                .wait(Some(app.request_timeout))
-                .metrics(
-                    |m| m.current_leader == Some(target),
-                    "leadership moved to the transferee",
-                )
-                .await
-                .map_err(|_| EtcdError::LeaderTransferTimeout)?;
-        }
+        crate::cluster::leader::transfer_leader(app, target, app.request_timeout)
+            .await
+            .map_err(|e| match e {
+                crate::error::KvError::Timeout(_) => EtcdError::LeaderTransferTimeout,
+                other => other.into(),
+            })?;
         Ok(PbMoveLeaderResponse {
             header: Some(header(app)),
         })

@@ -98,7 +98,7 @@ fn grpc_router(app: SharedApp) -> Router {
     let maintenance = PbMaintenanceServer::new(maintenance::MaintenanceService::new(app.clone()))
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
-    let kv = PbKvServer::new(kv::KvService::new(app))
+    let kv = PbKvServer::new(kv::KvService::new(app.clone()))
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
     let permits = Arc::new(Semaphore::new(GRPC_IN_FLIGHT_MAX));
@@ -108,9 +108,16 @@ fn grpc_router(app: SharedApp) -> Router {
         .into_axum_router()
         .fallback(unimplemented)
         .layer(axum::middleware::from_fn_with_state(
-            permits,
-            in_flight_limit,
+            Admission { permits, app },
+            admit,
         ))
+}
+
+/// What [`admit`] checks a call against.
+#[derive(Clone)]
+struct Admission {
+    permits: Arc<Semaphore>,
+    app: SharedApp,
 }
 
 /// Answers a gRPC status as an HTTP response (status 200, `grpc-status` header).
@@ -126,13 +133,20 @@ async fn unimplemented(uri: axum::http::Uri) -> Response {
     )))
 }
 
-/// Refuses a call beyond [`GRPC_IN_FLIGHT_MAX`] at once (held until the response starts).
-async fn in_flight_limit(
-    axum::extract::State(permits): axum::extract::State<Arc<Semaphore>>,
+/// Refuses a call once the node drains for shutdown (`Unavailable`, etcd's "server stopped",
+/// so clients go to another endpoint) and beyond [`GRPC_IN_FLIGHT_MAX`] at once; an admitted
+/// call counts as in flight (the drain waits for it) until its response starts.
+async fn admit(
+    axum::extract::State(admission): axum::extract::State<Admission>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Result<Response, Infallible> {
-    let Ok(_permit) = permits.try_acquire_owned() else {
+    let Some(_in_flight) = admission.app.lifecycle.enter() else {
+        return Ok(status_response(
+            EtcdError::from(KvError::ShuttingDown).into(),
+        ));
+    };
+    let Ok(_permit) = admission.permits.try_acquire_owned() else {
         return Ok(status_response(EtcdError::TooManyRequests.into()));
     };
     Ok(next.run(request).await)

@@ -302,6 +302,19 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to node `i` (a graceful shutdown) and waits, at most `within`, until it
+    /// exits on its own; returns its exit status and how long that took (panics at the deadline).
+    pub fn terminate(
+        &mut self,
+        i: usize,
+        within: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let t0 = Instant::now();
+        self.signal(i, "-TERM");
+        let status = self.wait_exit(i, within);
+        (status, t0.elapsed())
+    }
+
     /// SIGSTOPs node `i`: it keeps its sockets but answers nothing.
     pub fn pause(&mut self, i: usize) {
         self.signal(i, "-STOP");

@@ -107,6 +107,22 @@ impl Cluster {
         )
     }
 
+    /// Waits until node `i` answers `GET /readyz` with 200 (a member, caught up, knowing a leader).
+    pub fn wait_readyz(&self, i: usize) {
+        wait_until_with(
+            CONVERGE_TIMEOUT,
+            &format!("node {i} is ready (/readyz)"),
+            || {
+                let r = self.try_request(i, Method::GET, "/readyz", None)?;
+                if r.status == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("{} {}", r.status, truncate(&r.body)))
+                }
+            },
+        )
+    }
+
     /// Waits until node `i` alone is leader of its (one-node) cluster.
     pub fn wait_leader_is(&self, i: usize) {
         let got = self.leader_among(&[i]);
