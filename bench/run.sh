@@ -14,6 +14,7 @@
 #   --big                   the 1M-key step;   --big-keys N [1000000]
 #   --no-sweep              skip the raftkv --flush-wait-us 0/50/200 sweep (scenarios a and b)
 #   --no-etcd | --no-raftkv run one system only
+#   --no-http | --no-grpc   skip the HTTP scenarios a-f / the etcd gRPC scenarios g1-g5
 #   --no-install            do not apt-get etcd-server/fio (they must be installed)
 #   --no-build              use the existing release binaries
 #   --raftkv-args "..."     extra flags for every raftkv node (e.g. "--flush-wait-us 0")
@@ -29,6 +30,7 @@ REPO="$(cd "$BENCH/.." && pwd)"
 
 RUNS=3 DURATION=15 WARMUP=3 CLIENTS=64 KEYS=100000 READS_TO=leader
 BIG=0 BIG_KEYS=1000000 SWEEP=1 DO_ETCD=1 DO_RAFTKV=1 INSTALL=1 BUILD=1 RAFTKV_ARGS=""
+DO_HTTP=1 DO_GRPC=1
 RESULTS="" DATA_PARENT=""
 ORIG_ARGS="$*"
 while [ $# -gt 0 ]; do
@@ -45,6 +47,8 @@ while [ $# -gt 0 ]; do
     --sweep) SWEEP=1 ;;
     --no-etcd) DO_ETCD=0 ;;
     --no-raftkv) DO_RAFTKV=0 ;;
+    --no-http) DO_HTTP=0 ;;
+    --no-grpc) DO_GRPC=0 ;;
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
     --raftkv-args) RAFTKV_ARGS="$2"; shift ;;
@@ -248,12 +252,23 @@ drive() {   # drive SYSTEM RUNDIR: preload, then scenarios a-f
   log "$sys: preloading $KEYS keys"
   timeout 1800 "$LOADGEN" load --system "$sys" --target "$LEADER" --keys "$KEYS" --clients 64 > "$rd/${sys}_preload.txt" \
     || log "warning: $sys preload incomplete: $(tr '\n' ' ' < "$rd/${sys}_preload.txt")"
+  if [ $DO_HTTP = 1 ]; then
   scenario "$sys" "a. sequential write, 1 client" "$rd/${sys}_a.txt" --op write --clients 1 --target "$rt"
   scenario "$sys" "b. write, $CLIENTS clients" "$rd/${sys}_b.txt" --op write --clients "$CLIENTS" --target "$rt"
   scenario "$sys" "c. linearizable read" "$rd/${sys}_c.txt" --op lread --clients "$CLIENTS" --target "$rt"
   scenario "$sys" "d. stale/serializable read" "$rd/${sys}_d.txt" --op sread --clients "$CLIENTS" --target "$rt"
   scenario "$sys" "e. write via follower ${FOLLOWERS[0]}" "$rd/${sys}_e.txt" --op write --clients "$CLIENTS" --target "${FOLLOWERS[0]}"
   scenario "$sys" "f. mixed 90/10" "$rd/${sys}_f.txt" --op mixed --read-pct 90 --clients "$CLIENTS" --target "$rt"
+  fi
+  if [ $DO_GRPC = 1 ]; then
+  # etcd's v3 gRPC API on both systems (raftkv serves it on its HTTP port): the same etcd-client
+  # calls, one HTTP/2 connection per client (bench/loadgen/src/grpc.rs).
+  scenario "$sys" "g1. gRPC put, 1 client" "$rd/${sys}_g1.txt" --api grpc --op write --clients 1 --target "$rt"
+  scenario "$sys" "g2. gRPC put, $CLIENTS clients" "$rd/${sys}_g2.txt" --api grpc --op write --clients "$CLIENTS" --target "$rt"
+  scenario "$sys" "g3. gRPC linearizable range" "$rd/${sys}_g3.txt" --api grpc --op lread --clients "$CLIENTS" --target "$rt"
+  scenario "$sys" "g4. gRPC serializable range" "$rd/${sys}_g4.txt" --api grpc --op sread --clients "$CLIENTS" --target "$rt"
+  scenario "$sys" "g5. gRPC CAS txn" "$rd/${sys}_g5.txt" --api grpc --op cas --clients "$CLIENTS" --target "$rt"
+  fi
 }
 
 idle_now() { "$LOADGEN" idle --ms 1000; }

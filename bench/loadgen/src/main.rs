@@ -9,6 +9,7 @@
 //!
 //! Subcommands (all talk to 127.0.0.1 only; every loop is bounded in time):
 //!   run      --system raftkv|etcd --target H:P[,H:P..] --op write|lread|sread|mixed ...
+//!            [--api http|grpc]  grpc: etcd's v3 gRPC API (both systems), also --op cas (grpc.rs)
 //!   load     --system raftkv|etcd --target H:P --keys N [--clients C]   (writes keys 0..N once)
 //!   rtt      [--seconds S]          loopback TCP ping-pong and HTTP round trip
 //!   idle     [--ms MS]              idle CPU % of the machine from /proc/stat
@@ -25,6 +26,8 @@ use std::io::Read;
 use std::io::Write;
 use std::time::Duration;
 use std::time::Instant;
+
+mod grpc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -104,6 +107,8 @@ enum Op {
     Write,
     LinRead,
     StaleRead,
+    /// A compare-and-swap txn (gRPC only, see grpc.rs).
+    Cas,
 }
 
 fn parse_system(s: &str) -> System {
@@ -156,6 +161,7 @@ impl Wire {
                 .uri("/v3/kv/range")
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(format!("{{\"key\":\"{}\"}}", b64(key.as_bytes()))))),
+            (_, Op::Cas) => die("--op cas needs --api grpc"),
             (System::Etcd, Op::StaleRead) => b
                 .method("POST")
                 .uri("/v3/kv/range")
@@ -285,6 +291,28 @@ struct ClientResult {
     hist: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
+    cas_conflicts: u64,
+}
+
+/// A client's connection: HTTP/1.1 (the seed or etcd JSON APIs) or etcd's gRPC API.
+enum Conn {
+    Http { sender: Option<Sender>, addr: String, wire: Wire },
+    Grpc(grpc::Conn),
+}
+
+impl Conn {
+    async fn call(&mut self, op: Op, key: &str, pick: u64, system: System, timeout: Duration) -> grpc::Done {
+        match self {
+            Conn::Grpc(c) => c.call(op, key, pick, timeout).await,
+            Conn::Http { sender, addr, wire } => {
+                let req = wire.request(op, key);
+                match one(sender, addr, req, op, system, timeout).await {
+                    Outcome::Ok => grpc::Done::Ok,
+                    other => grpc::Done::Err(outcome_name(&other)),
+                }
+            }
+        }
+    }
 }
 
 fn cmd_run(a: &Args) {
@@ -300,8 +328,14 @@ fn cmd_run(a: &Args) {
     let pids: Vec<String> = a.str("pids", "").split(',').filter(|s| !s.is_empty()).map(|s| s.to_string()).collect();
     let value_size: usize = a.num("value-size", 100);
     let threads: usize = a.num("threads", 2);
+    let grpc_api = match a.str("api", "http").as_str() {
+        "http" => false,
+        "grpc" => true,
+        other => die(&format!("unknown --api {other}")),
+    };
     let (read_op, write_pct) = match op_name.as_str() {
         "write" => (Op::Write, 100),
+        "cas" if grpc_api => (Op::Cas, 0),
         "lread" => (Op::LinRead, 0),
         "sread" => (Op::StaleRead, 0),
         "mixed" => (Op::LinRead, 100 - read_pct.min(100)),
@@ -314,28 +348,37 @@ fn cmd_run(a: &Args) {
     let res = rt.block_on(async move {
         let pids = pids2;
         // Open every connection first; the clock starts when all are open.
-        let mut senders = Vec::with_capacity(clients);
+        let mut conns = Vec::with_capacity(clients);
         for c in 0..clients {
             let addr = targets[c % targets.len()].clone();
-            let s = match tokio::time::timeout(Duration::from_secs(10), connect(&addr)).await {
-                Ok(Ok(s)) => Some(s),
-                _ => die(&format!("cannot connect to {addr}")),
+            let conn = if grpc_api {
+                match grpc::connect(&addr, c, value.to_vec(), Duration::from_secs(10)).await {
+                    Ok(g) => Conn::Grpc(g),
+                    Err(e) => die(&format!("cannot connect to {addr} (gRPC): {e}")),
+                }
+            } else {
+                let s = match tokio::time::timeout(Duration::from_secs(10), connect(&addr)).await {
+                    Ok(Ok(s)) => Some(s),
+                    _ => die(&format!("cannot connect to {addr}")),
+                };
+                let wire = Wire { system, host: addr.clone(), value: value.clone(), value_b64: value_b64.clone() };
+                Conn::Http { sender: s, addr, wire }
             };
-            senders.push((addr, s));
+            conns.push(conn);
         }
         let t0 = Instant::now();
         let warm_end = t0 + warmup;
         let end = warm_end + duration;
         let mut handles = Vec::new();
-        for (c, (addr, sender)) in senders.into_iter().enumerate() {
-            let wire = Wire { system, host: addr.clone(), value: value.clone(), value_b64: value_b64.clone() };
+        for (c, conn) in conns.into_iter().enumerate() {
             handles.push(tokio::spawn(async move {
-                let mut sender = sender;
+                let mut conn = conn;
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
                 let mut r = ClientResult {
                     hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("hist"),
                     ok: 0,
                     errors: BTreeMap::new(),
+                    cas_conflicts: 0,
                 };
                 loop {
                     let start = Instant::now();
@@ -345,23 +388,23 @@ fn cmd_run(a: &Args) {
                     let x = rng.next();
                     let key = key_name(x % keys);
                     let op = if (x >> 40) % 100 < write_pct { Op::Write } else { read_op };
-                    let req = wire.request(op, &key);
-                    let out = one(&mut sender, &addr, req, op, system, timeout).await;
+                    let out = conn.call(op, &key, x >> 20, system, timeout).await;
                     let done = Instant::now();
                     let counted = start >= warm_end && done <= end;
                     match out {
-                        Outcome::Ok => {
+                        grpc::Done::Ok | grpc::Done::Conflict => {
                             if counted {
                                 r.ok += 1;
+                                r.cas_conflicts += u64::from(matches!(out, grpc::Done::Conflict));
                                 let us = (done - start).as_micros() as u64;
                                 let _ = r.hist.record(us.max(1));
                             }
                         }
-                        other => {
+                        grpc::Done::Err(kind) => {
                             if start >= warm_end {
-                                *r.errors.entry(outcome_name(&other)).or_default() += 1;
+                                *r.errors.entry(kind.clone()).or_default() += 1;
                             }
-                            if matches!(other, Outcome::Io) {
+                            if kind == "io" {
                                 // do not spin on a refused connection
                                 tokio::time::sleep(Duration::from_millis(10)).await;
                             }
@@ -379,11 +422,13 @@ fn cmd_run(a: &Args) {
         let (srv1, me1, m1) = (ticks_of(&pids), proc_ticks(&me).unwrap_or(0), cpu_totals());
         let mut hist: Histogram<u64> = Histogram::new_with_bounds(1, 120_000_000, 3).expect("hist");
         let mut ok = 0;
+        let mut cas_conflicts = 0;
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         for h in handles {
             let r = h.await.expect("client task");
             hist.add(&r.hist).expect("merge");
             ok += r.ok;
+            cas_conflicts += r.cas_conflicts;
             for (k, v) in r.errors {
                 *errors.entry(k).or_default() += v;
             }
@@ -399,9 +444,9 @@ fn cmd_run(a: &Args) {
             - srv1.saturating_sub(srv0) as f64
             - me1.saturating_sub(me0) as f64;
         let other_cores = (other_ticks / 100.0 / duration.as_secs_f64()).max(0.0);
-        (hist, ok, errors, srv1.saturating_sub(srv0), me1.saturating_sub(me0), busy, other_cores)
+        (hist, ok, errors, srv1.saturating_sub(srv0), me1.saturating_sub(me0), busy, other_cores, cas_conflicts)
     });
-    let (hist, ok, errors, srv_ticks, me_ticks, busy, other_cores) = res;
+    let (hist, ok, errors, srv_ticks, me_ticks, busy, other_cores, cas_conflicts) = res;
     let nerr: u64 = errors.values().sum();
     let secs = duration.as_secs_f64();
     let mut out = String::new();
@@ -410,6 +455,9 @@ fn cmd_run(a: &Args) {
     out += &format!("p50_us={}\np99_us={}\np999_us={}\nmax_us={}\nmean_us={:.1}\n",
         hist.value_at_quantile(0.50), hist.value_at_quantile(0.99), hist.value_at_quantile(0.999), hist.max(), hist.mean());
     out += &format!("errors={nerr}\nerror_pct={:.3}\n", if ok + nerr > 0 { 100.0 * nerr as f64 / (ok + nerr) as f64 } else { 0.0 });
+    if read_op == Op::Cas {
+        out += &format!("cas_conflicts={cas_conflicts}\n");
+    }
     out += &format!("error_kinds={}\n", errors.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(","));
     if !pids.is_empty() {
         let cpu_s = srv_ticks as f64 / 100.0;
@@ -783,13 +831,18 @@ fn opt(v: Option<f64>, prec: usize) -> String {
     v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "–".into())
 }
 
-const SCENARIOS: [(&str, &str); 6] = [
+const SCENARIOS: [(&str, &str); 11] = [
     ("a", "a. sequential write, 1 client"),
     ("b", "b. write, 64 clients"),
     ("c", "c. linearizable read, 64 clients"),
     ("d", "d. stale/serializable read, 64 clients"),
     ("e", "e. write via a follower, 64 clients"),
     ("f", "f. mixed 90% lin. read / 10% write, 64 clients"),
+    ("g1", "g1. etcd gRPC: put, 1 client"),
+    ("g2", "g2. etcd gRPC: put, 64 clients"),
+    ("g3", "g3. etcd gRPC: linearizable range, 64 clients"),
+    ("g4", "g4. etcd gRPC: serializable range, 64 clients"),
+    ("g5", "g5. etcd gRPC: CAS txn (compare mod_revision, put), 64 clients"),
 ];
 
 fn cmd_report(a: &Args) {
@@ -840,6 +893,10 @@ fn cmd_report(a: &Args) {
                 let kv = read_kv(&r.join(format!("{s}_{sc}.txt")));
                 let pct: f64 = kv.get("error_pct").and_then(|v| v.parse().ok()).unwrap_or(0.0);
                 let errs: u64 = kv.get("errors").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let conflicts: u64 = kv.get("cas_conflicts").and_then(|v| v.parse().ok()).unwrap_or(0);
+                if conflicts > 0 {
+                    notes.push(format!("{s}: {conflicts} CAS conflicts"));
+                }
                 if pct > 1.0 {
                     notes.push(format!("**!! {s} {}: {pct:.1}% errors ({})**", r.file_name().map(|x| x.to_string_lossy().to_string()).unwrap_or_default(), kv.get("error_kinds").cloned().unwrap_or_default()));
                 } else if errs > 0 {
