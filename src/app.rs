@@ -42,6 +42,10 @@ pub struct App {
     pub api_scheme: &'static str,
     /// Serving, stopping or draining, and the public requests in flight (`shutdown.rs`).
     pub lifecycle: crate::shutdown::Lifecycle,
+    /// How often a `progress_notify` watch hears the revision when nothing changed.
+    pub watch_progress_interval: Duration,
+    /// The HTTP event streams and long polls open on this node (bounded).
+    pub http_watches: crate::http::watch::HttpWatches,
 }
 
 pub type SharedApp = Arc<App>;

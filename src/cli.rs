@@ -122,6 +122,10 @@ pub struct Args {
     /// (periodic mode: `1h`, `30m`, a bare number of hours; default 1h). 0 turns it off.
     #[arg(long)]
     pub auto_compaction_retention: Option<String>,
+    /// How often a watch created with progress_notify hears the current revision when nothing
+    /// changed (etcd's flag and default): a duration like `10m`, `5s` or `500ms`.
+    #[arg(long, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Print help.
@@ -247,8 +251,21 @@ impl Args {
             self.auto_compaction_retention.as_deref(),
         )
         .map_err(CliError::Invalid)?;
+        let watch_progress_interval = crate::compaction::parse_duration(
+            "--experimental-watch-progress-notify-interval",
+            &self.experimental_watch_progress_notify_interval,
+        )
+        .and_then(|d| {
+            if d.is_zero() {
+                Err("--experimental-watch-progress-notify-interval must be above 0".into())
+            } else {
+                Ok(d)
+            }
+        })
+        .map_err(CliError::Invalid)?;
         Ok(Config {
             auto_compaction,
+            watch_progress_interval,
             data_dir: self.data_dir,
             http,
             raft,

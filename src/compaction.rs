@@ -64,7 +64,8 @@ impl AutoCompaction {
                 }
             }
             "periodic" => {
-                let retain = parse_duration(retention.unwrap_or("1h"))?;
+                let retain =
+                    parse_duration("--auto-compaction-retention", retention.unwrap_or("1h"))?;
                 if retain.is_zero() {
                     Ok(AutoCompaction::Off)
                 } else {
@@ -78,11 +79,10 @@ impl AutoCompaction {
     }
 }
 
-/// etcd's periodic retention: a bare number is hours; otherwise a duration like `1h30m`, `5m`,
-/// `90s` or `500ms`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("--auto-compaction-retention {text:?}: use e.g. 1h, 30m, 90s or 2 (hours)");
+/// A duration flag's value: a duration like `1h30m`, `5m`, `90s` or `500ms`, or a bare number
+/// of hours (etcd's periodic retention); errors name `flag`.
+pub fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {
+    let bad = || format!("{flag} {text:?}: use e.g. 1h, 30m, 90s or 2 (hours)");
     let t = text.trim();
     if let Ok(hours) = t.parse::<u64>() {
         return hours

@@ -56,6 +56,8 @@ pub struct Config {
     pub client_tls: Option<ClientTlsFiles>,
     /// `--auto-compaction-mode` / `--auto-compaction-retention`.
     pub auto_compaction: crate::compaction::AutoCompaction,
+    /// `--experimental-watch-progress-notify-interval` (etcd's flag; default 10 minutes).
+    pub watch_progress_interval: Duration,
 }
 
 /// The files of peer mutual TLS: this node's certificate and key, and the CA every peer's

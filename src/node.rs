@@ -169,6 +169,8 @@ pub async fn run(
             "http"
         },
         lifecycle: crate::shutdown::Lifecycle::default(),
+        watch_progress_interval: config.watch_progress_interval,
+        http_watches: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -38,6 +38,9 @@ pub async fn get(
     Path(key): Path<String>,
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
+    if let Some(rev) = params.wait {
+        crate::http::watch::wait_for_change(&app, &key, rev, params.timeout.as_deref()).await?;
+    }
     let kv = read_value(&app, &key, &params).await?;
     let mut response = (
         [(header::CONTENT_TYPE, "application/octet-stream")],

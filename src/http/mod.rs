@@ -9,6 +9,7 @@ pub mod health;
 pub mod keys;
 pub mod leader;
 pub mod versions;
+pub mod watch;
 
 use axum::Router;
 use axum::body::Body;
@@ -52,6 +53,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .route("/key", post(keys::set))
         .route("/key/", get(db::empty_key).delete(db::empty_key))
         .route("/key/{*key}", get(keys::get).delete(db::delete))
+        .route("/watch", get(watch::events))
         .route("/status", get(admin::status))
         // Health answers even while draining (it says why it is not ready).
         .route_layer(axum::middleware::from_fn_with_state(
@@ -89,6 +91,12 @@ pub struct ReadParams {
     /// `?revision=<r>`: read the key as of revision `r` (history; 0 or absent: now).
     #[serde(default)]
     pub revision: i64,
+    /// `?wait=<rev>`: a long poll — answer once the key changed after `rev` (`watch.rs`).
+    #[serde(default)]
+    pub wait: Option<i64>,
+    /// `&timeout=30s`: how long a long poll waits at most.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 impl ReadParams {

@@ -274,7 +274,7 @@ pub async fn list(
 }
 
 /// One listed key: its value as text (or `value_base64` when it is not UTF-8) and revisions.
-fn kv_json(kv: &mvcc::KeyValue) -> Value {
+pub(crate) fn kv_json(kv: &mvcc::KeyValue) -> Value {
     let mut v = json!({
         "key": String::from_utf8_lossy(&kv.key),
         "create_revision": kv.create_revision,

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::mvcc::Store;
 use crate::mvcc::error::MvccError;
 use crate::mvcc::history::Entry;
+use crate::mvcc::history::KeyHistory;
 use crate::mvcc::types::Change;
 use crate::mvcc::types::ChangeKind;
 use crate::mvcc::types::KeyValue;
@@ -47,20 +48,10 @@ impl Store {
         range_end: &'a [u8],
         rev: i64,
     ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Entry)> + 'a> {
-        let upper = match range_end {
-            [] => {
-                let one = self.keys.get_key_value(key);
-                return Box::new(
-                    one.into_iter()
-                        .filter_map(move |(k, h)| Some((k, h.live_at(rev)?))),
-                );
-            }
-            [0] => Bound::Unbounded,
-            end if end < key => return Box::new(std::iter::empty()),
-            end => Bound::Excluded(end),
-        };
-        let iter = self.keys.range::<[u8], _>((Bound::Included(key), upper));
-        Box::new(iter.filter_map(move |(k, h)| Some((k, h.live_at(rev)?))))
+        Box::new(
+            self.histories_in_range(key, range_end)
+                .filter_map(move |(k, h)| Some((k, h.live_at(rev)?))),
+        )
     }
 
     /// etcd's `applyRange` on top of `rangeKeys`, with `cur` the revision the read is "at"
@@ -165,6 +156,18 @@ impl Store {
     /// below the compacted revision → Compacted (etcd cancels such a watch); `to` above the
     /// current → FutureRevision. Cost: one pass over all retained entries.
     pub fn changes_between(&self, from: i64, to: i64) -> Result<Vec<Change>, MvccError> {
+        self.changes_in(b"\0", b"\0", from, to)
+    }
+
+    /// [`Store::changes_between`] restricted to the keys in `(key, range_end)` (etcd's range
+    /// meaning). Cost: the retained entries of the keys in the range only.
+    pub fn changes_in(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Change>, MvccError> {
         if from < self.compacted {
             return Err(MvccError::Compacted {
                 compact_revision: self.compacted,
@@ -176,7 +179,7 @@ impl Store {
             });
         }
         let mut out = Vec::new();
-        for (key, h) in &self.keys {
+        for (key, h) in self.histories_in_range(key, range_end) {
             let start = h.entries.partition_point(|e| e.rev.main < from);
             for (i, e) in h.entries.iter().enumerate().skip(start) {
                 if e.rev.main > to {
@@ -204,6 +207,21 @@ impl Store {
         }
         out.sort_by_key(|c| c.revision);
         Ok(out)
+    }
+
+    /// Every key in `(key, range_end)` with its retained history, ascending.
+    fn histories_in_range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a> {
+        let upper = match range_end {
+            [] => return Box::new(self.keys.get_key_value(key).into_iter()),
+            [0] => Bound::Unbounded,
+            end if end < key => return Box::new(std::iter::empty()),
+            end => Bound::Excluded(end),
+        };
+        Box::new(self.keys.range::<[u8], _>((Bound::Included(key), upper)))
     }
 }
 

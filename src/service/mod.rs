@@ -6,3 +6,4 @@
 //!   that can be asked of any node (a follower relays them to the leader).
 
 pub mod cluster;
+pub mod watch;

@@ -59,6 +59,12 @@ impl KvState {
     /// `existed` is true when a key the command touches held a value before the command:
     /// for `Delete`, the key was present; for `Set`/`SetMany`, at least one key was overwritten.
     pub fn apply_owned(&mut self, cmd: Command) -> Response {
+        self.apply_with_changes(cmd).0
+    }
+
+    /// [`KvState::apply_owned`], also returning the changes the command made (in the order the
+    /// store made them; empty when it changed nothing) for the watch feed.
+    pub fn apply_with_changes(&mut self, cmd: Command) -> (Response, Vec<Change>) {
         use crate::raft::types::Outcome;
         let leases = &mvcc::NoLeases;
         let (written, outcome) = match cmd {
@@ -92,25 +98,26 @@ impl KvState {
                 Err(e) => (Err(e.clone()), Some(Outcome::Refused(e))),
             },
         };
-        let existed = match written {
+        let changes = match written {
             Ok(changes) => {
                 self.account(&changes);
-                changes.iter().any(|c| c.prev_kv.is_some())
+                changes
             }
             Err(e) if outcome.is_some() => {
                 tracing::debug!(error = %e, "an etcd operation was refused by the store");
-                false
+                Vec::new()
             }
             Err(e) => {
                 tracing::warn!(error = %refusal(&e), "a replicated command was refused by the store");
-                false
+                Vec::new()
             }
         };
-        Response {
-            existed,
+        let response = Response {
+            existed: changes.iter().any(|c| c.prev_kv.is_some()),
             revision: self.store.current_revision(),
             outcome,
-        }
+        };
+        (response, changes)
     }
 
     /// Keeps the live count and digest current with one write's changes.

@@ -39,6 +39,7 @@ use openraft::RaftSnapshotBuilder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
+use crate::mvcc::Change;
 use crate::mvcc::KeyValue;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
@@ -48,6 +49,7 @@ use crate::raft::types::SnapshotMeta;
 use crate::raft::types::StoredMembership;
 use crate::raft::types::TypeConfig;
 use crate::store::error::StoreError;
+use crate::store::feed::Feed;
 use crate::store::kv::KvState;
 use crate::store::snapshot;
 use crate::store::snapshot::CorruptSnapshot;
@@ -66,6 +68,8 @@ struct Inner {
     current: Mutex<Option<Current>>,
     /// Serializes snapshot file writes and deletions; held only inside blocking tasks.
     files: Mutex<()>,
+    /// Every applied revision's changes, for watchers (published in apply order).
+    feed: Arc<Feed>,
 }
 
 #[derive(Default)]
@@ -130,12 +134,14 @@ impl StateMachineStore {
         if removed > 0 {
             tracing::info!(removed, dir = %dir.display(), "deleted old snapshot files");
         }
+        let feed = Arc::new(Feed::new(state.map.revision()));
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 state: RwLock::new(state),
                 current: Mutex::new(current),
                 files: Mutex::new(()),
+                feed,
             }),
         })
     }
@@ -171,6 +177,27 @@ impl StateMachineStore {
         self.inner.read_state().map.store().compact_revision()
     }
 
+    /// The feed of applied changes watchers follow.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.inner.feed
+    }
+
+    /// Every change to a key in `(key, range_end)` with revision in `from..=to`, from the
+    /// store's retained history (see [`crate::mvcc::Store::changes_in`]).
+    pub fn changes_in(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Change>, crate::mvcc::MvccError> {
+        self.inner
+            .read_state()
+            .map
+            .store()
+            .changes_in(key, range_end, from, to)
+    }
+
     /// The store's current revision (1 before any write).
     pub fn revision(&self) -> i64 {
         self.inner.read_state().map.revision()
@@ -199,8 +226,9 @@ impl StateMachineStore {
         snapshot::incoming_file(&self.inner.dir)
     }
 
-    /// Applies one entry under the write lock and returns the response for its client.
-    fn apply_entry(&self, entry: Entry) -> io::Result<Response> {
+    /// Applies one entry under the write lock and returns the response for its client and the
+    /// changes it made.
+    fn apply_entry(&self, entry: Entry) -> io::Result<(Response, Vec<Change>)> {
         let mut state = self.inner.write_state()?;
         if let Some(last) = state
             .applied
@@ -215,17 +243,17 @@ impl StateMachineStore {
             revision: state.map.revision(),
             outcome: None,
         };
-        let response = match entry.payload {
-            EntryPayload::Blank => unchanged,
-            EntryPayload::Normal(cmd) => state.map.apply_owned(cmd),
+        let applied = match entry.payload {
+            EntryPayload::Blank => (unchanged, Vec::new()),
+            EntryPayload::Normal(cmd) => state.map.apply_with_changes(cmd),
             EntryPayload::Membership(membership) => {
                 state.applied.last_membership =
                     StoredMembership::new(Some(entry.log_id), membership);
-                unchanged
+                (unchanged, Vec::new())
             }
         };
         state.applied.last_log_id = Some(entry.log_id);
-        Ok(response)
+        Ok(applied)
     }
 }
 
@@ -317,7 +345,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let response = self.apply_entry(entry)?;
+            let (response, changes) = self.apply_entry(entry)?;
+            // Must publish after the store holds the revision (the write lock is released by
+            // now, so watchers reading history see it) and before answering the client, so a
+            // client that saw its write acknowledged finds it in the feed.
+            if !changes.is_empty() {
+                self.inner.feed.publish(response.revision, changes);
+            }
             // Every responder must be answered, or the client's `client_write` never returns.
             if let Some(responder) = responder {
                 responder.send(response);
@@ -357,7 +391,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             map,
             applied: meta.clone(),
         };
+        let revision = new_state.map.revision();
         let old_state = std::mem::replace(&mut *self.inner.write_state()?, new_state);
+        // Must reset the feed after the new store is in place: watchers below the snapshot's
+        // revision then catch up from the new store's history.
+        self.inner.feed.reset(revision);
         // The old map is freed after the lock is released, so readers do not wait for it.
         drop(old_state);
         Ok(())

@@ -25,3 +25,4 @@ mod tls;
 mod tls_shared_port;
 mod tls_support;
 mod versions;
+mod watch;

@@ -80,3 +80,60 @@ fn kv_session_prints_what_etcd_prints() {
         diffs.join("\n\n")
     );
 }
+
+#[test]
+fn watch_session_prints_what_etcd_prints() {
+    use crate::watch_session;
+    if !crate::etcd_tools_or_skip("watch_session_prints_what_etcd_prints") {
+        return;
+    }
+    let etcd_cluster = EtcdCluster::start(3);
+    let etcd = Context::new(etcd_cluster.endpoints(), etcd_cluster.names());
+    let raftkv = Cluster::three_raftd("etcd-differential-watch", "");
+    let ours = raftkv_context(&raftkv);
+    raftkv.phase("the same writes on both (revisions 2 to 5)");
+    for write in watch_session::SETUP {
+        for ctx in [&etcd, &ours] {
+            let out = crate::etcdctl::run(&ctx.endpoints[..1], write, None);
+            assert_eq!(out.code, 0, "etcdctl {write:?}: {out:?}");
+        }
+    }
+    raftkv.phase("etcdctl watch in the background on both, outputs compared");
+    let mut diffs = Vec::new();
+    let mut compare = |case: &watch_session::WatchCase| {
+        let theirs = watch_session::run(&etcd, case);
+        let mine = watch_session::run(&ours, case);
+        eprintln!(
+            "   etcdctl {} -> etcd {:?}, raftkv {:?}",
+            case.watch.join(" "),
+            theirs.code,
+            mine.code
+        );
+        if theirs != mine {
+            diffs.push(format!(
+                "etcdctl {} (typed {:?}, then {:?}):\n--- etcd:\n{theirs:#?}\n--- raftkv:\n{mine:#?}",
+                case.watch.join(" "),
+                case.typed,
+                case.typed_after
+            ));
+        }
+    };
+    for case in watch_session::WATCH {
+        compare(case);
+    }
+    raftkv.phase("compaction 4 on both; a watch from revision 2 is canceled");
+    for ctx in [&etcd, &ours] {
+        let out = crate::etcdctl::run(&ctx.endpoints[..1], &["compaction", "4"], None);
+        assert_eq!(out.code, 0, "compaction: {out:?}");
+        // A linearizable read through the same member returns once it applied the compaction.
+        let out = crate::etcdctl::run(&ctx.endpoints[..1], &["get", "foo"], None);
+        assert_eq!(out.code, 0, "get: {out:?}");
+    }
+    compare(&watch_session::COMPACTED);
+    assert!(
+        diffs.is_empty(),
+        "{} watch cases differ from etcd:\n\n{}",
+        diffs.len(),
+        diffs.join("\n\n")
+    );
+}

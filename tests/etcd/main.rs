@@ -30,6 +30,8 @@ mod sessions;
 mod tls;
 #[path = "../cluster/tls_support.rs"]
 mod tls_support;
+mod watch_client;
+mod watch_session;
 
 /// Whether the etcd tools are there; without them a test returns early after saying so loudly,
 /// and fails instead when `CI` is set (CI must never skip these tests).

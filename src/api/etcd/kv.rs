@@ -324,7 +324,7 @@ fn txn_ranges_serializable(p: &PbTxnRequest) -> bool {
 
 // ----- store → protobuf ----------------------------------------------------------------------
 
-fn pb_kv(kv: mvcc::KeyValue) -> PbKeyValue {
+pub(super) fn pb_kv(kv: mvcc::KeyValue) -> PbKeyValue {
     PbKeyValue {
         key: kv.key.to_vec(),
         create_revision: kv.create_revision,

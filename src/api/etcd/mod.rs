@@ -38,6 +38,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use etcd_client::proto::PbClusterServer;
 use etcd_client::proto::PbKvServer;
 use etcd_client::proto::PbMaintenanceServer;
 use etcd_client::proto::PbResponseHeader;
+use etcd_client::proto::PbWatchServer;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -101,10 +103,14 @@ fn grpc_router(app: SharedApp) -> Router {
     let kv = PbKvServer::new(kv::KvService::new(app.clone()))
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
+    let watch = PbWatchServer::new(watch::WatchService::new(app.clone()))
+        .max_decoding_message_size(decode_max)
+        .max_encoding_message_size(encode_max);
     let permits = Arc::new(Semaphore::new(GRPC_IN_FLIGHT_MAX));
     tonic::service::Routes::new(cluster)
         .add_service(maintenance)
         .add_service(kv)
+        .add_service(watch)
         .into_axum_router()
         .fallback(unimplemented)
         .layer(axum::middleware::from_fn_with_state(
