@@ -5,7 +5,7 @@
 //! **Routing.** [`with_grpc`] wraps the HTTP router in a small dispatcher that looks at one
 //! thing, the request's `content-type`: `application/grpc` (and `application/grpc+proto`) goes
 //! to the tonic services, everything else to the axum router. So a gRPC call always gets a gRPC
-//! answer — an unknown service or method (`Watch`, `Lease`, `Auth`, `v3lock`, …) gets
+//! answer — an unknown service or method (`Lease`, `Auth`, `v3lock`, …) gets
 //! `Unimplemented` from the gRPC fallback, never the HTTP API's JSON 404 — and a curl request
 //! always gets the HTTP API's JSON, never a gRPC status. A dispatcher rather than merging
 //! tonic's routes into the axum router, because a merged router has one fallback for both
@@ -30,9 +30,8 @@
 //! u64 as in `/status` and in `Cluster.MemberList`), `raft_term`, and `revision` 0 until the
 //! multi-version store lands.
 //!
-//! Services: [`cluster`] (`Cluster`), [`maintenance`] (`Maintenance`), [`kv`] (`KV`, answering
-//! `Unimplemented` until the multi-version store lands); [`error`] is the one place errors
-//! become gRPC statuses.
+//! Services: [`cluster`] (`Cluster`), [`maintenance`] (`Maintenance`), [`kv`] (`KV`),
+//! [`watch`] (`Watch`); [`error`] is the one place errors become gRPC statuses.
 
 pub mod cluster;
 pub mod error;
