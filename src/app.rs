@@ -46,6 +46,8 @@ pub struct App {
     pub watch_progress_interval: Duration,
     /// The HTTP event streams and long polls open on this node (bounded).
     pub http_watches: crate::http::watch::HttpWatches,
+    /// The leader's lease deadlines.
+    pub lessor: crate::service::lease::Lessor,
 }
 
 pub type SharedApp = Arc<App>;

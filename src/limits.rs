@@ -92,7 +92,12 @@ pub fn command_encoded_len(cmd: &Command) -> usize {
         }
         Command::Delete { key } => bytes(key.len()),
         // The etcd operations are nested: sized by postcard itself (no buffer is allocated).
-        Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) | Command::Compact { .. } => {
+        Command::Put(_)
+        | Command::DeleteRange(_)
+        | Command::Txn(_)
+        | Command::Compact { .. }
+        | Command::LeaseGrant { .. }
+        | Command::LeaseRevoke { .. } => {
             return postcard::experimental::serialized_size(cmd).unwrap_or(usize::MAX);
         }
     }
@@ -154,7 +159,7 @@ pub fn check_command(cmd: &Command, value_bytes_max: usize) -> Result<(), KvErro
             check_key_bytes(&d.range_end)?;
         }
         Command::Txn(txn) => check_txn(txn, value_bytes_max)?,
-        Command::Compact { .. } => {}
+        Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {}
     }
     let size = command_encoded_len(cmd);
     let limit = command_bytes_max(value_bytes_max);

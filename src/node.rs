@@ -171,6 +171,7 @@ pub async fn run(
         lifecycle: crate::shutdown::Lifecycle::default(),
         watch_progress_interval: config.watch_progress_interval,
         http_watches: Default::default(),
+        lessor: Default::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -226,6 +227,7 @@ pub async fn run(
     }
 
     let compactor = tokio::spawn(crate::compaction::run(app.clone(), config.auto_compaction));
+    let lease_expiry = tokio::spawn(crate::service::lease::run_expiry(app.clone()));
     let bootstrap_app = app.clone();
     let join = config.join.clone();
     let bootstrap = tokio::spawn(async move {
@@ -253,6 +255,7 @@ pub async fn run(
     };
     bootstrap.abort();
     compactor.abort();
+    lease_expiry.abort();
     let graceful = outcome.is_ok();
     let stopping = std::time::Instant::now();
     if graceful {

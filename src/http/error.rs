@@ -47,6 +47,8 @@ fn store_status(e: &crate::mvcc::MvccError) -> (StatusCode, &'static str) {
         M::FutureRevision { .. } => (StatusCode::BAD_REQUEST, "future_revision"),
         M::KeyNotFound | M::LeaseNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         M::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        M::LeaseExists => (StatusCode::CONFLICT, "lease_exists"),
+        M::LeaseTtlTooLarge => (StatusCode::BAD_REQUEST, "bad_request"),
         M::DuplicateKey
         | M::TooManyOps { .. }
         | M::EmptyKey

@@ -22,6 +22,10 @@ pub const MSG_VALUE_PROVIDED: &str = "etcdserver: value is provided";
 pub const MSG_LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 /// etcd's `rpctypes.ErrGRPCLeaseNotFound` (gRPC code NotFound).
 pub const MSG_LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+/// etcd's `rpctypes.ErrGRPCLeaseExist` (gRPC code FailedPrecondition).
+pub const MSG_LEASE_EXISTS: &str = "etcdserver: lease already exists";
+/// etcd's `rpctypes.ErrGRPCLeaseTTLTooLarge` (gRPC code OutOfRange).
+pub const MSG_LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 /// etcd's `rpctypes.ErrGRPCRequestTooLarge` (gRPC code InvalidArgument).
 pub const MSG_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 
@@ -31,6 +35,7 @@ pub enum GrpcCode {
     InvalidArgument,
     NotFound,
     OutOfRange,
+    FailedPrecondition,
 }
 
 /// Every way an MVCC operation can fail. All are deterministic functions of the request and the
@@ -70,6 +75,12 @@ pub enum MvccError {
         bytes: usize,
         max: usize,
     },
+    /// A grant of a lease id that exists.
+    #[error("{}", MSG_LEASE_EXISTS)]
+    LeaseExists,
+    /// A grant with a TTL over [`crate::mvcc::lease::LEASE_TTL_MAX_S`].
+    #[error("{}", MSG_LEASE_TTL_TOO_LARGE)]
+    LeaseTtlTooLarge,
 }
 
 impl MvccError {
@@ -86,13 +97,18 @@ impl MvccError {
             MvccError::LeaseProvided => MSG_LEASE_PROVIDED,
             MvccError::LeaseNotFound { .. } => MSG_LEASE_NOT_FOUND,
             MvccError::TooLarge { .. } => MSG_REQUEST_TOO_LARGE,
+            MvccError::LeaseExists => MSG_LEASE_EXISTS,
+            MvccError::LeaseTtlTooLarge => MSG_LEASE_TTL_TOO_LARGE,
         }
     }
 
     /// The gRPC code etcd 3.4 answers this error with.
     pub fn grpc_code(&self) -> GrpcCode {
         match self {
-            MvccError::Compacted { .. } | MvccError::FutureRevision { .. } => GrpcCode::OutOfRange,
+            MvccError::Compacted { .. }
+            | MvccError::FutureRevision { .. }
+            | MvccError::LeaseTtlTooLarge => GrpcCode::OutOfRange,
+            MvccError::LeaseExists => GrpcCode::FailedPrecondition,
             MvccError::LeaseNotFound { .. } => GrpcCode::NotFound,
             _ => GrpcCode::InvalidArgument,
         }

@@ -22,6 +22,7 @@
 mod compact;
 pub mod error;
 mod history;
+pub mod lease;
 mod range;
 pub mod revision;
 mod seed;
@@ -156,6 +157,15 @@ impl Store {
         let response = w.put(req)?;
         let (_, changes) = w.finish();
         Ok(Written { response, changes })
+    }
+
+    /// Every live key holding a lease, as `(lease, key)`.
+    pub fn live_with_lease(&self) -> impl Iterator<Item = (i64, Bytes)> + '_ {
+        self.keys.iter().filter_map(|(k, h)| {
+            h.live()
+                .filter(|e| e.lease != 0)
+                .map(|e| (e.lease, k.clone()))
+        })
     }
 
     /// etcd's DeleteRange: one new revision if any key was live in the range, else none.

@@ -68,6 +68,7 @@ pub fn routes(app: SharedApp) -> Router<SharedApp> {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/write_batch", post(write_batch))
         .route("/raft/read_index", post(read_index))
+        .route("/raft/lease", post(lease))
         .route("/join", post(crate::http::admin::join))
         .route("/remove", post(crate::http::admin::remove))
         .route("/leader", post(crate::http::leader::transfer))
@@ -160,6 +161,17 @@ async fn read_index(State(app): State<SharedApp>) -> Response {
     let _in_flight = app.lifecycle.track();
     let result = crate::raft::read::leader_read_index(&app).await;
     postcard_reply::<Result<u64, KvError>, String>(&Ok(result))
+}
+
+/// `POST /raft/lease` on the leader: a keep-alive or time-to-live a follower relays.
+async fn lease(State(app): State<SharedApp>, body: Body) -> Response {
+    let _in_flight = app.lifecycle.track();
+    let ask: crate::service::lease::LeaseAsk = match decode_body(body).await {
+        Ok(ask) => ask,
+        Err(refused) => return refused,
+    };
+    let result = crate::service::lease::answer(&app, ask).await;
+    postcard_reply::<_, String>(&Ok(result))
 }
 
 /// A postcard response body holding `Result<T, E>`.

@@ -59,6 +59,10 @@ pub enum Command {
     Txn(crate::mvcc::TxnRequest),
     /// etcd's Compact: drop history below `revision`.
     Compact { revision: i64 },
+    /// etcd's LeaseGrant, with the id chosen by the node that proposed it.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// etcd's LeaseRevoke (also how the leader expires a lease).
+    LeaseRevoke { id: i64 },
 }
 
 impl fmt::Display for Command {
@@ -77,6 +81,8 @@ impl fmt::Display for Command {
                 t.failure.len()
             ),
             Command::Compact { revision } => write!(f, "compact at {revision}"),
+            Command::LeaseGrant { id, ttl } => write!(f, "grant lease {id:x} ttl {ttl}s"),
+            Command::LeaseRevoke { id } => write!(f, "revoke lease {id:x}"),
         }
     }
 }
@@ -189,6 +195,11 @@ pub enum Outcome {
     Compact,
     /// The store refused it (the same on every replica; nothing changed).
     Refused(crate::mvcc::MvccError),
+    /// A lease was granted with this TTL (seconds, after the minimum was applied).
+    LeaseGranted {
+        ttl: i64,
+    },
+    LeaseRevoked,
 }
 
 openraft::declare_raft_types!(

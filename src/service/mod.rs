@@ -6,4 +6,5 @@
 //!   that can be asked of any node (a follower relays them to the leader).
 
 pub mod cluster;
+pub mod lease;
 pub mod watch;

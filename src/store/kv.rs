@@ -16,6 +16,7 @@ use crate::mvcc::Change;
 use crate::mvcc::ChangeKind;
 use crate::mvcc::KeyValue;
 use crate::mvcc::MvccError;
+use crate::mvcc::lease::Leases;
 use crate::raft::types::Command;
 use crate::raft::types::Response;
 
@@ -27,6 +28,8 @@ pub struct KvState {
     live_keys: usize,
     /// Wrapping sum of [`kv_hash`] over the live keys.
     digest_sum: u64,
+    /// The leases and the keys they hold.
+    leases: Leases,
 }
 
 impl KvState {
@@ -36,10 +39,17 @@ impl KvState {
 
     /// Wraps a store read from a snapshot, computing its digest (O(live keys)).
     pub fn from_store(store: mvcc::Store) -> Self {
+        Self::from_parts(store, Vec::new())
+    }
+
+    /// [`KvState::from_store`] with the leases `(id, ttl)` a snapshot recorded.
+    pub fn from_parts(store: mvcc::Store, leases: Vec<(i64, i64)>) -> Self {
+        let leases = Leases::rebuild(leases, &store);
         let mut state = KvState {
             store,
             live_keys: 0,
             digest_sum: 0,
+            leases,
         };
         for kv in state.live() {
             state.live_keys += 1;
@@ -50,6 +60,10 @@ impl KvState {
 
     pub fn store(&self) -> &mvcc::Store {
         &self.store
+    }
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
     }
 
     /// Applies `cmd`. A command the store refuses changes nothing; the leader checks commands
@@ -66,7 +80,8 @@ impl KvState {
     /// store made them; empty when it changed nothing) for the watch feed.
     pub fn apply_with_changes(&mut self, cmd: Command) -> (Response, Vec<Change>) {
         use crate::raft::types::Outcome;
-        let leases = &mvcc::NoLeases;
+        let leases = &self.leases;
+        let exists = |id: i64| leases.exists(id);
         let (written, outcome) = match cmd {
             Command::Set { key, value } => {
                 let req = mvcc::PutRequest {
@@ -74,7 +89,7 @@ impl KvState {
                     value: Bytes::from(value),
                     ..mvcc::PutRequest::default()
                 };
-                (self.store.put(req, leases).map(|w| w.changes), None)
+                (self.store.put(req, &exists).map(|w| w.changes), None)
             }
             Command::SetMany { pairs } => {
                 let pairs = pairs
@@ -90,13 +105,23 @@ impl KvState {
                 };
                 (self.store.delete_range(&req).map(|w| w.changes), None)
             }
-            Command::Put(req) => etcd(self.store.put(req, leases), Outcome::Put),
+            Command::Put(req) => etcd(self.store.put(req, &exists), Outcome::Put),
             Command::DeleteRange(req) => etcd(self.store.delete_range(&req), Outcome::DeleteRange),
-            Command::Txn(req) => etcd(self.store.txn(req, leases), Outcome::Txn),
+            Command::Txn(req) => etcd(self.store.txn(req, &exists), Outcome::Txn),
             Command::Compact { revision } => match self.store.compact(revision) {
                 Ok(_) => (Ok(Vec::new()), Some(Outcome::Compact)),
                 Err(e) => (Err(e.clone()), Some(Outcome::Refused(e))),
             },
+            Command::LeaseGrant { id, ttl } => match self.leases.grant(id, ttl) {
+                Ok(()) => {
+                    let ttl = self.leases.ttl(id).unwrap_or(ttl);
+                    (Ok(Vec::new()), Some(Outcome::LeaseGranted { ttl }))
+                }
+                Err(e) => (Err(e.clone()), Some(Outcome::Refused(e))),
+            },
+            Command::LeaseRevoke { id } => etcd(self.leases.revoke(id, &mut self.store), |()| {
+                Outcome::LeaseRevoked
+            }),
         };
         let changes = match written {
             Ok(changes) => {
@@ -120,8 +145,9 @@ impl KvState {
         (response, changes)
     }
 
-    /// Keeps the live count and digest current with one write's changes.
+    /// Keeps the live count, digest and lease key sets current with one write's changes.
     fn account(&mut self, changes: &[Change]) {
+        self.leases.track(changes);
         for change in changes {
             if let Some(prev) = &change.prev_kv {
                 self.live_keys -= 1;

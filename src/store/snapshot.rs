@@ -40,7 +40,12 @@ use crate::store::kv::KvState;
 pub type SnapshotData = File;
 
 pub const MAGIC: [u8; 8] = *b"RAFTKVSN";
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the store, then the leases (`count u64`, `count × (id i64, ttl i64)`). 2 had no leases
+/// and is still read (as "no leases").
+pub const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION_NO_LEASES: u32 = 2;
+/// Leases a snapshot may hold (a damaged count must not loop for ages).
+pub const LEASES_MAX: u64 = 1 << 24;
 /// Decoding limits: a damaged length must fail fast instead of allocating gigabytes. Writing
 /// enforces the same limits, so every file we write is readable.
 pub const META_BYTES_MAX: usize = 16 << 20;
@@ -125,6 +130,12 @@ pub fn encode(out: impl Write, meta: &SnapshotMeta, kv: &KvState) -> io::Result<
     write_len(&mut w, meta_bytes.len(), META_BYTES_MAX, "meta")?;
     w.write_all(&meta_bytes)?;
     mvcc::snapshot::encode(kv.store(), &mut w)?;
+    let leases = kv.leases();
+    w.write_all(&(leases.len() as u64).to_le_bytes())?;
+    for (id, ttl) in leases.all() {
+        w.write_all(&id.to_le_bytes())?;
+        w.write_all(&ttl.to_le_bytes())?;
+    }
     let crc = w.crc.finalize();
     w.inner.write_all(&crc.to_le_bytes())?;
     w.inner.flush()
@@ -161,7 +172,7 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState
         };
         return Err(io::Error::new(io::ErrorKind::InvalidData, old));
     }
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_NO_LEASES {
         return Err(corrupt(file, format!("unknown format version {version}")));
     }
     let meta_bytes = read_bytes(&mut r, META_BYTES_MAX, file, "meta").map_err(eof)?;
@@ -173,6 +184,24 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState
             corrupt(file, corrupt_store.to_string())
         }
     })?;
+    let mut leases = Vec::new();
+    if version >= FORMAT_VERSION {
+        let count = u64::from_le_bytes(read_array(&mut r).map_err(eof)?);
+        if count > LEASES_MAX {
+            return Err(corrupt(
+                file,
+                format!("lease count {count} over {LEASES_MAX}"),
+            ));
+        }
+        for _ in 0..count {
+            let id = i64::from_le_bytes(read_array(&mut r).map_err(eof)?);
+            let ttl = i64::from_le_bytes(read_array(&mut r).map_err(eof)?);
+            if id <= 0 || leases.last().is_some_and(|(last, _)| *last >= id) {
+                return Err(corrupt(file, format!("lease id {id} out of order")));
+            }
+            leases.push((id, ttl));
+        }
+    }
     let computed = r.crc.finalize();
     let stored = u32::from_le_bytes(read_array(&mut r.inner).map_err(eof)?);
     if stored != computed {
@@ -183,7 +212,7 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState
     if r.inner.read(&mut [0u8; 1]).map_err(eof)? != 0 {
         return Err(corrupt(file, "trailing bytes after the checksum"));
     }
-    Ok((meta, KvState::from_store(store)))
+    Ok((meta, KvState::from_parts(store, leases)))
 }
 
 fn read_array<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {

@@ -177,6 +177,21 @@ impl StateMachineStore {
         self.inner.read_state().map.store().compact_revision()
     }
 
+    /// The granted TTL of lease `id`, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.inner.read_state().map.leases().ttl(id)
+    }
+
+    /// Every lease as `(id, granted ttl)`.
+    pub fn lease_ttls(&self) -> Vec<(i64, i64)> {
+        self.inner.read_state().map.leases().all().collect()
+    }
+
+    /// The live keys of lease `id`.
+    pub fn lease_keys(&self, id: i64) -> Vec<bytes::Bytes> {
+        self.inner.read_state().map.leases().keys(id)
+    }
+
     /// The feed of applied changes watchers follow.
     pub fn feed(&self) -> &Arc<Feed> {
         &self.inner.feed

@@ -25,6 +25,7 @@ mod differential;
 mod etcdctl;
 mod etcdctl_raftkv;
 mod kv_client;
+mod lease_etcdctl;
 mod reference;
 mod sessions;
 mod tls;

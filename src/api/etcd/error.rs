@@ -109,6 +109,7 @@ fn kv_code(e: &KvError) -> Code {
             crate::mvcc::GrpcCode::InvalidArgument => Code::InvalidArgument,
             crate::mvcc::GrpcCode::NotFound => Code::NotFound,
             crate::mvcc::GrpcCode::OutOfRange => Code::OutOfRange,
+            crate::mvcc::GrpcCode::FailedPrecondition => Code::FailedPrecondition,
         },
         KvError::Internal(_) => Code::Internal,
     }

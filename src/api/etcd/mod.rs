@@ -5,7 +5,7 @@
 //! **Routing.** [`with_grpc`] wraps the HTTP router in a small dispatcher that looks at one
 //! thing, the request's `content-type`: `application/grpc` (and `application/grpc+proto`) goes
 //! to the tonic services, everything else to the axum router. So a gRPC call always gets a gRPC
-//! answer — an unknown service or method (`Lease`, `Auth`, `v3lock`, …) gets
+//! answer — an unknown service or method (`Auth`, `v3lock`, …) gets
 //! `Unimplemented` from the gRPC fallback, never the HTTP API's JSON 404 — and a curl request
 //! always gets the HTTP API's JSON, never a gRPC status. A dispatcher rather than merging
 //! tonic's routes into the axum router, because a merged router has one fallback for both
@@ -31,11 +31,12 @@
 //! multi-version store lands.
 //!
 //! Services: [`cluster`] (`Cluster`), [`maintenance`] (`Maintenance`), [`kv`] (`KV`),
-//! [`watch`] (`Watch`); [`error`] is the one place errors become gRPC statuses.
+//! [`watch`] (`Watch`), [`lease`] (`Lease`); [`error`] is the one place errors become gRPC statuses.
 
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
@@ -48,6 +49,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use etcd_client::proto::PbClusterServer;
 use etcd_client::proto::PbKvServer;
+use etcd_client::proto::PbLeaseServer;
 use etcd_client::proto::PbMaintenanceServer;
 use etcd_client::proto::PbResponseHeader;
 use etcd_client::proto::PbWatchServer;
@@ -105,11 +107,15 @@ fn grpc_router(app: SharedApp) -> Router {
     let watch = PbWatchServer::new(watch::WatchService::new(app.clone()))
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
+    let lease = PbLeaseServer::new(lease::LeaseService::new(app.clone()))
+        .max_decoding_message_size(decode_max)
+        .max_encoding_message_size(encode_max);
     let permits = Arc::new(Semaphore::new(GRPC_IN_FLIGHT_MAX));
     tonic::service::Routes::new(cluster)
         .add_service(maintenance)
         .add_service(kv)
         .add_service(watch)
+        .add_service(lease)
         .into_axum_router()
         .fallback(unimplemented)
         .layer(axum::middleware::from_fn_with_state(

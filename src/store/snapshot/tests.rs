@@ -26,6 +26,18 @@ fn sample(keys: u64) -> (SnapshotMeta, KvState) {
             map.apply_owned(Command::Delete { key });
         }
     }
+    // Leases ride in the snapshot too: one holding keys, one holding none.
+    map.apply_owned(Command::LeaseGrant { id: 5, ttl: 30 });
+    map.apply_owned(Command::LeaseGrant { id: 9, ttl: 60 });
+    for key in ["leased-a", "leased-b"] {
+        map.apply_owned(Command::Put(crate::mvcc::PutRequest {
+            key: bytes::Bytes::from_static(key.as_bytes()),
+            value: bytes::Bytes::from_static(b"v"),
+            lease: 5,
+            ..Default::default()
+        }));
+    }
+    assert_eq!(map.leases().keys(5).len(), 2);
     let members = Membership::<u64, Node>::new_with_defaults(vec![[1, 2, 3].into()], [4]);
     let last_membership = StoredMembership::new(Some(log_id(1, 1)), members);
     let last_log_id = Some(log_id(3, keys));
@@ -108,7 +120,7 @@ fn a_format_1_snapshot_is_refused_as_old_not_as_corrupt() {
     assert_eq!(inner.version, 1);
     let text = err.to_string();
     assert!(
-        text.contains("empty data dir") && text.contains("format 2"),
+        text.contains("empty data dir") && text.contains("format 3"),
         "{text}"
     );
 }

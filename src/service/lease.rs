@@ -1,0 +1,289 @@
+//! Leases, the part that needs a clock: when each lease expires, decided by the leader alone.
+//!
+//! Owns: the leader's deadlines (in memory, never replicated), keep-alives and time-to-live
+//! (answered by the leader; a follower relays them to it over the peer link), choosing lease
+//! ids, and the expiry loop that revokes expired leases through the log. Does not own: which
+//! leases exist and which keys they hold (`mvcc::lease`, replicated and deterministic).
+//!
+//! Rules:
+//! - a lease ends only by a `LeaseRevoke` entry (a client's revoke or the leader's expiry), so
+//!   every replica deletes its keys at the same revision;
+//! - a node starts its deadlines afresh whenever it becomes leader: every lease gets its full
+//!   TTL plus [`LEADER_CHANGE_EXTENSION`] from then (as etcd's `Promote` does), so a leader
+//!   change never expires a lease whose keep-alives were being answered;
+//! - at most [`REVOKES_PER_TICK_MAX`] expiries are proposed per [`EXPIRY_TICK`] (etcd revokes at
+//!   most 1,000 a second), so a mass expiry cannot flood the log.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::app::App;
+use crate::error::KvError;
+use crate::mvcc::MvccError;
+use crate::raft::types::Command;
+use crate::raft::types::Outcome;
+
+/// How often the leader looks for expired leases.
+pub const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// Expired leases revoked per tick at most.
+pub const REVOKES_PER_TICK_MAX: usize = 250;
+/// What a new leader adds to every lease's TTL (etcd adds its election timeout).
+pub const LEADER_CHANGE_EXTENSION: Duration = Duration::from_secs(2);
+/// Tries to grant with a fresh id when a chosen id exists already.
+const GRANT_ATTEMPTS_MAX: usize = 3;
+
+/// What a follower asks the leader (over `/raft/lease`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum LeaseAsk {
+    KeepAlive { id: i64 },
+    TimeToLive { id: i64 },
+}
+
+/// A lease's TTLs as the leader sees them, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTtl {
+    pub granted: i64,
+    /// Seconds left before it expires (rounded up; etcd's `TTL` field).
+    pub remaining: i64,
+}
+
+/// The leader's deadlines; one per node, in `App`.
+#[derive(Debug, Default)]
+pub struct Lessor {
+    timers: Mutex<Timers>,
+    /// A counter mixed into chosen lease ids.
+    grants: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    /// The term these deadlines belong to (`None`: not leading).
+    term: Option<u64>,
+    deadlines: HashMap<i64, Instant>,
+}
+
+impl Lessor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Timers> {
+        // Deadlines are plain data, consistent after every statement: a poisoned lock's data
+        // is still good.
+        self.timers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A lease id nobody chose before with high probability (collisions are refused by the
+    /// log and retried).
+    fn choose_id(&self, node_id: u64) -> i64 {
+        let n = self
+            .grants
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut x = nanos ^ node_id.rotate_left(32) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // splitmix64's finalizer spreads the bits.
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        ((x >> 1) as i64).max(1)
+    }
+
+    /// Sets `id`'s deadline to `ttl` from now (only meaningful while leading).
+    fn refresh(&self, id: i64, ttl: i64) {
+        let deadline = Instant::now() + Duration::from_secs(ttl.max(0) as u64);
+        self.lock().deadlines.insert(id, deadline);
+    }
+
+    /// `id`'s TTLs now; a lease without a deadline yet has its full TTL left.
+    fn ttl_of(&self, id: i64, granted: i64) -> LeaseTtl {
+        let remaining = match self.lock().deadlines.get(&id) {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_secs_f64().ceil() as i64
+            }
+            None => granted,
+        };
+        LeaseTtl { granted, remaining }
+    }
+}
+
+/// etcd's LeaseGrant: `id` 0 lets this node choose one. Answers the id and granted TTL.
+pub async fn grant(app: &App, id: i64, ttl: i64) -> Result<(i64, i64), KvError> {
+    for _ in 0..GRANT_ATTEMPTS_MAX {
+        let chosen = if id == 0 {
+            app.lessor.choose_id(app.node_id)
+        } else {
+            id
+        };
+        let cmd = Command::LeaseGrant { id: chosen, ttl };
+        let ok = crate::raft::forward::write(app, cmd).await?;
+        match ok.response.outcome {
+            Some(Outcome::LeaseGranted { ttl }) => {
+                app.lessor.refresh(chosen, ttl);
+                return Ok((chosen, ttl));
+            }
+            Some(Outcome::Refused(MvccError::LeaseExists)) if id == 0 => continue,
+            Some(Outcome::Refused(e)) => return Err(KvError::Store(e)),
+            other => return Err(KvError::Internal(format!("LeaseGrant answered {other:?}"))),
+        }
+    }
+    Err(KvError::Store(MvccError::LeaseExists))
+}
+
+/// etcd's LeaseRevoke: the lease ends and its keys are deleted (one revision). Answers the
+/// revision after it.
+pub async fn revoke(app: &App, id: i64) -> Result<i64, KvError> {
+    let ok = crate::raft::forward::write(app, Command::LeaseRevoke { id }).await?;
+    match ok.response.outcome {
+        Some(Outcome::LeaseRevoked) => Ok(ok.response.revision),
+        Some(Outcome::Refused(e)) => Err(KvError::Store(e)),
+        other => Err(KvError::Internal(format!("LeaseRevoke answered {other:?}"))),
+    }
+}
+
+/// A keep-alive or time-to-live, answered by the leader (relayed there from a follower).
+pub async fn ask(app: &App, ask: LeaseAsk) -> Result<LeaseTtl, KvError> {
+    match app.leader() {
+        Some((id, _)) if id == app.node_id => answer(app, ask).await,
+        Some((leader_id, leader)) => {
+            let body = postcard::to_stdvec(&ask).map_err(|e| KvError::Internal(e.to_string()))?;
+            let unreachable = |e: &dyn std::fmt::Display| {
+                KvError::NoLeader(format!("the leader did not answer the lease request: {e}"))
+            };
+            let response = app
+                .peers
+                .post_raft(&leader.raft_addr, leader_id, "lease", false)
+                .timeout(app.request_timeout)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| unreachable(&e))?;
+            crate::raft::network::decode_response::<Result<LeaseTtl, KvError>>(response)
+                .await
+                .map_err(|e| unreachable(&e))?
+        }
+        None => Err(KvError::NoLeader("no leader is known".into())),
+    }
+}
+
+/// The leader's answer to `ask` (`/raft/lease` calls this). A node that is not the leader
+/// refuses with `NoLeader` (the asker retries with the next leader).
+pub async fn answer(app: &App, ask: LeaseAsk) -> Result<LeaseTtl, KvError> {
+    if app.leader().map(|(id, _)| id) != Some(app.node_id) {
+        return Err(KvError::NoLeader("the asked node is not the leader".into()));
+    }
+    let id = match ask {
+        LeaseAsk::KeepAlive { id } | LeaseAsk::TimeToLive { id } => id,
+    };
+    // Must read the lease after a read barrier: a lease revoked by an entry this leader
+    // committed but did not apply yet would otherwise be kept alive.
+    crate::raft::read::read_barrier(app, crate::raft::read::ReadLevel::Linearizable).await?;
+    let granted = app
+        .state_machine
+        .lease_ttl(id)
+        .ok_or(KvError::Store(MvccError::LeaseNotFound { lease: id }))?;
+    if let LeaseAsk::KeepAlive { .. } = ask {
+        // A lease past its deadline is as good as revoked (the revoke is on its way): refusing
+        // here means no keep-alive is ever answered for a lease that then expires (etcd too).
+        if app.lessor.ttl_of(id, granted).remaining <= 0 {
+            return Err(KvError::Store(MvccError::LeaseNotFound { lease: id }));
+        }
+        app.lessor.refresh(id, granted);
+    }
+    Ok(app.lessor.ttl_of(id, granted))
+}
+
+/// The expiry loop: runs on every node for its whole life, acts while it leads.
+pub async fn run_expiry(app: std::sync::Arc<App>) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let expired = expired_now(&app);
+        for id in expired {
+            match revoke(&app, id).await {
+                Ok(revision) => tracing::info!(
+                    lease = format!("{id:x}"),
+                    revision,
+                    "lease expired: revoked"
+                ),
+                // Revoked meanwhile by a client: nothing to do.
+                Err(KvError::Store(MvccError::LeaseNotFound { .. })) => {}
+                Err(e) => {
+                    tracing::warn!(lease = format!("{id:x}"), error = %e, "could not revoke an expired lease; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The leases past their deadline (at most [`REVOKES_PER_TICK_MAX`]); keeps the deadlines in
+/// step with leadership and with the leases that exist.
+fn expired_now(app: &App) -> Vec<i64> {
+    let term = {
+        let metrics = app.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.current_leader == Some(app.node_id)).then_some(m.current_term)
+    };
+    let mut timers = app.lessor.lock();
+    if timers.term != term {
+        // Leadership changed: a new leader starts every lease afresh.
+        timers.deadlines.clear();
+        timers.term = term;
+    }
+    if term.is_none() {
+        timers.deadlines.clear();
+        return Vec::new();
+    }
+    let now = Instant::now();
+    let leases = app.state_machine.lease_ttls();
+    let extension = LEADER_CHANGE_EXTENSION;
+    let mut live = HashMap::with_capacity(leases.len());
+    let mut expired = Vec::new();
+    for (id, ttl) in leases {
+        let deadline = *timers
+            .deadlines
+            .entry(id)
+            .or_insert_with(|| now + Duration::from_secs(ttl.max(0) as u64) + extension);
+        if deadline <= now && expired.len() < REVOKES_PER_TICK_MAX {
+            expired.push(id);
+        }
+        live.insert(id, deadline);
+    }
+    timers.deadlines = live;
+    expired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chosen_ids_are_positive_and_distinct() {
+        let lessor = Lessor::default();
+        let ids: std::collections::HashSet<i64> =
+            (0..10_000).map(|_| lessor.choose_id(7)).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| *id > 0));
+    }
+
+    #[test]
+    fn remaining_ttl_rounds_up_and_defaults_to_the_grant() {
+        let lessor = Lessor::default();
+        assert_eq!(
+            lessor.ttl_of(1, 10),
+            LeaseTtl {
+                granted: 10,
+                remaining: 10
+            }
+        );
+        lessor.refresh(1, 10);
+        let t = lessor.ttl_of(1, 10);
+        assert!(t.remaining == 10 || t.remaining == 9, "{t:?}");
+    }
+}
