@@ -18,18 +18,46 @@ use crate::http::read_value;
 use crate::http::validate_key;
 use crate::http::versions;
 
+/// `?ttl=30s` on a write: attach a fresh lease of that TTL.
+#[derive(Debug, serde::Deserialize, Default)]
+pub struct WriteParams {
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
 /// `POST|PUT /db/<key>`: the body is the value; `If-Match` / `If-None-Match` make it a
-/// compare-and-swap (see `versions.rs`).
+/// compare-and-swap (see `versions.rs`); `?ttl=30s` attaches a fresh lease (its id, in hex as
+/// etcdctl writes it, answers in `X-Raft-Lease`).
 pub async fn put(
     State(app): State<SharedApp>,
     Path(key): Path<String>,
+    Query(params): Query<WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
     let pre = versions::precondition(&headers)?;
     let value = read_limited(body, app.max_value_bytes, "value").await?;
-    versions::guarded_write(&app, key, Some(value.to_vec()), pre).await
+    let lease = match params.ttl.as_deref() {
+        None => 0,
+        Some(ttl) => {
+            let ttl = crate::compaction::parse_duration("ttl", ttl).map_err(KvError::BadRequest)?;
+            let secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+            if secs == 0 {
+                return Err(
+                    KvError::BadRequest("ttl must be above 0 (e.g. ttl=30s)".into()).into(),
+                );
+            }
+            crate::service::lease::grant(&app, 0, secs).await?.0
+        }
+    };
+    let mut response = versions::guarded_write(&app, key, Some(value.to_vec()), pre, lease).await?;
+    if lease != 0 {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{lease:x}")) {
+            response.headers_mut().insert("x-raft-lease", v);
+        }
+    }
+    Ok(response)
 }
 
 /// `GET /db/<key>`: the raw value, 404 if absent.
@@ -59,7 +87,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     validate_key(&key)?;
     let pre = versions::precondition(&headers)?;
-    versions::guarded_write(&app, key, None, pre).await
+    versions::guarded_write(&app, key, None, pre, 0).await
 }
 
 /// `/db/` with no key.

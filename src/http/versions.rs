@@ -118,8 +118,15 @@ pub async fn guarded_write(
     key: String,
     value: Option<Vec<u8>>,
     pre: Precondition,
+    lease: i64,
 ) -> Result<Response, ApiError> {
     let cmd = match (pre, value) {
+        (Precondition::None, Some(value)) if lease != 0 => Command::Put(mvcc::PutRequest {
+            key: Bytes::from(key.into_bytes()),
+            value: Bytes::from(value),
+            lease,
+            ..mvcc::PutRequest::default()
+        }),
         (Precondition::None, Some(value)) => Command::Set { key, value },
         (Precondition::None, None) => Command::Delete { key },
         (pre, value) => {
@@ -128,6 +135,7 @@ pub async fn guarded_write(
                 Some(v) => RequestOp::Put(mvcc::PutRequest {
                     key: k,
                     value: Bytes::from(v),
+                    lease,
                     ..mvcc::PutRequest::default()
                 }),
                 None => RequestOp::DeleteRange(mvcc::DeleteRangeRequest {
@@ -140,7 +148,7 @@ pub async fn guarded_write(
     };
     let ok = crate::raft::forward::write(app, cmd).await?;
     match &ok.response.outcome {
-        None => Ok(crate::http::write_response(&ok)),
+        None | Some(Outcome::Put(_)) => Ok(crate::http::write_response(&ok)),
         Some(Outcome::Txn(t)) if t.succeeded => Ok(crate::http::write_response(&ok)),
         Some(Outcome::Txn(t)) => {
             let now = t

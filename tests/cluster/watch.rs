@@ -209,6 +209,43 @@ fn http_long_poll_and_event_stream() {
     assert_eq!(end[0].name, "compacted");
     assert_eq!(end[0].data["compact_revision"], r4);
 
+    c.phase("PUT ?ttl=2s attaches a fresh lease: the key is gone after it, a long poll sees it go");
+    let started = Instant::now();
+    let r = c.request_with(
+        leader,
+        reqwest::Method::PUT,
+        "/db/session/1?ttl=2s",
+        &[],
+        Some((b"here".to_vec(), "application/octet-stream")),
+    );
+    r.expect_status(200);
+    let lease = r.header("x-raft-lease").expect("X-Raft-Lease").to_string();
+    assert!(
+        i64::from_str_radix(&lease, 16).is_ok_and(|id| id > 0),
+        "{lease}"
+    );
+    let put_rev = rev(&r);
+    let gone = c.get_db(
+        follower,
+        &format!("session/1?wait={put_rev}&timeout=20s"),
+        Level::Linearizable,
+    );
+    gone.expect_error(&[404], &["not_found"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "expired early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(15), "expired late: {took:?}");
+    c.request_with(
+        leader,
+        reqwest::Method::PUT,
+        "/db/x?ttl=0s",
+        &[],
+        Some((b"v".to_vec(), "text/plain")),
+    )
+    .expect_error(&[400], &["bad_request"]);
+
     c.phase("a watch needs a key or a prefix");
     let r = c.request(follower, reqwest::Method::GET, "/watch", None);
     r.expect_error(&[400], &["bad_request"]);
