@@ -52,10 +52,11 @@ pub async fn put(
         }
     };
     let mut response = versions::guarded_write(&app, key, Some(value.to_vec()), pre, lease).await?;
-    if lease != 0 {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{lease:x}")) {
-            response.headers_mut().insert("x-raft-lease", v);
-        }
+    if let Some(v) = (lease != 0)
+        .then(|| axum::http::HeaderValue::from_str(&format!("{lease:x}")).ok())
+        .flatten()
+    {
+        response.headers_mut().insert("x-raft-lease", v);
     }
     Ok(response)
 }
