@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod keys;
 pub mod leader;
+pub mod snapshot;
 pub mod versions;
 
 use axum::Router;
@@ -53,6 +54,14 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .route("/key/", get(db::empty_key).delete(db::empty_key))
         .route("/key/{*key}", get(keys::get).delete(db::delete))
         .route("/status", get(admin::status))
+        // A backup exports all data: the admin rule of /join (see http/snapshot.rs).
+        .route(
+            "/snapshot",
+            get(snapshot::get).route_layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                admin::guard,
+            )),
+        )
         // Health answers even while draining (it says why it is not ready).
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
