@@ -3,9 +3,9 @@
 //! with `raftkv restore --from FILE DATA_DIR`.
 //!
 //! Headers: `X-Raft-Revision` (the store's revision), `X-Raft-Index` (the applied index it
-//! reflects), `X-Raftkv-Compact-Revision`, `Content-Length`, and `X-Raftkv-Sha256` (hex sha256
-//! of the body before its last 32 bytes — which are that same sha256, so `curl -o` keeps the
-//! check in the file). The body is streamed from a temp file, never held in memory whole.
+//! reflects), `X-Raftkv-Compact-Revision`, `X-Raftkv-Keys`, `Content-Length`, and
+//! `X-Raftkv-Sha256` (hex sha256 of the body before its last 32 bytes — which are that same
+//! sha256, so `curl -o` keeps the check in the file). The body is streamed from a temp file, never held in memory whole.
 //!
 //! Who may call it: it exports all data, so the admin rule of `/join` applies (router:
 //! `admin::guard`; protected mode: loopback callers; peer TLS: a peer certificate too).
@@ -62,6 +62,7 @@ pub async fn get(State(app): State<SharedApp>) -> Result<Response, ApiError> {
         "x-raftkv-compact-revision",
         backup.compact_revision.to_string(),
     );
+    set("x-raftkv-keys", backup.keys.to_string());
     set("x-raftkv-sha256", crate::backup::hex(&backup.sha256));
     Ok(response)
 }
