@@ -128,7 +128,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
 
     let parent = parent_of(&opts.data_dir);
-    fs::create_dir_all(&parent).map_err(io_at(&parent))?;
+    create_dirs_durably(&parent).map_err(io_at(&parent))?;
     let tmp = parent.join(format!(
         ".{}.restore-{}",
         opts.data_dir
@@ -222,6 +222,23 @@ fn check_empty(dir: &Path) -> Result<(), RestoreError> {
         dir: label,
         entries,
     })
+}
+
+/// `mkdir -p dir`, fsyncing the parent of every directory it creates (each entry must be on
+/// disk before anything written inside it is reported durable).
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_of(dir);
+    if parent != dir {
+        create_dirs_durably(&parent)?;
+    }
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    snapshot::sync_dir(&parent)
 }
 
 /// The directory holding `dir` (`.` for a bare relative name).

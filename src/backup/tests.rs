@@ -170,7 +170,7 @@ fn restore_writes_a_new_one_node_data_dir_and_refuses_a_used_one() {
     std::fs::write(&from, &bytes).expect("write backup");
     let opts = restore::RestoreOptions {
         from: from.clone(),
-        data_dir: tmp.path().join("d"),
+        data_dir: tmp.path().join("new").join("d"),
         name: Some("r1".into()),
         api_addr: "localhost:4001".into(),
         raft_addr: "localhost:4001".into(),
@@ -190,7 +190,7 @@ fn restore_writes_a_new_one_node_data_dir_and_refuses_a_used_one() {
     assert_eq!(meta.last_log_id.map(|id| id.index), Some(0));
     let voters: Vec<u64> = meta.last_membership.membership().voter_ids().collect();
     assert_eq!(voters, vec![done.node_id], "this node is the only voter");
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("new"))
         .expect("ls")
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains("restore"))

@@ -81,3 +81,59 @@ fn etcdctl_snapshot_save_makes_a_file_raftkv_restore_accepts() {
     );
     assert_eq!(after["header"]["revision"], before["header"]["revision"]);
 }
+
+/// etcd's stream shape, checked with the `etcd-client` crate: blobs of at most 32 KiB with
+/// `remaining_bytes` counting down to 0, then one 32-byte message with the sha256; the bytes are
+/// those of `GET /snapshot` at the same state.
+#[test]
+fn maintenance_snapshot_streams_etcd_chunks_then_the_sha256() {
+    let mut c = Cluster::new("grpc-snapshot");
+    // No auto-compaction: nothing but the test changes the state between the two downloads.
+    let a = c.start_raftd(None, "--auto-compaction-retention 0");
+    c.wait_leader_is(a);
+    let value = "v".repeat(1000);
+    for i in 0..120 {
+        c.put_db(a, &format!("k{i:03}"), &value).expect_status(200);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let messages = rt.block_on(async {
+        let mut client = etcd_client::Client::connect([c.node(a).http_addr()], None)
+            .await
+            .expect("connect");
+        let mut stream = client.snapshot().await.expect("snapshot");
+        let mut messages = Vec::new();
+        while let Some(m) = stream.message().await.expect("message") {
+            messages.push((m.remaining_bytes(), m.blob().to_vec()));
+        }
+        messages
+    });
+    let (data, last) = messages.split_at(messages.len() - 1);
+    assert!(data.len() >= 4, "{} data messages for ~130 KB", data.len());
+    let mut sent = 0u64;
+    let total: u64 = data.iter().map(|(_, b)| b.len() as u64).sum();
+    for (remaining, blob) in data {
+        assert!(
+            !blob.is_empty() && blob.len() <= 32 * 1024,
+            "{} bytes",
+            blob.len()
+        );
+        sent += blob.len() as u64;
+        assert_eq!(*remaining, total - sent, "remaining_bytes after {sent}");
+    }
+    assert_eq!(last[0].0, 0);
+    assert_eq!(last[0].1.len(), 32, "the last message is the sha256");
+    let mut streamed: Vec<u8> = data.iter().flat_map(|(_, b)| b.clone()).collect();
+    streamed.extend_from_slice(&last[0].1);
+
+    let r = c
+        .client()
+        .get(c.url(a, "/snapshot"))
+        .send()
+        .expect("GET /snapshot");
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.bytes().expect("body");
+    assert_eq!(streamed, body.to_vec(), "the same bytes as GET /snapshot");
+}
