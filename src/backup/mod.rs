@@ -143,17 +143,18 @@ fn limiter() -> Arc<Semaphore> {
         .clone()
 }
 
-/// Takes a backup of this node's state machine that holds every write acknowledged before the
-/// call: a linearizable read barrier first (ReadIndex, on a follower the leader's read index),
-/// then a copy of the state, which is then at or past that index.
-pub async fn take(app: &App) -> Result<Backup, KvError> {
+/// Takes a backup of this node's state machine. At [`ReadLevel::Linearizable`] it holds every
+/// write acknowledged before the call: a read barrier first (ReadIndex, on a follower the
+/// leader's read index), then a copy of the state, which is then at or past that index. At
+/// [`ReadLevel::Stale`] it is what this node has applied (works without a quorum).
+pub async fn take(app: &App, level: ReadLevel) -> Result<Backup, KvError> {
     let permit = limiter().try_acquire_owned().map_err(|_| {
         KvError::Busy(format!(
             "{BACKUPS_IN_FLIGHT_MAX} backups are being taken or downloaded"
         ))
     })?;
     // Must pass before the state is copied: the copy then reflects every acknowledged write.
-    crate::raft::read::read_barrier(app, ReadLevel::Linearizable).await?;
+    crate::raft::read::read_barrier(app, level).await?;
     let sm = app.state_machine.clone();
     let started = std::time::Instant::now();
     let written = tokio::task::spawn_blocking(move || -> io::Result<_> {

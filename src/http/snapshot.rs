@@ -1,6 +1,7 @@
 //! `GET /snapshot`: streams a backup of this node's state machine (`backup.rs` format) that holds
-//! every write acknowledged before the request (a linearizable read barrier first). Restore it
-//! with `raftkv restore --from FILE DATA_DIR`.
+//! every write acknowledged before the request (a linearizable read barrier first; with
+//! `?level=stale`, what this node has applied, which works without a quorum). Restore it with
+//! `raftkv restore --from FILE DATA_DIR`.
 //!
 //! Headers: `X-Raft-Revision` (the store's revision), `X-Raft-Index` (the applied index it
 //! reflects), `X-Raftkv-Compact-Revision`, `X-Raftkv-Keys`, `Content-Length`, and
@@ -11,6 +12,7 @@
 //! `admin::guard`; protected mode: loopback callers; peer TLS: a peer certificate too).
 
 use axum::body::Body;
+use axum::extract::Query;
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::header;
@@ -20,14 +22,22 @@ use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
 use crate::app::SharedApp;
+use crate::http::ReadParams;
 use crate::http::error::ApiError;
 
 /// Read size of the body stream.
 const STREAM_CHUNK_BYTES: usize = 64 << 10;
 
 /// `GET /snapshot`.
-pub async fn get(State(app): State<SharedApp>) -> Result<Response, ApiError> {
-    let backup = crate::backup::take(&app).await?;
+pub async fn get(
+    State(app): State<SharedApp>,
+    Query(params): Query<ReadParams>,
+) -> Result<Response, ApiError> {
+    if params.revision != 0 {
+        let why = "a backup holds every retained revision: ?revision does not apply";
+        return Err(crate::error::KvError::BadRequest(why.into()).into());
+    }
+    let backup = crate::backup::take(&app, params.level()?).await?;
     let permit = backup.permit;
     let file = tokio::fs::File::from_std(backup.file);
     // The permit travels with the stream: a place is free again when the download ends.

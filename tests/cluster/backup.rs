@@ -61,9 +61,14 @@ fn writer(bases: Vec<String>, stop: Arc<AtomicBool>, acked: Acked) {
 
 /// `curl -D - -o <to> <node>/snapshot`: the response headers (lower-case names).
 fn download(c: &Cluster, i: usize, to: &Path) -> BTreeMap<String, String> {
+    download_at(c, i, "/snapshot", to)
+}
+
+/// `curl -D - -o <to> <node><path>`.
+fn download_at(c: &Cluster, i: usize, path: &str, to: &Path) -> BTreeMap<String, String> {
     let mut r = c
         .client()
-        .get(c.url(i, "/snapshot"))
+        .get(c.url(i, path))
         .timeout(Duration::from_secs(60))
         .send()
         .expect("GET /snapshot");
@@ -216,10 +221,21 @@ fn backup_under_load_restores_into_a_new_cluster() {
     stop.store(true, Ordering::SeqCst);
     w.join().expect("writer");
 
-    c.phase("the old cluster is gone; raftkv restore makes a new data dir from the file");
-    for i in 0..3 {
+    c.phase("2 of 3 old nodes die: a backup needs a quorum, unless ?level=stale");
+    let survivor = follower;
+    for i in (0..3).filter(|&i| i != survivor) {
         c.kill9(i);
     }
+    c.request(survivor, Method::GET, "/snapshot", None)
+        .expect_error(&[503], &["read_unavailable"]);
+    let stale = c.root().join("stale.snap");
+    let stale_headers = download_at(&c, survivor, "/snapshot?level=stale", &stale);
+    check_download(&stale, &stale_headers);
+    let (ok, out) = restore(&restore_args(&stale, "", &c.root().join("stale-restored")));
+    assert!(ok, "a stale backup restores too: {out}");
+
+    c.phase("the old cluster is gone; raftkv restore makes a new data dir from the file");
+    c.kill9(survivor);
     let port = free_port();
     let data_dir = next_data_dir(&c);
     let (ok, out) = restore(&restore_args(

@@ -175,7 +175,8 @@ impl PbMaintenanceService for MaintenanceService {
         request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         authorize_admin(&self.app, &request)?;
-        let backup = crate::backup::take(&self.app)
+        let level = crate::raft::read::ReadLevel::Linearizable;
+        let backup = crate::backup::take(&self.app, level)
             .await
             .map_err(EtcdError::from)?;
         Ok(Response::new(snapshot_stream(backup)))
