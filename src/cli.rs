@@ -56,6 +56,7 @@ const GO_STYLE_FLAGS: &[&str] = &[
     about = "A replicated key/value database on Raft (a successor of raftd and hraftd)",
     disable_help_flag = true,
     args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
     subcommand_negates_reqs = true
 )]
 pub struct Args {
