@@ -12,7 +12,9 @@ use crate::config::Config;
 use crate::config::Endpoint;
 use crate::limits::VALUE_BYTES_MAX_CEILING;
 
+pub mod restore;
 mod tls;
+pub use restore::RestoreArgs;
 pub use tls::TlsArgs;
 
 /// Long flags that Go programs spell with one dash.
@@ -44,6 +46,7 @@ const GO_STYLE_FLAGS: &[&str] = &[
     "key-file",
     "trusted-ca-file",
     "client-cert-auth",
+    "from",
 ];
 
 #[derive(Parser, Debug)]
@@ -51,11 +54,15 @@ const GO_STYLE_FLAGS: &[&str] = &[
     name = "raftkv",
     version,
     about = "A replicated key/value database on Raft (a successor of raftd and hraftd)",
-    disable_help_flag = true
+    disable_help_flag = true,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
+    subcommand_negates_reqs = true
 )]
 pub struct Args {
     /// Directory holding this node's Raft log, snapshots and identity.
-    pub data_dir: PathBuf,
+    #[arg(required = true)]
+    pub data_dir: Option<PathBuf>,
     /// HTTP port; binds all interfaces. Raft RPC shares it unless --raddr is given.
     #[arg(short = 'p', long, default_value_t = config::DEFAULT_PORT)]
     pub port: u16,
@@ -131,6 +138,16 @@ pub struct Args {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// `raftkv <subcommand>`; without one, `raftkv [flags] DATA_DIR` runs a node.
+#[derive(clap::Subcommand, Debug)]
+pub enum Subcommand {
+    /// Make a new data dir from a backup (GET /snapshot, etcdctl snapshot save): a one-node
+    /// cluster holding the backup's data; then join other nodes to it with -join.
+    Restore(RestoreArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,10 +280,13 @@ impl Args {
             }
         })
         .map_err(CliError::Invalid)?;
+        let Some(data_dir) = self.data_dir else {
+            return Err(CliError::Invalid("DATA_DIR is required".into()));
+        };
         Ok(Config {
             auto_compaction,
             watch_progress_interval,
-            data_dir: self.data_dir,
+            data_dir,
             http,
             raft,
             node_name: self.id,
@@ -367,6 +387,46 @@ mod tests {
             .into_config()
             .unwrap_err();
         assert!(err.to_string().contains("maximum"), "{err}");
+    }
+
+    #[test]
+    fn restore_is_a_subcommand_and_node_flags_still_parse() {
+        let argv = normalize_go_flags(
+            [
+                "raftkv", "restore", "-from", "b.snap", "-id", "r1", "-haddr", ":11000", "-raddr",
+                ":12000", "d",
+            ]
+            .iter()
+            .map(OsString::from),
+        );
+        let args = Args::try_parse_from(argv).unwrap();
+        let Some(Subcommand::Restore(r)) = args.command else {
+            panic!("restore subcommand expected");
+        };
+        let opts = r.into_options().unwrap();
+        assert_eq!(opts.from, PathBuf::from("b.snap"));
+        assert_eq!(opts.name.as_deref(), Some("r1"));
+        assert_eq!(opts.api_addr, "localhost:11000");
+        assert_eq!(opts.raft_addr, "localhost:12000");
+        assert_eq!(opts.data_dir, PathBuf::from("d"));
+        let argv = normalize_go_flags(
+            ["raftkv", "restore", "--from", "b", "-p", "4002", "d"]
+                .iter()
+                .map(OsString::from),
+        );
+        let Some(Subcommand::Restore(r)) = Args::try_parse_from(argv).unwrap().command else {
+            panic!("restore subcommand expected");
+        };
+        let opts = r.into_options().unwrap();
+        assert_eq!(
+            (opts.api_addr.as_str(), opts.raft_addr.as_str()),
+            ("localhost:4002", "localhost:4002")
+        );
+        // A data dir named like the subcommand still works as a path.
+        let c = parse(&["raftkv", "-p", "4001", "./restore"]);
+        assert_eq!(c.data_dir, PathBuf::from("./restore"));
+        let argv = normalize_go_flags(["raftkv", "restore", "d"].iter().map(OsString::from));
+        assert!(Args::try_parse_from(argv).is_err(), "--from is required");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`peer`], [`serve`], [`tls`]: node-to-node transport and authentication, the accept loop,
 //!   and the TLS material both are built from.
 //! - [`limits`]: every size limit, and the check every command passes before it is proposed.
+//! - [`backup`]: backup files (`GET /snapshot`, `Maintenance.Snapshot`) and `raftkv restore`.
 //! - [`compaction`]: the leader's automatic compaction (etcd's flags).
 //! - [`shutdown`]: graceful shutdown (leadership hand-off, drain, log flush) and the lifecycle
 //!   phase health checks read.
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod cli;
 pub mod cluster;
 pub mod compaction;

@@ -1,4 +1,5 @@
-//! The `raftkv` binary: parse flags, set up logging, run the node until Ctrl-C or SIGTERM.
+//! The `raftkv` binary: parse flags, set up logging, run the node until Ctrl-C or SIGTERM; or
+//! run `raftkv restore` (a backup into a new data dir) and exit.
 
 use std::process::ExitCode;
 
@@ -6,7 +7,7 @@ use raftkv::cli::Args;
 use raftkv::cli::CliError;
 
 fn main() -> ExitCode {
-    let args = match Args::parse_from_env() {
+    let mut args = match Args::parse_from_env() {
         Ok(args) => args,
         Err(CliError::Clap(e)) => e.exit(),
         Err(e) => {
@@ -14,6 +15,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(raftkv::cli::Subcommand::Restore(restore)) = args.command.take() {
+        return match raftkv::cli::restore::run(restore) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("raftkv restore: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(raftkv::cli::log_filter(&args)));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

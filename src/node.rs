@@ -33,7 +33,7 @@ use crate::store::small_file;
 use crate::store::state_machine::StateMachineStore;
 use crate::tls::NodeTls;
 
-const NODE_NAME_FILE: &str = "node-name";
+pub const NODE_NAME_FILE: &str = "node-name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -349,7 +349,7 @@ async fn core_stopped(raft: &Raft) -> String {
 /// dirs (no `format` file, no `cluster-id`) are refused by the cluster-id check and the
 /// snapshot reader.
 pub const DATA_FORMAT: &str = "2";
-const DATA_FORMAT_FILE: &str = "format";
+pub const DATA_FORMAT_FILE: &str = "format";
 
 /// Refuses a data dir of another format; records ours in a new one. Must run before the log and
 /// the snapshots are opened: nothing of a foreign format may be read or written.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod keys;
 pub mod leader;
+pub mod snapshot;
 pub mod versions;
 pub mod watch;
 
@@ -55,6 +56,14 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .route("/key/{*key}", get(keys::get).delete(db::delete))
         .route("/watch", get(watch::events))
         .route("/status", get(admin::status))
+        // A backup exports all data: the admin rule of /join (see http/snapshot.rs).
+        .route(
+            "/snapshot",
+            get(snapshot::get).route_layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                admin::guard,
+            )),
+        )
         // Health answers even while draining (it says why it is not ready).
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -235,6 +235,14 @@ impl StateMachineStore {
         (index, state.map.digest(), state.map.len())
     }
 
+    /// A copy of the state with its meta (last applied log id and membership), taken under one
+    /// read lock so they match: what a snapshot built now would hold. O(keys), like the copy a
+    /// snapshot build takes (backups: `GET /snapshot`, `Maintenance.Snapshot`).
+    pub fn copy_state(&self) -> (SnapshotMeta, KvState) {
+        let state = self.inner.read_state();
+        (state.applied.clone(), state.map.clone())
+    }
+
     /// A file for the network to write a received snapshot into before `install_snapshot`
     /// (anonymous, on the snapshot directory's filesystem; see [`snapshot::incoming_file`]).
     pub fn incoming_snapshot_file(&self) -> io::Result<File> {

@@ -11,6 +11,7 @@
 //!   `Unimplemented`;
 //! - `client`: the `etcd-client` crate against raftkv, through a follower and a leader kill;
 //! - `kv_client`: its KV and Txn calls (revisions, CAS, compaction) through a leader kill;
+//! - `snapshot`: `etcdctl snapshot save` writes a backup that `raftkv restore` accepts;
 //! - `tls`: etcdctl over TLS on the shared https port (certificates from the cluster tests'
 //!   `tls_support`, made with the README's `openssl` commands).
 //!
@@ -28,6 +29,7 @@ mod kv_client;
 mod lease_etcdctl;
 mod reference;
 mod sessions;
+mod snapshot;
 mod tls;
 #[path = "../cluster/tls_support.rs"]
 mod tls_support;

@@ -1,7 +1,9 @@
 //! etcd's `Maintenance` service: `Status` (this node's Raft state), `Alarm` (raftkv raises no
-//! alarms), `MoveLeader` (openraft's leader transfer). `HashKV`, `Hash`, `Snapshot`,
-//! `Defragment` and `Downgrade` answer `Unimplemented` until the multi-version store lands (its
-//! hash and snapshot are what they would serve).
+//! alarms), `MoveLeader` (openraft's leader transfer), `HashKV`, `Snapshot` (a raftkv backup, the
+//! bytes `GET /snapshot` serves, in chunks of at most [`SNAPSHOT_CHUNK_BYTES`] with
+//! `remaining_bytes`, then etcd's final message holding the sha256 of the data, as etcd 3.4's
+//! `maintenanceServer.Snapshot` sends it; restore it with `raftkv restore`, not etcdctl's).
+//! `Hash`, `Defragment` and `Downgrade` answer `Unimplemented`.
 //!
 //! `Status.version` is `3.4.23`: the etcd release whose API raftkv answers like (clients and
 //! tools read it as the API level, e.g. to decide which RPCs exist); raftkv's own version is in
@@ -25,7 +27,9 @@ use etcd_client::proto::PbSnapshotRequest;
 use etcd_client::proto::PbSnapshotResponse;
 use etcd_client::proto::PbStatusRequest;
 use etcd_client::proto::PbStatusResponse;
+use futures::StreamExt;
 use futures::stream::BoxStream;
+use tokio::io::AsyncReadExt;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -40,6 +44,9 @@ use crate::service::cluster::Role;
 
 /// The etcd release whose v3 API raftkv answers like (see the module docs).
 pub const ETCD_API_VERSION: &str = "3.4.23";
+
+/// Largest blob of one `SnapshotResponse` (etcd's 32 KiB).
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 32 << 10;
 
 /// `AlarmRequest.action`: GET = 0, ACTIVATE = 1, DEACTIVATE = 2 (etcd's rpc.proto).
 const ALARM_ACTIVATE: i32 = 1;
@@ -161,14 +168,18 @@ impl PbMaintenanceService for MaintenanceService {
 
     type SnapshotStream = BoxStream<'static, Result<PbSnapshotResponse, Status>>;
 
+    /// A backup holding every write acknowledged before the call (see `backup.rs`); the
+    /// admin rule applies, as to `GET /snapshot` (it exports all data).
     async fn snapshot(
         &self,
-        _request: Request<PbSnapshotRequest>,
+        request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        // Not yet: etcdctl's `snapshot save` expects a bbolt file with a sha256 trailer that
-        // `snapshot restore` can open; raftkv's backup format comes with its restore command
-        // (issue 10), and then this streams it.
-        Err(EtcdError::Unimplemented("Maintenance.Snapshot").into())
+        authorize_admin(&self.app, &request)?;
+        let level = crate::raft::read::ReadLevel::Linearizable;
+        let backup = crate::backup::take(&self.app, level)
+            .await
+            .map_err(EtcdError::from)?;
+        Ok(Response::new(snapshot_stream(backup)))
     }
 
     async fn move_leader(
@@ -186,4 +197,54 @@ impl PbMaintenanceService for MaintenanceService {
     ) -> Result<Response<PbDowngradeResponse>, Status> {
         Err(EtcdError::Unimplemented("Maintenance.Downgrade").into())
     }
+}
+
+/// What the snapshot stream still has to send.
+struct SnapshotSender {
+    file: tokio::fs::File,
+    /// Data bytes (everything before the sha256 trailer) not yet sent.
+    remaining: u64,
+    /// The trailer, sent alone in the last message; `None` once sent.
+    sha256: Option<[u8; 32]>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// etcd's stream: the data in chunks with `remaining_bytes`, then one message with its sha256.
+fn snapshot_stream(
+    backup: crate::backup::Backup,
+) -> BoxStream<'static, Result<PbSnapshotResponse, Status>> {
+    let sender = SnapshotSender {
+        file: tokio::fs::File::from_std(backup.file),
+        remaining: backup.bytes - crate::backup::SHA256_BYTES,
+        sha256: Some(backup.sha256),
+        _permit: backup.permit,
+    };
+    futures::stream::unfold(Some(sender), |state| async move {
+        let mut s = state?;
+        if s.remaining == 0 {
+            let sha = s.sha256.take()?;
+            let last = PbSnapshotResponse {
+                header: None,
+                remaining_bytes: 0,
+                blob: sha.to_vec(),
+                ..PbSnapshotResponse::default()
+            };
+            return Some((Ok(last), Some(s)));
+        }
+        let n = s.remaining.min(SNAPSHOT_CHUNK_BYTES);
+        let mut blob = vec![0u8; usize::try_from(n).unwrap_or(0)];
+        if let Err(e) = s.file.read_exact(&mut blob).await {
+            let error = crate::error::KvError::Internal(format!("reading the backup: {e}"));
+            return Some((Err(EtcdError::from(error).into()), None));
+        }
+        s.remaining -= n;
+        let chunk = PbSnapshotResponse {
+            header: None,
+            remaining_bytes: s.remaining,
+            blob,
+            ..PbSnapshotResponse::default()
+        };
+        Some((Ok(chunk), Some(s)))
+    })
+    .boxed()
 }

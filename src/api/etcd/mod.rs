@@ -20,8 +20,8 @@
 //! and proposals, `--join-timeout-ms` for a member add); the client's `grpc-timeout` is not
 //! enforced by the server (clients enforce their own deadline).
 //!
-//! **Who may change the cluster.** `MemberAdd`, `MemberRemove` and `MoveLeader` follow
-//! `POST /join`'s rule ([`authorize_admin`]): loopback callers, or holders of a peer certificate
+//! **Who may change the cluster.** `MemberAdd`, `MemberRemove` and `MoveLeader` (and
+//! `Snapshot`, which exports all data) follow `POST /join`'s rule ([`authorize_admin`]): loopback callers, or holders of a peer certificate
 //! under peer TLS; anyone else gets `PermissionDenied`. Reads (`MemberList`, `Status`) are open
 //! like `GET /status`.
 //!

@@ -101,6 +101,9 @@ pub struct StartOpts {
     pub env: Vec<(String, String)>,
     /// Wait until the node answers `/status` (false: return once it is spawned).
     pub await_ready: bool,
+    /// Start on what `<tmp>/n<i>/data` already holds (e.g. a `raftkv restore`) instead of an
+    /// empty data dir.
+    pub keep_data_dir: bool,
 }
 
 impl Default for StartOpts {
@@ -110,6 +113,7 @@ impl Default for StartOpts {
             http_port: None,
             env: Vec::new(),
             await_ready: true,
+            keep_data_dir: false,
         }
     }
 }
@@ -150,7 +154,9 @@ impl Cluster {
                 raft: free_port(),
             };
             let flags = args(&ports);
-            let _ = fs::remove_dir_all(&data_dir); // a failed attempt may have written to it
+            if !opts.keep_data_dir {
+                let _ = fs::remove_dir_all(&data_dir); // a failed attempt may have written to it
+            }
             fs::create_dir_all(&data_dir).expect("create data dir");
             let mut node = NodeProc {
                 index,
