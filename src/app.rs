@@ -42,6 +42,8 @@ pub struct App {
     pub api_scheme: &'static str,
     /// Serving, stopping or draining, and the public requests in flight (`shutdown.rs`).
     pub lifecycle: crate::shutdown::Lifecycle,
+    /// This node's metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub type SharedApp = Arc<App>;
