@@ -142,7 +142,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
-    recovery.replayed(&raft);
+    recovery.replayed(&state_machine);
     let metrics = Arc::new(crate::metrics::Metrics::new(crate::metrics::Sources {
         raft: raft.clone(),
         wal: wal_metrics,

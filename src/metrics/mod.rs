@@ -128,43 +128,35 @@ impl Metrics {
         let r = &mut m.registry;
         r.register(
             "raftkv_http_requests",
-            "HTTP requests by route template, method and status code.",
+            "HTTP requests by route template, method and status code",
             m.http.requests.clone(),
         );
         r.register(
             "raftkv_http_request_duration_seconds",
-            "HTTP request latency until the response head, by route template and method.",
+            "HTTP request latency until the response head, by route template and method",
             m.http.duration.clone(),
         );
         r.register(
             "raftkv_grpc_server_started",
-            "gRPC calls started (etcd: grpc_server_started_total).",
+            "gRPC calls started (etcd: grpc_server_started_total)",
             m.grpc.started.clone(),
         );
         r.register(
             "raftkv_grpc_server_handled",
-            "gRPC calls completed, by code (etcd: grpc_server_handled_total).",
+            "gRPC calls completed, by code (etcd: grpc_server_handled_total)",
             m.grpc.handled.clone(),
         );
         let mvcc = [
-            (
-                "raftkv_mvcc_put",
-                "Puts served by this member.",
-                &m.mvcc.put,
-            ),
+            ("raftkv_mvcc_put", "Puts served by this member", &m.mvcc.put),
             (
                 "raftkv_mvcc_delete",
-                "Deletes served by this member.",
+                "Deletes served by this member",
                 &m.mvcc.delete,
             ),
-            (
-                "raftkv_mvcc_txn",
-                "Txns served by this member.",
-                &m.mvcc.txn,
-            ),
+            ("raftkv_mvcc_txn", "Txns served by this member", &m.mvcc.txn),
             (
                 "raftkv_mvcc_range",
-                "Ranges (reads) served by this member.",
+                "Ranges (reads) served by this member",
                 &m.mvcc.range,
             ),
         ];
@@ -173,12 +165,12 @@ impl Metrics {
         }
         r.register(
             "raftkv_server_proposals_failed",
-            "Proposals this member made as leader that failed.",
+            "Proposals this member made as leader that failed",
             m.proposals_failed.clone(),
         );
         r.register(
             "raftkv_server_leader_changes_seen",
-            "Leader changes seen by this member.",
+            "Leader changes seen by this member",
             m.leader_changes.clone(),
         );
         register_storage(r, &sources.wal, &sources.snapshots);
@@ -204,53 +196,53 @@ fn register_storage(r: &mut Registry, wal: &WalMetrics, snapshots: &SnapshotMetr
     r.register(
         "raftkv_disk_wal_fsync_duration_seconds",
         "From a log append's flush request until the fsync covering it completed (includes \
-         the group-commit wait).",
+         the group-commit wait)",
         wal.fsync.clone(),
     );
     r.register(
         "raftkv_disk_wal_append_duration_seconds",
-        "Time to hand a batch of log entries to the WAL (before its fsync).",
+        "Time to hand a batch of log entries to the WAL (before its fsync)",
         wal.append.clone(),
     );
     r.register(
         "raftkv_disk_wal_entries_appended",
-        "Log entries appended to the WAL.",
+        "Log entries appended to the WAL",
         wal.entries.clone(),
     );
     r.register(
         "raftkv_disk_backend_snapshot_duration_seconds",
-        "Time to build a snapshot file (etcd: disk_backend_snapshot_duration_seconds).",
+        "Time to build a snapshot file (etcd: disk_backend_snapshot_duration_seconds)",
         snapshots.build.clone(),
     );
     r.register(
         "raftkv_snapshot_install_duration_seconds",
-        "Time to validate, store and swap in a snapshot received from the leader.",
+        "Time to validate, store and swap in a snapshot received from the leader",
         snapshots.install.clone(),
     );
     r.register(
         "raftkv_snapshot_send_duration_seconds",
-        "Time to stream a snapshot to a follower until it answered.",
+        "Time to stream a snapshot to a follower until it answered",
         snapshots.send.clone(),
     );
     let bytes = [
         (
             "raftkv_snapshot_built_bytes",
-            "Bytes of snapshot files built.",
+            "Bytes of snapshot files built",
             &snapshots.built_bytes,
         ),
         (
             "raftkv_snapshot_installed_bytes",
-            "Bytes of snapshot files installed.",
+            "Bytes of snapshot files installed",
             &snapshots.installed_bytes,
         ),
         (
             "raftkv_snapshot_sent_bytes",
-            "Bytes of snapshots sent to followers.",
+            "Bytes of snapshots sent to followers",
             &snapshots.sent_bytes,
         ),
         (
             "raftkv_snapshot_send_failures",
-            "Snapshot sends that failed or were cancelled.",
+            "Snapshot sends that failed or were cancelled",
             &snapshots.send_failures,
         ),
     ];

@@ -145,16 +145,14 @@ impl Recovery {
         }
     }
 
-    /// Logs the replay's outcome; call right after `Raft::new` returned.
-    pub fn replayed(&self, raft: &Raft) {
+    /// Logs the replay's outcome; call right after `Raft::new` returned (it replays the
+    /// committed log into the state machine before it returns; its metrics may lag, the state
+    /// machine does not).
+    pub fn replayed(&self, sm: &StateMachineStore) {
         if !self.restart {
             return;
         }
-        let applied = raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .map_or(0, |l| l.index);
+        let applied = sm.applied_index().unwrap_or(0);
         tracing::info!(
             applied_index = applied,
             replayed_entries = applied.saturating_sub(self.applied_before),

@@ -71,6 +71,10 @@ fn per_peer(
     help: &str,
     values: &[(String, i64)],
 ) -> fmt::Result {
+    // No peers (not the leader): no family at all, rather than a descriptor without samples.
+    if values.is_empty() {
+        return Ok(());
+    }
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (peer, value) in values {
         let labels = [("peer", peer.as_str())];

@@ -305,7 +305,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let snapshot = tokio::task::spawn_blocking(move || -> io::Result<File> {
             let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
             let started = std::time::Instant::now();
-            tracing::info!(keys = map.len(), meta = %task_meta, "building snapshot");
+            tracing::info!(keys = map.len(), last_log_id = ?task_meta.last_log_id, "building snapshot");
             let path = snapshot::write_snapshot(&inner.dir, &task_meta, &map)?;
             // Must open the file before publishing: if a newer snapshot was installed meanwhile,
             // publishing deletes this one, and the open handle keeps it readable.
@@ -373,7 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 std::time::Instant::now(),
                 data.metadata().map_or(0, |m| m.len()),
             );
-            tracing::info!(bytes, meta = %task_meta, "installing snapshot");
+            tracing::info!(bytes, last_log_id = ?task_meta.last_log_id, "installing snapshot");
             let (path, map) = snapshot::import_snapshot(&inner.dir, &mut data, &task_meta)?;
             inner.snapshot_metrics.installed(bytes, started.elapsed());
             tracing::info!(path = %path.display(), keys = map.len(), bytes,

@@ -15,6 +15,7 @@ mod forwarding;
 mod hraftd;
 mod limits;
 mod membership;
+mod metrics;
 mod operate;
 mod quorum;
 mod raftd;
