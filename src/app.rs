@@ -48,6 +48,8 @@ pub struct App {
     pub http_watches: crate::http::watch::HttpWatches,
     /// The leader's lease deadlines.
     pub lessor: crate::service::lease::Lessor,
+    /// This node's metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub type SharedApp = Arc<App>;

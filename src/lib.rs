@@ -13,6 +13,7 @@
 //! - [`store`]: the durable Raft log (raft-log), the state machine and its snapshot files.
 //! - [`peer`], [`serve`], [`tls`]: node-to-node transport and authentication, the accept loop,
 //!   and the TLS material both are built from.
+//! - [`metrics`]: `GET /metrics` (Prometheus/OpenMetrics text) and the progress logs of long work.
 //! - [`limits`]: every size limit, and the check every command passes before it is proposed.
 //! - [`backup`]: backup files (`GET /snapshot`, `Maintenance.Snapshot`) and `raftkv restore`.
 //! - [`compaction`]: the leader's automatic compaction (etcd's flags).
@@ -32,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod peer;

@@ -76,6 +76,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let started = std::time::Instant::now();
     // TLS files first: a bad certificate must stop the node before it touches its data dir.
     let tls = NodeTls::load(config.peer_tls.as_ref(), config.client_tls.as_ref())?;
     let shared_port = config.raft.is_none();
@@ -128,15 +129,28 @@ pub async fn run(
     let identity = Arc::new(Identity::open(data_dir, node_id, me.name.clone())?);
     let peers = PeerClients::new(config.source_ip, identity.clone(), tls.peer_client());
     let peer_auth = peer_auth(&config, &tls);
+    let (snapshot_metrics, mvcc_metrics) = state_machine.metrics();
+    let wal_metrics = log_store.metrics();
+    let recovery =
+        crate::metrics::progress::Recovery::begin(started, &log_store, &state_machine).await;
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
-        NetworkFactory::new(peers.clone()),
+        NetworkFactory::new(peers.clone()).with_metrics(snapshot_metrics.clone()),
         log_store,
         state_machine.clone(),
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    recovery.replayed(&state_machine);
+    let metrics = Arc::new(crate::metrics::Metrics::new(crate::metrics::Sources {
+        raft: raft.clone(),
+        wal: wal_metrics,
+        snapshots: snapshot_metrics,
+        mvcc: mvcc_metrics,
+        log_dir: data_dir.join("raft-log"),
+        snapshot_dir: data_dir.join("snapshots"),
+    }));
     let initialized = raft
         .is_initialized()
         .await
@@ -172,7 +186,12 @@ pub async fn run(
         watch_progress_interval: config.watch_progress_interval,
         http_watches: Default::default(),
         lessor: Default::default(),
+        metrics: metrics.clone(),
     });
+    let leader_watch = tokio::spawn(crate::metrics::raft::watch_leader_changes(
+        raft.clone(),
+        metrics.leader_changes.clone(),
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -226,6 +245,7 @@ pub async fn run(
         }));
     }
 
+    recovery.serving();
     let compactor = tokio::spawn(crate::compaction::run(app.clone(), config.auto_compaction));
     let lease_expiry = tokio::spawn(crate::service::lease::run_expiry(app.clone()));
     let bootstrap_app = app.clone();
@@ -256,6 +276,7 @@ pub async fn run(
     bootstrap.abort();
     compactor.abort();
     lease_expiry.abort();
+    leader_watch.abort();
     let graceful = outcome.is_ok();
     let stopping = std::time::Instant::now();
     if graceful {

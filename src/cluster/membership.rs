@@ -75,7 +75,10 @@ pub async fn add_member(app: &App, node: Node) -> Result<(), KvError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         with_timeout(remaining, app.raft.add_learner(id, node.clone(), false)).await?;
     }
-    if !wait_caught_up(app, id, deadline).await? {
+    let progress = crate::metrics::progress::CatchUpLog::start(&app.raft, id, &node.name);
+    let caught_up = wait_caught_up(app, id, deadline).await;
+    drop(progress);
+    if !caught_up? {
         let (matched, last) = replication_progress(app, id);
         remove_learner_after_failed_join(app, id, &node).await;
         return Err(KvError::JoinFailed(format!(

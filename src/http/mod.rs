@@ -25,6 +25,7 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::app::SharedApp;
 use crate::error::KvError;
+use crate::metrics::http::track as metrics_track;
 use crate::raft::forward::WriteOk;
 use crate::raft::read::ReadLevel;
 
@@ -69,6 +70,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
             app.clone(),
             health::drain_guard,
         ))
+        .route("/metrics", get(crate::metrics::http::scrape))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/health", get(health::health));
@@ -78,17 +80,21 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
     } else {
         public.merge(admin)
     };
+    let track = axum::middleware::from_fn_with_state(app.metrics.clone(), metrics_track);
     public
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(track)
         .with_state(app)
 }
 
 /// The router of a separate Raft listener (`-raddr`): internal routes only.
 pub fn peer_router(app: SharedApp) -> Router {
+    let track = axum::middleware::from_fn_with_state(app.metrics.clone(), metrics_track);
     crate::peer::server::routes(app.clone())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(track)
         .with_state(app)
 }
 

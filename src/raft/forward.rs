@@ -43,6 +43,7 @@ enum Attempt {
 /// Applies `cmd` through the cluster's leader, waiting at most the request timeout.
 pub async fn write(app: &App, cmd: Command) -> Result<WriteOk, KvError> {
     crate::limits::check_command(&cmd, app.max_value_bytes)?;
+    app.metrics.mvcc.count_write(&cmd);
     let deadline = Instant::now() + app.request_timeout;
     loop {
         let attempt = match app.leader() {
@@ -93,6 +94,14 @@ async fn wait_for_other_leader(
 }
 
 async fn propose_locally(app: &App, cmd: Command, deadline: Instant) -> Attempt {
+    let attempt = propose_once(app, cmd, deadline).await;
+    if matches!(attempt, Attempt::Done(Err(_))) {
+        app.metrics.proposals_failed.inc();
+    }
+    attempt
+}
+
+async fn propose_once(app: &App, cmd: Command, deadline: Instant) -> Attempt {
     match tokio::time::timeout_at(deadline, app.raft.client_write(cmd)).await {
         Err(_elapsed) => Attempt::Done(Err(KvError::Timeout(app.request_timeout))),
         Ok(Ok(resp)) => Attempt::Done(Ok(WriteOk {
@@ -215,5 +224,7 @@ async fn propose_checked(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, K
         Err(_elapsed) => {}
     }
     results.resize_with(count, || Err(KvError::Timeout(app.request_timeout)));
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    app.metrics.proposals_failed.inc_by(failed as u64);
     results
 }

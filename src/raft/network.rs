@@ -32,6 +32,8 @@ use serde::de::DeserializeOwned;
 
 use crate::limits::APPEND_BYTES_MAX;
 use crate::limits::APPEND_BYTES_PER_SEC_MIN;
+use crate::metrics::storage::SnapshotMetrics;
+use crate::metrics::storage::observe;
 use crate::peer::client::PeerClients;
 use crate::raft::types::LogId;
 use crate::raft::types::Node;
@@ -44,11 +46,18 @@ use crate::raft::types::Vote;
 /// Creates per-peer Raft network clients.
 pub struct NetworkFactory {
     peers: PeerClients,
+    snapshots: SnapshotMetrics,
 }
 
 impl NetworkFactory {
     pub fn new(peers: PeerClients) -> Self {
-        Self { peers }
+        let snapshots = SnapshotMetrics::default();
+        Self { peers, snapshots }
+    }
+
+    /// Records snapshot sends in `snapshots` (the state machine's instruments).
+    pub fn with_metrics(self, snapshots: SnapshotMetrics) -> Self {
+        Self { snapshots, ..self }
     }
 }
 
@@ -56,7 +65,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
-        PeerConnection::new(target, node, self.peers.clone(), false)
+        let mut c = PeerConnection::new(target, node, self.peers.clone(), false);
+        c.snapshots = self.snapshots.clone();
+        c
     }
 
     async fn new_heartbeat_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
@@ -70,6 +81,7 @@ pub struct PeerConnection {
     addr: String,
     peers: PeerClients,
     heartbeat: bool,
+    snapshots: SnapshotMetrics,
 }
 
 impl PeerConnection {
@@ -79,6 +91,7 @@ impl PeerConnection {
             addr: node.raft_addr.clone(),
             peers,
             heartbeat,
+            snapshots: SnapshotMetrics::default(),
         }
     }
 
@@ -300,16 +313,34 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         prefix.extend_from_slice(&header);
 
         // The file is streamed as the rest of the body, chunk by chunk.
+        let total = snapshot.snapshot.metadata().map_or(0, |m| m.len());
         let file = tokio::fs::File::from_std(snapshot.snapshot);
         let prefix_stream =
             futures::stream::once(
                 async move { Ok::<_, std::io::Error>(bytes::Bytes::from(prefix)) },
             );
         let file_stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        let (target, started) = (self.target, std::time::Instant::now());
+        let (mut sent, mut gate) = (0u64, crate::metrics::progress::Gate::new());
+        let file_stream = futures::StreamExt::inspect(file_stream, move |chunk| {
+            sent += chunk.as_ref().map_or(0, |c| c.len() as u64);
+            if gate.due() {
+                let percent = crate::metrics::progress::percent(sent, total);
+                tracing::info!(
+                    target,
+                    sent_bytes = sent,
+                    total_bytes = total,
+                    percent,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sending snapshot"
+                );
+            }
+        });
         let body =
             reqwest::Body::wrap_stream(futures::StreamExt::chain(prefix_stream, file_stream));
 
-        tracing::info!(target = self.target, last_log_id = ?snapshot.meta.last_log_id, "sending snapshot");
+        tracing::info!(target = self.target, last_log_id = ?snapshot.meta.last_log_id,
+            bytes = total, "sending snapshot");
         let send = async {
             let response = self
                 .post("snapshot")
@@ -328,10 +359,29 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     other => StreamingError::Network(NetworkError::from_string(other.to_string())),
                 })
         };
-        tokio::select! {
+        let result = tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = send => result,
+        };
+        let took_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(_) => {
+                self.snapshots.sent_bytes.inc_by(total);
+                observe(&self.snapshots.send, started.elapsed());
+                tracing::info!(
+                    target = self.target,
+                    bytes = total,
+                    took_ms,
+                    "sent snapshot"
+                );
+            }
+            Err(e) => {
+                self.snapshots.send_failures.inc();
+                tracing::info!(target = self.target, bytes = total, took_ms, error = %e,
+                    "sending snapshot failed");
+            }
         }
+        result
     }
 }
 

@@ -43,6 +43,9 @@ use tokio::sync::oneshot;
 use crate::limits::APPEND_BYTES_MAX;
 use crate::limits::APPEND_HEADER_BYTES_MAX;
 use crate::limits::ENTRY_OVERHEAD_BYTES_MAX;
+use crate::metrics::storage::FsyncTimer;
+use crate::metrics::storage::WalMetrics;
+use crate::metrics::storage::observe;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::TypeConfig;
@@ -154,8 +157,8 @@ impl Decode for WalPayload {
 
 /// Completion of a synced flush, run on raft-log's flush thread after the fsync (or its failure).
 pub(crate) enum FlushDone {
-    /// openraft's `append` callback.
-    Append(IOFlushed<TypeConfig>),
+    /// openraft's `append` callback, and the timer of its flush.
+    Append(IOFlushed<TypeConfig>, FsyncTimer),
     /// A task awaiting durability (`save_vote`, `sync`).
     Waiter(oneshot::Sender<io::Result<()>>),
 }
@@ -163,7 +166,10 @@ pub(crate) enum FlushDone {
 impl raft_log::Callback for FlushDone {
     fn send(self, res: io::Result<()>) {
         match self {
-            FlushDone::Append(cb) => cb.io_completed(res),
+            FlushDone::Append(cb, timer) => {
+                timer.done();
+                cb.io_completed(res);
+            }
             FlushDone::Waiter(tx) => {
                 // The waiter may have gone away (its task was cancelled); nothing to report to.
                 let _ = tx.send(res);
@@ -220,6 +226,7 @@ impl raft_log::Types for WalTypes {
 pub struct LogStore {
     inner: Arc<Mutex<RaftLog<WalTypes>>>,
     dir: Arc<PathBuf>,
+    metrics: WalMetrics,
 }
 
 impl fmt::Debug for LogStore {
@@ -346,7 +353,13 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Mutex::new(log)),
             dir: Arc::new(dir.to_path_buf()),
+            metrics: WalMetrics::default(),
         })
+    }
+
+    /// The WAL's instruments (registered by `metrics::Metrics::new`).
+    pub fn metrics(&self) -> WalMetrics {
+        self.metrics.clone()
     }
 
     /// The directory holding the WAL files.
@@ -517,14 +530,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok((WalLogId(e.log_id), WalPayload(Bytes::from(bytes))))
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let started = std::time::Instant::now();
+        self.metrics.entries.inc_by(records.len() as u64);
         let mut log = self.lock()?;
         // The entries must be readable when append returns: raft-log applies them to its
         // in-memory index and payload cache before this call returns.
         log.append(records)?;
+        observe(&self.metrics.append, started.elapsed());
         // The callback must run only after the entries are on disk: raft-log's flush thread calls
         // it after the fsync covering this write. No waiting here, so that concurrent appends
         // queue up and share one fsync.
-        log.flush(true, Some(FlushDone::Append(callback)))
+        let timer = self.metrics.fsync_timer();
+        log.flush(true, Some(FlushDone::Append(callback, timer)))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

@@ -39,6 +39,8 @@ use openraft::RaftSnapshotBuilder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
+use crate::metrics::MvccMetrics;
+use crate::metrics::storage::SnapshotMetrics;
 use crate::mvcc::Change;
 use crate::mvcc::KeyValue;
 use crate::raft::types::Entry;
@@ -70,6 +72,10 @@ struct Inner {
     files: Mutex<()>,
     /// Every applied revision's changes, for watchers (published in apply order).
     feed: Arc<Feed>,
+    /// Snapshot build / install instruments and the read counters (`metrics::Metrics` registers
+    /// them).
+    snapshot_metrics: SnapshotMetrics,
+    mvcc: MvccMetrics,
 }
 
 #[derive(Default)]
@@ -120,9 +126,11 @@ impl StateMachineStore {
         let mut state = State::default();
         let mut current = None;
         if let Some(path) = latest {
+            let started = std::time::Instant::now();
             let (meta, map) = snapshot::read_snapshot(&path).map_err(|e| load_error(&path, e))?;
-            let keys = map.len();
-            tracing::info!(path = %path.display(), keys, meta = %meta, "loaded snapshot");
+            let (keys, bytes) = (map.len(), fs::metadata(&path).map_or(0, |m| m.len()));
+            let took_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(path = %path.display(), keys, bytes, took_ms, meta = %meta, "loaded snapshot");
             state = State {
                 map,
                 applied: meta.clone(),
@@ -142,12 +150,20 @@ impl StateMachineStore {
                 current: Mutex::new(current),
                 files: Mutex::new(()),
                 feed,
+                snapshot_metrics: SnapshotMetrics::default(),
+                mvcc: MvccMetrics::default(),
             }),
         })
     }
 
+    /// The snapshot instruments and read counters (see `metrics::storage`).
+    pub fn metrics(&self) -> (SnapshotMetrics, MvccMetrics) {
+        (self.inner.snapshot_metrics.clone(), self.inner.mvcc.clone())
+    }
+
     /// The live `key` (value and revisions) as of the last applied entry.
     pub fn get(&self, key: &str) -> Option<KeyValue> {
+        self.inner.mvcc.range.inc();
         self.inner.read_state().map.get(key)
     }
 
@@ -156,6 +172,7 @@ impl StateMachineStore {
         &self,
         req: &crate::mvcc::RangeRequest,
     ) -> Result<crate::mvcc::RangeResponse, crate::mvcc::MvccError> {
+        self.inner.mvcc.range.inc();
         self.inner.read_state().map.store().range(req)
     }
 
@@ -164,6 +181,7 @@ impl StateMachineStore {
         &self,
         req: &crate::mvcc::TxnRequest,
     ) -> Option<Result<crate::mvcc::TxnResponse, crate::mvcc::MvccError>> {
+        self.inner.mvcc.txn.inc();
         self.inner.read_state().map.store().read_txn(req)
     }
 
@@ -337,11 +355,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let task_meta = meta.clone();
         let snapshot = tokio::task::spawn_blocking(move || -> io::Result<File> {
             let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
+            let started = std::time::Instant::now();
+            tracing::info!(keys = map.len(), last_log_id = ?task_meta.last_log_id, "building snapshot");
             let path = snapshot::write_snapshot(&inner.dir, &task_meta, &map)?;
             // Must open the file before publishing: if a newer snapshot was installed meanwhile,
             // publishing deletes this one, and the open handle keeps it readable.
             let file = File::open(&path)?;
-            tracing::info!(path = %path.display(), keys = map.len(), "built snapshot");
+            let bytes = file.metadata().map_or(0, |m| m.len());
+            inner.snapshot_metrics.built(bytes, started.elapsed());
+            tracing::info!(path = %path.display(), keys = map.len(), bytes,
+                took_ms = started.elapsed().as_millis() as u64, "built snapshot");
             inner.publish(path, task_meta)?;
             Ok(file)
         })
@@ -403,8 +426,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // the state machine untouched, and openraft may purge the log once we return.
         let map = tokio::task::spawn_blocking(move || -> io::Result<KvState> {
             let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
+            let (started, bytes) = (
+                std::time::Instant::now(),
+                data.metadata().map_or(0, |m| m.len()),
+            );
+            tracing::info!(bytes, last_log_id = ?task_meta.last_log_id, "installing snapshot");
             let (path, map) = snapshot::import_snapshot(&inner.dir, &mut data, &task_meta)?;
-            tracing::info!(path = %path.display(), keys = map.len(), "installed snapshot file");
+            inner.snapshot_metrics.installed(bytes, started.elapsed());
+            tracing::info!(path = %path.display(), keys = map.len(), bytes,
+                took_ms = started.elapsed().as_millis() as u64, "installed snapshot file");
             inner.publish(path, task_meta)?;
             Ok(map)
         })

@@ -16,6 +16,7 @@ mod forwarding;
 mod hraftd;
 mod limits;
 mod membership;
+mod metrics;
 mod operate;
 mod quorum;
 mod raftd;

@@ -152,15 +152,16 @@ async fn admit(
     request: Request,
     next: axum::middleware::Next,
 ) -> Result<Response, Infallible> {
+    // Counted as started now and as handled when its status is known (metrics::grpc).
+    let call = admission.app.metrics.grpc.start(request.uri().path());
     let Some(_in_flight) = admission.app.lifecycle.enter() else {
-        return Ok(status_response(
-            EtcdError::from(KvError::ShuttingDown).into(),
-        ));
+        let refused = status_response(EtcdError::from(KvError::ShuttingDown).into());
+        return Ok(call.finish(refused));
     };
     let Ok(_permit) = admission.permits.try_acquire_owned() else {
-        return Ok(status_response(EtcdError::TooManyRequests.into()));
+        return Ok(call.finish(status_response(EtcdError::TooManyRequests.into())));
     };
-    Ok(next.run(request).await)
+    Ok(call.finish(next.run(request).await))
 }
 
 /// Lets only callers allowed to change the membership through the public port (`POST /join`'s
