@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod keys;
 pub mod leader;
+pub mod ui;
 pub mod versions;
 
 use axum::Router;
@@ -53,6 +54,9 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .route("/key/", get(db::empty_key).delete(db::empty_key))
         .route("/key/{*key}", get(keys::get).delete(db::delete))
         .route("/status", get(admin::status))
+        .route("/status/cluster", get(ui::cluster_status))
+        .route("/", get(ui::page))
+        .route("/ui", get(ui::page))
         // Health answers even while draining (it says why it is not ready).
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -16,6 +16,7 @@ mod hraftd;
 mod limits;
 mod membership;
 mod operate;
+mod page;
 mod quorum;
 mod raftd;
 mod restart;

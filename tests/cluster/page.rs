@@ -1,0 +1,448 @@
+//! Stories: the live cluster page (README "The cluster page"). `GET /status/cluster` as curl
+//! sees it — every member's status merged, a dead or frozen member reported unreachable within
+//! the per-member timeout — and the page itself in Debian's headless Chromium: the members and
+//! leader it renders (read from its DOM with `--dump-dom`) match `/status`, a screenshot is kept
+//! under `target/tmp/cluster-page/`, and after the leader is killed the page loaded from a
+//! survivor shows the new leader and the dead node unreachable (Raft §5.2: a new leader is
+//! elected once the old one stops sending heartbeats).
+//!
+//! Without `/usr/bin/chromium` the browser story skips with a loud message, except when `CI` is
+//! set: then it fails (`.ci/run` installs Debian's `chromium`). `RAFTKV_UPDATE_SCREENSHOT=1`
+//! also copies the screenshot to `docs/cluster-page.png` (the README's picture).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::harness::{CONVERGE_TIMEOUT, Cluster, LEADER_TIMEOUT, POLL_INTERVAL, wait_until_with};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Bound on one Chromium run (it is killed past this).
+const CHROMIUM_RUN_MAX: Duration = Duration::from_secs(60);
+/// Virtual time the page gets to run before the DOM is dumped (a few of its 1 s updates).
+const VIRTUAL_TIME_BUDGET_MS: u64 = 3500;
+/// How long the page gets to show what the test waits for.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server's per-member bound (`service::status::MEMBER_STATUS_TIMEOUT`) plus a margin for
+/// a loaded 2-core machine.
+const VIEW_WITHIN: Duration = Duration::from_millis(500 + 1500);
+/// Writes sent while the screenshot is taken, so its charts have something to show.
+const SCREENSHOT_WRITES: usize = 200;
+
+/// Whether Chromium is there; without it the test returns early after saying so loudly, and
+/// fails instead when `CI` is set (CI must never skip this test).
+fn chromium_or_skip(test: &str) -> bool {
+    if Path::new(CHROMIUM).exists() {
+        return true;
+    }
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    assert!(
+        !ci,
+        "{test}: {CHROMIUM} is not installed, and CI never skips this test \
+         (apt-get install chromium)"
+    );
+    eprintln!(
+        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+         !!! SKIPPED {test}: {CHROMIUM} is not installed.\n\
+         !!! Install it with: apt-get install chromium\n\
+         !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+    );
+    false
+}
+
+/// Headless Chromium with a profile of its own (inside `dir`), kept off every network but
+/// loopback; each run is bounded by `CHROMIUM_RUN_MAX` and killed past it.
+struct Browser {
+    dir: PathBuf,
+    runs: usize,
+}
+
+impl Browser {
+    fn new(dir: &Path) -> Browser {
+        fs::create_dir_all(dir.join("profile")).expect("create the Chromium profile dir");
+        Browser {
+            dir: dir.to_owned(),
+            runs: 0,
+        }
+    }
+
+    /// Runs Chromium on `url` with `extra` flags; its stdout, or why it failed.
+    fn run(&mut self, url: &str, extra: &[String]) -> Result<String, String> {
+        self.runs += 1;
+        let out_path = self.dir.join(format!("run{}.out", self.runs));
+        let err_path = self.dir.join(format!("run{}.err", self.runs));
+        let out = fs::File::create(&out_path).map_err(|e| e.to_string())?;
+        let err = fs::File::create(&err_path).map_err(|e| e.to_string())?;
+        let mut child = Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--no-pings",
+                "--no-proxy-server",
+                // Nothing resolves but the nodes' loopback IP: the browser reaches no other host.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                self.dir.join("profile").display()
+            ))
+            .arg(format!("--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}"))
+            .args(extra)
+            .arg(url)
+            .stdin(Stdio::null())
+            .process_group(0) // its helpers (renderer, zygote) share its group: killed together
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {CHROMIUM}: {e}"))?;
+        let deadline = Instant::now() + CHROMIUM_RUN_MAX;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                // Our own child's process group, by its id (the group id is its pid).
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status();
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("chromium ran past {CHROMIUM_RUN_MAX:?}; killed"));
+            }
+            std::thread::sleep(POLL_INTERVAL); // polling period, not synchronisation
+        };
+        let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+        if status.success() {
+            Ok(stdout)
+        } else {
+            let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            Err(format!("chromium exited {status}: {}", tail.join(" | ")))
+        }
+    }
+
+    fn dump_dom(&mut self, url: &str) -> Result<String, String> {
+        self.run(url, &["--dump-dom".to_owned()])
+    }
+
+    fn screenshot(&mut self, url: &str, path: &Path) -> Result<(), String> {
+        let _ = fs::remove_file(path);
+        self.run(
+            url,
+            &[
+                format!("--screenshot={}", path.display()),
+                "--window-size=1200,800".to_owned(),
+                "--hide-scrollbars".to_owned(),
+            ],
+        )?;
+        match fs::metadata(path) {
+            Ok(m) if m.len() > 0 => Ok(()),
+            _ => Err(format!("no screenshot at {}", path.display())),
+        }
+    }
+}
+
+/// What the page shows, read from its dumped DOM.
+#[derive(Debug, PartialEq)]
+struct Shown {
+    leader: String,
+    /// Per member (by name): its attributes (`data-role`, `data-reachable`, `class`).
+    members: BTreeMap<String, BTreeMap<String, String>>,
+    /// The leader changes listed, newest first, as (old, new).
+    changes: Vec<(String, String)>,
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The attributes of an opening tag's text (`tr data-member="n1" class="leader"`).
+fn attributes(tag: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = tag;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq].rsplit(' ').next().unwrap_or("").to_owned();
+        let value_start = eq + 2;
+        let Some(len) = rest[value_start..].find('"') else {
+            break;
+        };
+        out.insert(name, unescape(&rest[value_start..value_start + len]));
+        rest = &rest[value_start + len + 1..];
+    }
+    out
+}
+
+/// Reads the leader and the member rows out of the page's DOM; `None` before the page has
+/// rendered a view.
+fn shown(dom: &str) -> Option<Shown> {
+    if !dom.contains("data-state=\"live\"") {
+        return None;
+    }
+    let at = dom.find("<span id=\"leader\"")?;
+    let text_start = at + dom[at..].find('>')? + 1;
+    let text_len = dom[text_start..].find('<')?;
+    let leader = unescape(&dom[text_start..text_start + text_len]);
+    let mut members = BTreeMap::new();
+    for piece in dom.split("<tr ").skip(1) {
+        let attrs = attributes(&piece[..piece.find('>')?]);
+        if let Some(name) = attrs.get("data-member") {
+            members.insert(name.clone(), attrs);
+        }
+    }
+    let mut changes = Vec::new();
+    for piece in dom.split("<li ").skip(1) {
+        let attrs = attributes(&piece[..piece.find('>')?]);
+        if let (Some(old), Some(new)) = (attrs.get("data-old"), attrs.get("data-new")) {
+            changes.push((old.clone(), new.clone()));
+        }
+    }
+    Some(Shown {
+        leader,
+        members,
+        changes,
+    })
+}
+
+/// Member names as node `i`'s `/status` lists them, sorted.
+fn member_names(c: &Cluster, i: usize) -> Vec<String> {
+    let mut names: Vec<String> = c.status(i)["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+fn cluster_view(c: &Cluster, i: usize) -> (Value, Duration) {
+    let r = c.request(i, Method::GET, "/status/cluster", None);
+    r.expect_status(200);
+    (r.json(), r.elapsed)
+}
+
+fn view_member<'a>(view: &'a Value, name: &str) -> &'a Value {
+    view["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["id"] == name))
+        .unwrap_or_else(|| panic!("{name} in the view: {view}"))
+}
+
+#[test]
+fn status_cluster_reports_every_member_and_the_ones_that_are_down() {
+    let mut c = Cluster::three_raftd("status-cluster", "");
+    let leader = c.leader();
+    let leader_name = c.id(leader);
+    for k in 0..5 {
+        c.put_db(leader, &format!("k{k}"), "v").expect_status(200);
+    }
+
+    c.phase("GET /status/cluster on every node: three reachable members, one leader, lag known");
+    for i in c.live() {
+        wait_until_with(
+            CONVERGE_TIMEOUT,
+            &format!("node {i}'s view is whole"),
+            || {
+                let (view, _) = cluster_view(&c, i);
+                let whole = view["leader"] == leader_name.as_str()
+                    && view["members"].as_array().is_some_and(|ms| {
+                        ms.len() == 3 && ms.iter().all(|m| m["reachable"] == true && m["lag"] == 0)
+                    });
+                if whole {
+                    Ok(view)
+                } else {
+                    Err(view.to_string())
+                }
+            },
+        );
+        let (view, _) = cluster_view(&c, i);
+        assert_eq!(view["node"], c.id(i).as_str());
+        let names: Vec<&str> = view["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|m| m["id"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            member_names(&c, i),
+            "the view lists /status's members"
+        );
+        let me = view_member(&view, &c.id(i));
+        assert_eq!(me["self"], true);
+        let lead = view_member(&view, &leader_name);
+        assert_eq!(lead["status"]["role"], "leader");
+        assert_eq!(view["revision"], c.status(leader)["revision"]);
+    }
+
+    let [down, frozen] = [c.followers(leader)[0], c.followers(leader)[1]];
+    c.phase("kill -9 a follower: the leader's view reports it unreachable, at once");
+    let down_name = c.id(down);
+    c.kill9(down);
+    let (view, took) = cluster_view(&c, leader);
+    let m = view_member(&view, &down_name);
+    assert_eq!(m["reachable"], false, "{view}");
+    assert!(m["status"].is_null(), "{m}");
+    // The leader still knows how far its replication to the dead member got.
+    assert_eq!(m["lag_source"], "replication", "{m}");
+    assert!(
+        m["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unreachable")),
+        "{m}"
+    );
+    assert!(took < VIEW_WITHIN, "the view took {took:?}");
+    eprintln!("   {down_name}: {} (view in {took:?})", m["error"]);
+
+    c.phase("SIGSTOP the other follower: reported as not answering within the member timeout");
+    let frozen_name = c.id(frozen);
+    c.pause(frozen);
+    let (view, took) = cluster_view(&c, leader);
+    let m = view_member(&view, &frozen_name);
+    assert_eq!(m["reachable"], false, "{view}");
+    assert_eq!(
+        m["error"].as_str(),
+        Some(format!("no answer within {} ms", view["member_timeout_ms"]).as_str()),
+        "{m}"
+    );
+    assert!(
+        took < VIEW_WITHIN,
+        "the view took {took:?} with a frozen member"
+    );
+    assert_eq!(view_member(&view, &leader_name)["reachable"], true);
+    eprintln!("   {frozen_name}: {} (view in {took:?})", m["error"]);
+    c.resume(frozen);
+}
+
+/// Polls the page at `url` until `want` accepts what it shows; returns that.
+fn wait_page(
+    b: &mut Browser,
+    url: &str,
+    what: &str,
+    want: impl Fn(&Shown) -> Result<(), String>,
+) -> Shown {
+    wait_until_with(PAGE_TIMEOUT, what, || {
+        let dom = b.dump_dom(url)?;
+        let seen = shown(&dom).ok_or("the page has not rendered a view yet")?;
+        want(&seen).map_err(|why| format!("{why}; page shows {seen:?}"))?;
+        Ok(seen)
+    })
+}
+
+#[test]
+fn the_cluster_page_shows_the_members_and_follows_a_failover() {
+    if !chromium_or_skip("the_cluster_page_shows_the_members_and_follows_a_failover") {
+        return;
+    }
+    let mut c = Cluster::three_raftd("page", "");
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster-page");
+    fs::create_dir_all(&artifacts).expect("create the artifact dir");
+    let mut b = Browser::new(&c.root().join("chromium"));
+    let leader = c.leader();
+    let leader_name = c.id(leader);
+    let names = member_names(&c, leader);
+
+    c.phase("headless Chromium loads GET / of a follower: 3 members, the leader highlighted");
+    let follower = c.followers(leader)[0];
+    let url = c.url(follower, "/");
+    let page = wait_page(
+        &mut b,
+        &url,
+        "the page shows 3 members and the leader",
+        |s| {
+            if s.members.len() != 3 || s.leader != leader_name {
+                return Err("not yet 3 members and the leader".into());
+            }
+            let all_reachable = s.members.values().all(|m| m["data-reachable"] == "true");
+            if all_reachable {
+                Ok(())
+            } else {
+                Err("a member unreachable".into())
+            }
+        },
+    );
+    assert_eq!(page.members.keys().cloned().collect::<Vec<_>>(), names);
+    for (name, attrs) in &page.members {
+        let role = c.status(c.index_of(name).expect("a started node"))["role"].clone();
+        assert_eq!(
+            attrs["data-role"],
+            role.as_str().unwrap_or(""),
+            "{name}: {attrs:?}"
+        );
+        let highlighted = attrs.get("class").is_some_and(|cl| cl.contains("leader"));
+        assert_eq!(highlighted, *name == leader_name, "{name}: {attrs:?}");
+    }
+    let shot = artifacts.join("cluster-page.png");
+    let writer = {
+        let url = c.url(leader, "/db/page-");
+        let client = c.client().clone();
+        std::thread::spawn(move || {
+            for k in 0..SCREENSHOT_WRITES {
+                let _ = client.post(format!("{url}{k}")).body("v").send();
+            }
+        })
+    };
+    b.screenshot(&url, &shot)
+        .unwrap_or_else(|e| panic!("screenshot: {e}"));
+    let _ = writer.join();
+    eprintln!("   screenshot: {}", shot.display());
+    if std::env::var_os("RAFTKV_UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cluster-page.png");
+        fs::copy(&shot, &docs).expect("copy the screenshot to docs/");
+        eprintln!("   copied to {}", docs.display());
+    }
+
+    c.phase(
+        "kill -9 the leader: the page (from a survivor) shows the new leader, the old one down",
+    );
+    c.kill9(leader);
+    let new_leader = c.leader();
+    let new_name = c.id(new_leader);
+    assert!(new_name != leader_name);
+    // The same survivor as before: the page's origin, whose storage keeps its leader changes.
+    let url = c.url(follower, "/");
+    let t0 = Instant::now();
+    let page = wait_page(&mut b, &url, "the page shows the new leader", |s| {
+        if s.leader != new_name {
+            return Err(format!("leader {} (want {new_name})", s.leader));
+        }
+        match s.members.get(&leader_name) {
+            Some(old) if old["data-reachable"] == "false" => Ok(()),
+            _ => Err(format!("{leader_name} not shown unreachable")),
+        }
+    });
+    assert!(t0.elapsed() < LEADER_TIMEOUT + PAGE_TIMEOUT);
+    assert_eq!(page.members[&new_name]["data-role"], "leader");
+    assert_eq!(page.members.len(), 3, "the dead node is still a member");
+    let news: Vec<&str> = page.changes.iter().map(|(_, new)| new.as_str()).collect();
+    assert_eq!(news.first(), Some(&new_name.as_str()), "{:?}", page.changes);
+    assert!(
+        news.contains(&leader_name.as_str()),
+        "the change from {leader_name} is listed: {:?}",
+        page.changes
+    );
+    eprintln!(
+        "   leader changes listed (newest first): {:?}",
+        page.changes
+    );
+    b.screenshot(&url, &artifacts.join("cluster-page-after-failover.png"))
+        .unwrap_or_else(|e| panic!("screenshot: {e}"));
+    eprintln!("   page shows {new_name} leading and {leader_name} unreachable");
+}
