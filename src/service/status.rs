@@ -292,9 +292,10 @@ pub async fn cluster(app: &App) -> ClusterView {
 fn replication_matched(app: &App) -> Option<BTreeMap<NodeId, u64>> {
     let metrics = app.raft.metrics();
     let m = metrics.borrow_watched();
+    // A member the leader has no matched entry for yet is left out: its lag is unknown, not all.
     m.replication.as_ref().map(|r| {
         r.iter()
-            .map(|(id, log)| (*id, log.as_ref().map_or(0, |l| l.index)))
+            .filter_map(|(id, log)| log.as_ref().map(|l| (*id, l.index)))
             .collect()
     })
 }

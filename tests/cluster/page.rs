@@ -26,7 +26,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound on one Chromium run (it is killed past this).
 const CHROMIUM_RUN_MAX: Duration = Duration::from_secs(60);
 /// Virtual time the page gets to run before the DOM is dumped (a few of its 1 s updates).
-const VIRTUAL_TIME_BUDGET_MS: u64 = 3500;
+const DUMP_BUDGET_MS: u64 = 3500;
+/// Virtual time before a screenshot: enough updates for the charts to draw a line.
+const SCREENSHOT_BUDGET_MS: u64 = 12_000;
 /// How long the page gets to show what the test waits for.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The server's per-member bound (`service::status::MEMBER_STATUS_TIMEOUT`) plus a margin for
@@ -73,7 +75,7 @@ impl Browser {
     }
 
     /// Runs Chromium on `url` with `extra` flags; its stdout, or why it failed.
-    fn run(&mut self, url: &str, extra: &[String]) -> Result<String, String> {
+    fn run(&mut self, url: &str, budget_ms: u64, extra: &[String]) -> Result<String, String> {
         self.runs += 1;
         let out_path = self.dir.join(format!("run{}.out", self.runs));
         let err_path = self.dir.join(format!("run{}.err", self.runs));
@@ -99,7 +101,7 @@ impl Browser {
                 "--user-data-dir={}",
                 self.dir.join("profile").display()
             ))
-            .arg(format!("--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}"))
+            .arg(format!("--virtual-time-budget={budget_ms}"))
             .args(extra)
             .arg(url)
             .stdin(Stdio::null())
@@ -135,13 +137,14 @@ impl Browser {
     }
 
     fn dump_dom(&mut self, url: &str) -> Result<String, String> {
-        self.run(url, &["--dump-dom".to_owned()])
+        self.run(url, DUMP_BUDGET_MS, &["--dump-dom".to_owned()])
     }
 
     fn screenshot(&mut self, url: &str, path: &Path) -> Result<(), String> {
         let _ = fs::remove_file(path);
         self.run(
             url,
+            SCREENSHOT_BUDGET_MS,
             &[
                 format!("--screenshot={}", path.display()),
                 "--window-size=1200,800".to_owned(),
@@ -331,6 +334,24 @@ fn status_cluster_reports_every_member_and_the_ones_that_are_down() {
     c.resume(frozen);
 }
 
+/// Screenshots the page at `url` into `path` while `SCREENSHOT_WRITES` writes go to node
+/// `writes_to`, so its charts have something to show.
+fn screenshot_under_load(c: &Cluster, b: &mut Browser, writes_to: usize, url: &str, path: &Path) {
+    let writer = {
+        let url = c.url(writes_to, "/db/page-");
+        let client = c.client().clone();
+        std::thread::spawn(move || {
+            for k in 0..SCREENSHOT_WRITES {
+                let _ = client.post(format!("{url}{k}")).body("v").send();
+            }
+        })
+    };
+    b.screenshot(url, path)
+        .unwrap_or_else(|e| panic!("screenshot: {e}"));
+    let _ = writer.join();
+    eprintln!("   screenshot: {}", path.display());
+}
+
 /// Polls the page at `url` until `want` accepts what it shows; returns that.
 fn wait_page(
     b: &mut Browser,
@@ -389,25 +410,13 @@ fn the_cluster_page_shows_the_members_and_follows_a_failover() {
         let highlighted = attrs.get("class").is_some_and(|cl| cl.contains("leader"));
         assert_eq!(highlighted, *name == leader_name, "{name}: {attrs:?}");
     }
-    let shot = artifacts.join("cluster-page.png");
-    let writer = {
-        let url = c.url(leader, "/db/page-");
-        let client = c.client().clone();
-        std::thread::spawn(move || {
-            for k in 0..SCREENSHOT_WRITES {
-                let _ = client.post(format!("{url}{k}")).body("v").send();
-            }
-        })
-    };
-    b.screenshot(&url, &shot)
-        .unwrap_or_else(|e| panic!("screenshot: {e}"));
-    let _ = writer.join();
-    eprintln!("   screenshot: {}", shot.display());
-    if std::env::var_os("RAFTKV_UPDATE_SCREENSHOT").is_some() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cluster-page.png");
-        fs::copy(&shot, &docs).expect("copy the screenshot to docs/");
-        eprintln!("   copied to {}", docs.display());
-    }
+    screenshot_under_load(
+        &c,
+        &mut b,
+        leader,
+        &url,
+        &artifacts.join("cluster-page.png"),
+    );
 
     c.phase(
         "kill -9 the leader: the page (from a survivor) shows the new leader, the old one down",
@@ -442,7 +451,12 @@ fn the_cluster_page_shows_the_members_and_follows_a_failover() {
         "   leader changes listed (newest first): {:?}",
         page.changes
     );
-    b.screenshot(&url, &artifacts.join("cluster-page-after-failover.png"))
-        .unwrap_or_else(|e| panic!("screenshot: {e}"));
     eprintln!("   page shows {new_name} leading and {leader_name} unreachable");
+    let shot = artifacts.join("cluster-page-after-failover.png");
+    screenshot_under_load(&c, &mut b, new_leader, &url, &shot);
+    if std::env::var_os("RAFTKV_UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cluster-page.png");
+        fs::copy(&shot, &docs).expect("copy the screenshot to docs/");
+        eprintln!("   copied to {}", docs.display());
+    }
 }
