@@ -5,6 +5,7 @@
 //! under `target/tmp/cluster-page/`, and after the leader is killed the page loaded from a
 //! survivor shows the new leader and the dead node unreachable (Raft §5.2: a new leader is
 //! elected once the old one stops sending heartbeats).
+//! Over https (peer mutual TLS and client TLS from one CA) the view reaches every member too.
 //!
 //! Without `/usr/bin/chromium` the browser story skips with a loud message, except when `CI` is
 //! set: then it fails (`.ci/run` installs Debian's `chromium`). `RAFTKV_UPDATE_SCREENSHOT=1`
@@ -459,4 +460,51 @@ fn the_cluster_page_shows_the_members_and_follows_a_failover() {
         fs::copy(&shot, &docs).expect("copy the screenshot to docs/");
         eprintln!("   copied to {}", docs.display());
     }
+}
+
+#[test]
+fn status_cluster_over_https_asks_the_members_with_the_peer_tls_settings() {
+    use crate::tls_support::{Pki, TlsCluster, https_client};
+    let mut c = TlsCluster::new("status-cluster-tls", |root| {
+        https_client(&Pki::generate(&root.join("pki")).ca(), None)
+    });
+    let pki = Pki {
+        dir: c.root().join("pki"),
+    };
+    c.phase("two hraftd-style nodes with peer mutual TLS and an https public API (one CA)");
+    let tls = |n: usize| [pki.peer_flags(n), pki.client_flags(n)].concat();
+    let mut names = Vec::new();
+    let mut first_http = None;
+    for n in 0..2 {
+        let flags = tls(n + 1);
+        let join = first_http.map_or_else(String::new, |p| format!(" -join 127.0.0.1:{p}"));
+        let i = c.start(true, |h, r| {
+            let mut a = crate::harness::argv(&format!(
+                "-haddr 127.0.0.1:{h} -raddr 127.0.0.1:{r} -id node{n}{join}"
+            ));
+            a.extend(flags.clone());
+            a
+        });
+        first_http.get_or_insert(c.ports(i).http);
+        names.push(format!("node{n}"));
+    }
+    assert_eq!(c.wait_voters(1, 2), names);
+
+    c.phase("GET /status/cluster over https on the joiner: both members reachable");
+    wait_until_with(
+        CONVERGE_TIMEOUT,
+        "both members reachable over https",
+        || {
+            let r = c.c.try_request(1, Method::GET, "/status/cluster", None)?;
+            let view: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+            let reachable = view["members"]
+                .as_array()
+                .is_some_and(|ms| ms.len() == 2 && ms.iter().all(|m| m["reachable"] == true));
+            if r.status == 200 && reachable && view["leader"] == "node0" {
+                Ok(())
+            } else {
+                Err(r.body)
+            }
+        },
+    );
 }
