@@ -10,7 +10,7 @@
 //! Invariants: a member that does not answer in time, answers an error, or answers too much is
 //! reported unreachable with the reason, and never delays the view by more than the timeout;
 //! this node's own entry comes from its metrics, never from the network; the leader of the view
-//! is a member that says it leads, in the highest term any reachable member reports.
+//! is a reachable member that says it leads, in the highest term among those that do.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -148,7 +148,8 @@ pub struct MemberView {
 pub struct ClusterView {
     /// This node's name.
     pub node: String,
-    /// The member that says it leads in the highest term any reachable member reports.
+    /// The reachable member that says it leads, in the highest term among those that do (a
+    /// deposed leader still saying so in an older term is not it).
     pub leader: Option<String>,
     /// The highest term any reachable member reports.
     pub term: u64,
