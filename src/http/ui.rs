@@ -20,6 +20,7 @@ use axum::response::Response;
 use base64::Engine;
 
 use crate::app::SharedApp;
+use crate::http::error::ApiError;
 use crate::service::status::ClusterView;
 
 /// The page, as served.
@@ -85,14 +86,14 @@ pub async fn page() -> Response {
 }
 
 /// `GET /status/cluster`: every member's status as this node gathers it (answers within the
-/// per-member timeout even when members are down).
-pub async fn cluster_status(State(app): State<SharedApp>) -> Response {
-    let view: ClusterView = crate::service::status::cluster(&app).await;
+/// per-member timeout even when members are down; `503 busy` past the views in flight limit).
+pub async fn cluster_status(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+    let view: ClusterView = crate::service::status::cluster(&app).await?;
     let mut response = Json(view).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(response)
 }
 
 #[cfg(test)]

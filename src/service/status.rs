@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::error::KvError;
 use crate::raft::types::NodeId;
 use crate::service::cluster::Member;
 use crate::service::cluster::NodeStatus;
@@ -29,6 +30,12 @@ use crate::service::cluster::NodeStatus;
 pub const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Largest `/status` answer read from a member (its members list makes it grow with the cluster).
 pub const MEMBER_STATUS_BYTES_MAX: usize = 256 * 1024;
+/// Views built at once by this process: each asks every member, so callers beyond this get
+/// `busy` instead of multiplying the cluster's load.
+pub const VIEWS_IN_FLIGHT_MAX: usize = 8;
+
+static VIEWS_IN_FLIGHT: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(VIEWS_IN_FLIGHT_MAX);
 
 /// What a member says about itself (the fields of its `GET /status` the view uses).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -251,8 +258,14 @@ pub fn merge(
 }
 
 /// Builds the view: this node's own status, every other member's `/status` asked concurrently
-/// (each bounded by [`MEMBER_STATUS_TIMEOUT`]), merged.
-pub async fn cluster(app: &App) -> ClusterView {
+/// (each bounded by [`MEMBER_STATUS_TIMEOUT`]), merged. `Busy` when [`VIEWS_IN_FLIGHT_MAX`]
+/// views are being built already.
+pub async fn cluster(app: &App) -> Result<ClusterView, KvError> {
+    let Ok(_slot) = VIEWS_IN_FLIGHT.try_acquire() else {
+        return Err(KvError::Busy(format!(
+            "{VIEWS_IN_FLIGHT_MAX} cluster views are being built; retry shortly"
+        )));
+    };
     let local = crate::service::cluster::status(app);
     let revision = app.state_machine.revision();
     let replication = replication_matched(app);
@@ -286,7 +299,7 @@ pub async fn cluster(app: &App) -> ClusterView {
     view.at_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    view
+    Ok(view)
 }
 
 /// The leader's matched log index per member, when this node leads.

@@ -199,6 +199,9 @@ fn the_cluster_page_shows_the_members_and_follows_a_failover() {
             if s.members.len() != 3 || s.leader != leader_name {
                 return Err("not yet 3 members and the leader".into());
             }
+            if s.writes_rate.parse::<f64>().is_err() {
+                return Err("no writes/s yet (fewer than two updates)".into());
+            }
             let all_reachable = s.members.values().all(|m| m["data-reachable"] == "true");
             if all_reachable {
                 Ok(())
@@ -208,6 +211,18 @@ fn the_cluster_page_shows_the_members_and_follows_a_failover() {
         },
     );
     assert_eq!(page.members.keys().cloned().collect::<Vec<_>>(), names);
+    assert_eq!(
+        page.health, "true",
+        "the follower's /health is 200: {page:?}"
+    );
+    assert!(page.writes_rate.parse::<f64>().is_ok(), "{page:?}");
+    // Reads per second come from /metrics; without it the page says so.
+    let metrics = c.request(follower, Method::GET, "/metrics", None);
+    if metrics.status == 200 && metrics.body.contains("raftkv_mvcc_range_total") {
+        assert!(page.reads_rate.parse::<f64>().is_ok(), "{page:?}");
+    } else {
+        assert_eq!(page.reads_rate, "n/a", "no reads counter: {page:?}");
+    }
     for (name, attrs) in &page.members {
         let role = c.status(c.index_of(name).expect("a started node"))["role"].clone();
         assert_eq!(

@@ -151,6 +151,11 @@ pub struct Shown {
     pub members: BTreeMap<String, BTreeMap<String, String>>,
     /// The leader changes listed, newest first, as (old, new).
     pub changes: Vec<(String, String)>,
+    /// `data-health` of this node's health: `true`, `false` or `unknown`.
+    pub health: String,
+    /// The rates shown beside the charts (a number, `…` before the second update, `n/a`).
+    pub writes_rate: String,
+    pub reads_rate: String,
 }
 
 fn unescape(s: &str) -> String {
@@ -177,16 +182,27 @@ fn attributes(tag: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// The text of the element with id `id` (one without child elements), and its attributes.
+fn element(dom: &str, id: &str) -> Option<(String, BTreeMap<String, String>)> {
+    let at = dom.find(&format!(" id=\"{id}\""))?;
+    let tag_start = dom[..at].rfind('<')?;
+    let text_start = at + dom[at..].find('>')? + 1;
+    let text_len = dom[text_start..].find('<')?;
+    let attrs = attributes(&dom[tag_start..text_start - 1]);
+    Some((unescape(&dom[text_start..text_start + text_len]), attrs))
+}
+
+fn text_of(dom: &str, id: &str) -> Option<String> {
+    element(dom, id).map(|(text, _)| text)
+}
+
 /// Reads the leader and the member rows out of the page's DOM; `None` before the page has
 /// rendered a view.
 pub fn shown(dom: &str) -> Option<Shown> {
     if !dom.contains("data-state=\"live\"") {
         return None;
     }
-    let at = dom.find("<span id=\"leader\"")?;
-    let text_start = at + dom[at..].find('>')? + 1;
-    let text_len = dom[text_start..].find('<')?;
-    let leader = unescape(&dom[text_start..text_start + text_len]);
+    let leader = text_of(dom, "leader")?;
     let mut members = BTreeMap::new();
     for piece in dom.split("<tr ").skip(1) {
         let attrs = attributes(&piece[..piece.find('>')?]);
@@ -201,9 +217,13 @@ pub fn shown(dom: &str) -> Option<Shown> {
             changes.push((old.clone(), new.clone()));
         }
     }
+    let (_, health) = element(dom, "health")?;
     Some(Shown {
         leader,
         members,
         changes,
+        health: health.get("data-health").cloned().unwrap_or_default(),
+        writes_rate: text_of(dom, "writes-rate")?,
+        reads_rate: text_of(dom, "reads-rate")?,
     })
 }
