@@ -9,6 +9,7 @@ pub mod health;
 pub mod keys;
 pub mod leader;
 pub mod snapshot;
+pub mod ui;
 pub mod versions;
 pub mod watch;
 
@@ -65,6 +66,9 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
                 admin::guard,
             )),
         )
+        .route("/status/cluster", get(ui::cluster_status))
+        .route("/", get(ui::page))
+        .route("/ui", get(ui::page))
         // Health answers even while draining (it says why it is not ready).
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -4,7 +4,10 @@
 //!
 //! - [`cluster`]: the membership as data, this node's status as data, and membership changes
 //!   that can be asked of any node (a follower relays them to the leader).
+//! - [`status`]: the whole cluster as this node sees it (every member's `/status`, merged) for
+//!   the cluster page.
 
 pub mod cluster;
 pub mod lease;
+pub mod status;
 pub mod watch;

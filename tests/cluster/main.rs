@@ -18,6 +18,7 @@ mod limits;
 mod membership;
 mod metrics;
 mod operate;
+mod page;
 mod quorum;
 mod raftd;
 mod restart;
