@@ -1,6 +1,6 @@
 //! etcdctl 3.4 against a 3-node raftkv, the way the README shows it: what works today
 //! (member list, endpoint status, endpoint health, put/get, move-leader, member remove and add
-//! through a follower), and what answers `Unimplemented` (Lease, until part 2 serves it).
+//! through a follower), and what answers `Unimplemented` (Auth).
 
 use serde_json::Value;
 
@@ -77,7 +77,7 @@ fn etcdctl_sees_the_raftkv_cluster() {
         assert!(out.stderr.contains(&line), "no {line:?} in {}", out.stderr);
     }
 
-    c.phase("etcdctl put / get on different members; Lease answers Unimplemented");
+    c.phase("etcdctl put / get on different members; Auth answers Unimplemented");
     let out = etcdctl::run(&all[1..2], &["put", "foo", "bar"], None);
     assert_eq!((out.code, out.stdout.trim()), (0, "OK"), "{out:?}");
     let out = etcdctl::run(&all[2..3], &["get", "foo"], None);
@@ -87,12 +87,12 @@ fn etcdctl_sees_the_raftkv_cluster() {
         "{out:?}"
     );
 
-    let out = etcdctl::run(&all[..1], &["lease", "grant", "10"], None);
+    let out = etcdctl::run(&all[..1], &["user", "list"], None);
     assert_eq!(out.code, 1);
     assert_eq!(
         out.error,
-        "Error: failed to grant lease (rpc error: code = Unimplemented desc = raftkv: \
-         etcdserverpb.Lease/LeaseGrant is not implemented)"
+        "Error: rpc error: code = Unimplemented desc = raftkv: \
+         etcdserverpb.Auth/UserList is not implemented"
     );
 
     c.phase("the HTTP API still answers on the same port, JSON errors included");
