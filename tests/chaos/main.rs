@@ -9,6 +9,9 @@
 //! - `monitor`: replica digests compared while a schedule runs (divergence detector);
 //! - `nemesis`: fault schedules and how each fault is done and undone;
 //! - `workload` + `history`: the clients and the recorded operations;
+//! - `watchers`: watchers of the schedule's keys on random nodes, reconnecting from their last
+//!   revision across faults, checked against the cluster's history (once, in order, no gaps, no
+//!   phantoms);
 //! - `checker`: per-key linearizability (porcupine-rs), shrinking to a witness, lost writes;
 //! - `run`: one schedule start to verdict, and runs of many;
 //! - `checker_tests`, `checker_cas_tests`, `broken_build`, `regressions`: the checker's own tests, a broken build
@@ -48,6 +51,7 @@ mod regressions;
 mod rng;
 mod run;
 mod topology;
+mod watchers;
 mod workload;
 
 use std::sync::Mutex;
@@ -73,6 +77,7 @@ fn base_opts(name: &'static str) -> Opts {
         nodes: 3,
         keys: 24,
         clients: 5,
+        watchers: 3,
         plan: PlanOpts {
             steps_min: 2,
             steps_max: 3,

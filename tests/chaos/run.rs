@@ -19,6 +19,7 @@ use crate::monitor::DigestMonitor;
 use crate::nemesis::{self, PlanOpts, Timeline};
 use crate::rng::Rng;
 use crate::topology::{ChaosCluster, ConvergeError};
+use crate::watchers::Watchers;
 use crate::workload::{self, Clients, FINAL_READER};
 
 /// Answers outside the documented contract printed per schedule (all are counted).
@@ -31,6 +32,8 @@ pub struct Opts {
     pub nodes: usize,
     pub keys: usize,
     pub clients: u32,
+    /// Watchers of the schedule's keys (`watchers.rs`), reconnecting across faults.
+    pub watchers: u32,
     pub plan: PlanOpts,
     pub warmup: Duration,
     /// Traffic after healing, before the clients stop.
@@ -106,6 +109,9 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
     let keys: Vec<String> = (0..opts.keys).map(|k| format!("s{n}k{k:02}")).collect();
     let rng = Rng::new(seed).fork(n);
     let monitor = DigestMonitor::start(&cc.targets);
+    let prefix = format!("s{n}k");
+    let from = revision_now(cc) + 1;
+    let watchers = Watchers::start(opts.watchers, &prefix, from, &cc.targets, &rng);
     let clients = Clients::start(opts.clients, &keys, &cc.targets, opts.request_timeout, &rng);
     let mut timeline = Timeline::new();
     std::thread::sleep(opts.warmup);
@@ -145,6 +151,17 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
         }
     }
     let finals = final_reads(cc, &keys, opts, &mut history, &mut res);
+    // Every watcher drains to the converged cluster's revision and must have seen exactly its
+    // history of the schedule's keys.
+    let reference = cc.leader_now().unwrap_or(0);
+    let (watch_violations, watch_summary) = watchers.finish(
+        revision_of(cc, reference),
+        &cc.c.node(reference).http_addr(),
+        &history,
+    );
+    eprintln!("   {watch_summary}");
+    res.violations
+        .extend(watch_violations.into_iter().map(|v| format!("watch: {v}")));
     let (comparisons, diverged) = monitor.stop();
     if let Some(d) = diverged {
         res.diverged
@@ -195,6 +212,17 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
         report_failure(&res, seed);
     }
     res
+}
+
+/// The store revision of a healthy member now (0 if none answers).
+fn revision_now(cc: &ChaosCluster) -> i64 {
+    cc.leader_now().map_or(0, |i| revision_of(cc, i))
+}
+
+fn revision_of(cc: &ChaosCluster, i: usize) -> i64 {
+    cc.status(i)
+        .and_then(|s| s["revision"].as_i64())
+        .unwrap_or(0)
 }
 
 /// Linearizable reads of every key on every member, recorded in the history; returns the final
