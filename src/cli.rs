@@ -9,9 +9,9 @@ use clap::Parser;
 
 use crate::config;
 use crate::config::Config;
-use crate::config::Endpoint;
 use crate::limits::VALUE_BYTES_MAX_CEILING;
 
+pub mod addr;
 pub mod restore;
 mod tls;
 pub use restore::RestoreArgs;
@@ -63,24 +63,8 @@ pub struct Args {
     /// Directory holding this node's Raft log, snapshots and identity.
     #[arg(required = true)]
     pub data_dir: Option<PathBuf>,
-    /// HTTP port; binds all interfaces. Raft RPC shares it unless --raddr is given.
-    #[arg(short = 'p', long, default_value_t = config::DEFAULT_PORT)]
-    pub port: u16,
-    /// Host name advertised to peers and clients.
-    #[arg(short = 'h', long, default_value = "localhost")]
-    pub host: String,
-    /// HTTP bind address, e.g. `:11000` or `127.0.0.1:11000` (overrides -p/-h).
-    #[arg(long)]
-    pub haddr: Option<String>,
-    /// Separate Raft RPC listen address, e.g. `:12000`.
-    #[arg(long)]
-    pub raddr: Option<String>,
-    /// HTTP address advertised to peers and clients, if not the bound one (e.g. behind a proxy).
-    #[arg(long)]
-    pub advertise_haddr: Option<String>,
-    /// Raft address advertised to peers, if not the bound one.
-    #[arg(long)]
-    pub advertise_raddr: Option<String>,
+    #[command(flatten)]
+    pub addr: addr::AddrArgs,
     /// Node name; default: generated on first start and kept in DATA_DIR.
     #[arg(long)]
     pub id: Option<String>,
@@ -205,34 +189,12 @@ impl Args {
     }
 
     pub fn into_config(self) -> Result<Config, CliError> {
-        let endpoint = |flag: &'static str, value: &str| {
-            config::parse_endpoint(value).map_err(|source| CliError::Addr { flag, source })
-        };
-        let peer = |flag: &'static str, value: &str| {
-            config::normalize_peer_addr(value).map_err(|source| CliError::Addr { flag, source })
-        };
-        let mut http = match &self.haddr {
-            Some(a) => endpoint("-haddr", a)?,
-            None => Endpoint {
-                bind: format!("0.0.0.0:{}", self.port),
-                advertise: format!("{}:{}", self.host, self.port),
-            },
-        };
-        let mut raft = self
-            .raddr
+        let (http, raft) = self.addr.resolve()?;
+        let join = self
+            .join
             .as_deref()
-            .map(|a| endpoint("-raddr", a))
+            .map(|j| addr::peer_addr("-join", j))
             .transpose()?;
-        if let Some(a) = &self.advertise_haddr {
-            http.advertise = peer("-advertise-haddr", a)?;
-        }
-        if let Some(a) = &self.advertise_raddr {
-            let Some(raft) = raft.as_mut() else {
-                return Err(CliError::Invalid("-advertise-raddr needs -raddr".into()));
-            };
-            raft.advertise = peer("-advertise-raddr", a)?;
-        }
-        let join = self.join.as_deref().map(|j| peer("-join", j)).transpose()?;
         if let Some(name) = &self.id
             && (name.is_empty() || name.len() > 128)
         {

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use crate::backup::restore::RestoreOptions;
 use crate::backup::restore::Restored;
 use crate::cli::CliError;
-use crate::config;
 
 /// Make a new data dir from a backup: a one-node cluster holding the backup's data (then join
 /// other nodes to it with -join).
@@ -23,24 +22,8 @@ pub struct RestoreArgs {
     /// Name of the restored node; default: generated.
     #[arg(long)]
     pub id: Option<String>,
-    /// HTTP port the node will listen on (as the node's -p).
-    #[arg(short = 'p', long, default_value_t = config::DEFAULT_PORT)]
-    pub port: u16,
-    /// Host name the node will advertise (as the node's -h).
-    #[arg(short = 'h', long, default_value = "localhost")]
-    pub host: String,
-    /// HTTP address (as the node's -haddr).
-    #[arg(long)]
-    pub haddr: Option<String>,
-    /// Separate Raft address (as the node's -raddr).
-    #[arg(long)]
-    pub raddr: Option<String>,
-    /// As the node's -advertise-haddr.
-    #[arg(long)]
-    pub advertise_haddr: Option<String>,
-    /// As the node's -advertise-raddr.
-    #[arg(long)]
-    pub advertise_raddr: Option<String>,
+    #[command(flatten)]
+    pub addr: crate::cli::addr::AddrArgs,
     /// The data dir to create: absent or empty.
     pub data_dir: PathBuf,
     /// Print help.
@@ -51,29 +34,9 @@ pub struct RestoreArgs {
 impl RestoreArgs {
     /// The validated options: the advertised addresses resolved as `Args::into_config` does.
     pub fn into_options(self) -> Result<RestoreOptions, CliError> {
-        let endpoint = |flag: &'static str, value: &str| {
-            config::parse_endpoint(value).map_err(|source| CliError::Addr { flag, source })
-        };
-        let peer = |flag: &'static str, value: &str| {
-            config::normalize_peer_addr(value).map_err(|source| CliError::Addr { flag, source })
-        };
-        let mut api_addr = match &self.haddr {
-            Some(a) => endpoint("-haddr", a)?.advertise,
-            None => format!("{}:{}", self.host, self.port),
-        };
-        if let Some(a) = &self.advertise_haddr {
-            api_addr = peer("-advertise-haddr", a)?;
-        }
-        let mut raft_addr = match &self.raddr {
-            Some(a) => Some(endpoint("-raddr", a)?.advertise),
-            None => None,
-        };
-        if let Some(a) = &self.advertise_raddr {
-            if raft_addr.is_none() {
-                return Err(CliError::Invalid("-advertise-raddr needs -raddr".into()));
-            }
-            raft_addr = Some(peer("-advertise-raddr", a)?);
-        }
+        let (http, raft) = self.addr.resolve()?;
+        let api_addr = http.advertise;
+        let raft_addr = raft.map(|r| r.advertise);
         if let Some(name) = &self.id
             && (name.is_empty() || name.len() > 128)
         {
