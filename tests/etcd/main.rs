@@ -11,6 +11,9 @@
 //!   `Unimplemented`;
 //! - `client`: the `etcd-client` crate against raftkv, through a follower and a leader kill;
 //! - `kv_client`: its KV and Txn calls (revisions, CAS, compaction) through a leader kill;
+//! - `lease_client`, `watch_client`: its Lease and Watch calls (keep-alive stream, watches
+//!   across a leader kill); `lease_etcdctl`, `watch_session`: etcdctl's lease, lock, elect and
+//!   watch commands (watch differential against etcd);
 //! - `snapshot`: `etcdctl snapshot save` writes a backup that `raftkv restore` accepts;
 //! - `tls`: etcdctl over TLS on the shared https port (certificates from the cluster tests'
 //!   `tls_support`, made with the README's `openssl` commands).
@@ -26,6 +29,7 @@ mod differential;
 mod etcdctl;
 mod etcdctl_raftkv;
 mod kv_client;
+mod lease_client;
 mod lease_etcdctl;
 mod reference;
 mod sessions;
