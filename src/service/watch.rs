@@ -8,7 +8,8 @@
 //!
 //! How a watcher moves: it follows the feed's published head. While the revisions it needs are
 //! in the feed's ring it reads them from there (one update per revision, as etcd's synced
-//! watchers get); when it fell out of the ring (a slow consumer, or a start revision in the
+//! watchers get, or one update for all of them when it is several revisions behind); when it
+//! fell out of the ring (a slow consumer, or a start revision in the
 //! past) it reads the store's retained history in windows of [`CATCHUP_REVISIONS_MAX`]
 //! revisions until it is back in the ring. So a slow watcher costs the apply path nothing, and
 //! it is never silently dropped: it catches up, or it ends with `Compacted` when the revisions
@@ -199,6 +200,12 @@ impl Watcher {
                 if self.replaying {
                     let changes = batches.iter().flat_map(|b| b.changes.iter());
                     self.deliver(head, self.wanted(changes));
+                } else if batches.len() > 1 {
+                    // Behind by several revisions (a busy feed, a slow client): one update for
+                    // all of them, as etcd batches a lagging watcher's events, so a watcher
+                    // catches up in one response instead of one per revision.
+                    let changes = batches.iter().flat_map(|b| b.changes.iter());
+                    self.deliver(last, self.wanted(changes));
                 } else {
                     for batch in batches {
                         let events = self.wanted(batch.changes.iter());
