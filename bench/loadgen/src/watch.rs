@@ -94,6 +94,8 @@ struct ConnResult {
     /// (revision, arrival ns) of every event of this connection's first watch.
     sample: Vec<(i64, u64)>,
     events: u64,
+    /// Watch responses that carried events.
+    responses: u64,
     events_in_window: u64,
     out_of_range: u64,
     errors: BTreeMap<String, u64>,
@@ -159,6 +161,7 @@ async fn watch_loop(
         delivery: hist(),
         sample: Vec::new(),
         events: 0,
+        responses: 0,
         events_in_window: 0,
         out_of_range: 0,
         errors: BTreeMap::new(),
@@ -195,6 +198,7 @@ async fn watch_loop(
             r.seen[w].done = true;
             continue;
         }
+        r.responses += u64::from(!resp.events().is_empty());
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let rev = kv.mod_revision();
@@ -381,7 +385,7 @@ pub fn run(a: &Args) {
         revs.dedup();
         let ack_dup_revs = n_acked - revs.len();
         let (mut missed, mut duplicated, mut lagging, mut complete) = (0u64, 0u64, 0u64, 0u64);
-        let (mut events, mut events_in_window, mut out_of_range) = (0u64, 0u64, 0u64);
+        let (mut events, mut responses, mut events_in_window, mut out_of_range) = (0u64, 0u64, 0u64, 0u64);
         let mut delivery = hist();
         let mut ack_delivery = hist();
         let mut before_ack = 0u64;
@@ -396,6 +400,7 @@ pub fn run(a: &Args) {
                 complete += u64::from(m == 0 && s.dups == 0);
             }
             events += r.events;
+            responses += r.responses;
             events_in_window += r.events_in_window;
             out_of_range += r.out_of_range;
             delivery.add(&r.delivery).expect("merge");
@@ -424,6 +429,7 @@ pub fn run(a: &Args) {
             if ok + nerr > 0 { 100.0 * nerr as f64 / (ok + nerr) as f64 } else { 0.0 }, kinds(&errors));
         o += &format!("watchers={watchers}\nwatch_conns={conns}\nwatch_targets={}\nbase_revision={base_rev}\n", watch_targets.join(","));
         o += &format!("events={events}\nevents_in_window={events_in_window}\nevents_per_s={:.1}\n", events_in_window as f64 / secs);
+        o += &format!("watch_responses={responses}\nevents_per_response={:.2}\n", events as f64 / responses.max(1) as f64);
         o += &format!("checked_revisions={}\nmissed={missed}\nduplicated={duplicated}\nwatchers_complete={complete}\n", revs.len());
         o += &format!("lagging_watchers={lagging}\nack_duplicate_revisions={ack_dup_revs}\nevents_out_of_range={out_of_range}\n");
         o += &format!("drain_s={drain_s:.2}\nwatch_errors={}\nwatch_error_kinds={}\n", watch_errors.values().sum::<u64>(), kinds(&watch_errors));
@@ -486,8 +492,9 @@ pub fn report_table(runs: &[std::path::PathBuf]) {
             let us = |k: &str| crate::ms(kv.get(k).and_then(|v| v.parse().ok()));
             let f0 = |k: &str| crate::opt(kv.get(k).and_then(|v| v.parse().ok()), 0);
             rows.push(format!(
-                "| {sys} | {run} | {} × {} | {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {} | {} |",
+                "| {sys} | {run} | {} × {} | {} | {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {} | {} |",
                 g("watchers"), g("checked_revisions"), f0("ops_per_s"), f0("events_per_s"),
+                g("events_per_response"),
                 g("missed"), g("duplicated"), g("lagging_watchers"),
                 us("delivery_p50_us"), us("delivery_p99_us"),
                 us("ack_delivery_p50_us"), us("ack_delivery_p99_us"), g("events_before_ack_pct"),
@@ -505,8 +512,8 @@ pub fn report_table(runs: &[std::path::PathBuf]) {
 Delivery from send = event arrival − the put's send time (carried in the value; includes the put's commit); from ack = arrival − the put's answer, \
 on the first watch of each connection (an event before its put's answer counts 0).");
     println!();
-    println!("| system | run | watchers × revisions checked | writes/s | events/s | missed / duplicated | lagging watchers | delivery from send p50 / p99 (ms) | from ack p50 / p99 (ms) | events before ack % | drain s | watch errors |");
-    println!("|---|---|---|---:|---:|---|---:|---|---|---:|---:|---:|");
+    println!("| system | run | watchers × revisions checked | writes/s | events/s | events per response | missed / duplicated | lagging watchers | delivery from send p50 / p99 (ms) | from ack p50 / p99 (ms) | events before ack % | drain s | watch errors |");
+    println!("|---|---|---|---:|---:|---:|---|---:|---|---|---:|---:|---:|");
     for r in rows {
         println!("{r}");
     }
