@@ -14,7 +14,9 @@
 #   --big                   the 1M-key step;   --big-keys N [1000000]
 #   --no-sweep              skip the raftkv --flush-wait-us 0/50/200 sweep (scenarios a and b)
 #   --no-etcd | --no-raftkv run one system only
-#   --no-http | --no-grpc   skip the HTTP scenarios a-f / the etcd gRPC scenarios g1-g5
+#   --no-http | --no-grpc   skip the HTTP scenarios a-f / the etcd gRPC scenarios g1-g5, w1, l1
+#   --no-watch | --no-lease skip the gRPC watch fan-out w1 / the lease churn l1
+#   --watchers N [1000]     watches of w1 (over 10 gRPC connections to the 3 nodes)
 #   --no-install            do not apt-get etcd-server/fio (they must be installed)
 #   --no-build              use the existing release binaries
 #   --raftkv-args "..."     extra flags for every raftkv node (e.g. "--flush-wait-us 0")
@@ -30,7 +32,7 @@ REPO="$(cd "$BENCH/.." && pwd)"
 
 RUNS=3 DURATION=15 WARMUP=3 CLIENTS=64 KEYS=100000 READS_TO=leader
 BIG=0 BIG_KEYS=1000000 SWEEP=1 DO_ETCD=1 DO_RAFTKV=1 INSTALL=1 BUILD=1 RAFTKV_ARGS=""
-DO_HTTP=1 DO_GRPC=1
+DO_HTTP=1 DO_GRPC=1 DO_WATCH=1 DO_LEASE=1 WATCHERS=1000
 RESULTS="" DATA_PARENT=""
 ORIG_ARGS="$*"
 while [ $# -gt 0 ]; do
@@ -49,12 +51,15 @@ while [ $# -gt 0 ]; do
     --no-raftkv) DO_RAFTKV=0 ;;
     --no-http) DO_HTTP=0 ;;
     --no-grpc) DO_GRPC=0 ;;
+    --no-watch) DO_WATCH=0 ;;
+    --no-lease) DO_LEASE=0 ;;
+    --watchers) WATCHERS="$2"; shift ;;
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
     --raftkv-args) RAFTKV_ARGS="$2"; shift ;;
     --results) RESULTS="$2"; shift ;;
     --data-dir) DATA_PARENT="$2"; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -238,7 +243,7 @@ pidlist() { local IFS=,; echo "${PIDS[*]}"; }
 
 scenario() {   # scenario SYSTEM NAME OUTFILE loadgen-run-args...
   local sys="$1" name="$2" out="$3"; shift 3
-  local bound=$(( ${DURATION%.*} + ${WARMUP%.*} + 60 ))
+  local bound=$(( ${DURATION%.*} + ${WARMUP%.*} + 60 + ${EXTRA_BOUND:-0} ))
   log "$sys $name"
   timeout "$bound" "$LOADGEN" run --system "$sys" --duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" \
     --pids "$(pidlist)" --out "$out" "$@" >/dev/null || log "warning: $sys $name: loadgen failed (rc=$?)"
@@ -268,6 +273,19 @@ drive() {   # drive SYSTEM RUNDIR: preload, then scenarios a-f
   scenario "$sys" "g3. gRPC linearizable range" "$rd/${sys}_g3.txt" --api grpc --op lread --clients "$CLIENTS" --target "$rt"
   scenario "$sys" "g4. gRPC serializable range" "$rd/${sys}_g4.txt" --api grpc --op sread --clients "$CLIENTS" --target "$rt"
   scenario "$sys" "g5. gRPC CAS txn" "$rd/${sys}_g5.txt" --api grpc --op cas --clients "$CLIENTS" --target "$rt"
+  # w1: WATCHERS watches of one fresh prefix over 10 connections round-robin on the 3 nodes, while
+  # the clients put keys under it; up to 30 s of drain after the window (bench/loadgen/src/watch.rs).
+  if [ $DO_WATCH = 1 ]; then
+  EXTRA_BOUND=60 scenario "$sys" "w1. gRPC watch fan-out, $WATCHERS watchers" "$rd/${sys}_w1.txt" --api grpc --op watch \
+    --clients "$CLIENTS" --watchers "$WATCHERS" --watch-conns 10 --watch-target "$ALL" --drain-s 30 --target "$rt"
+  if [ -f "$rd/${sys}_w1.txt" ]; then
+    log "  $(grep -E '^(events_per_s|missed|duplicated|lagging_watchers|delivery_p50_us|delivery_p99_us|watch_errors)=' "$rd/${sys}_w1.txt" | tr '\n' ' ')"
+  fi
+  fi
+  # l1: LeaseGrant(ttl 10) + Put with the lease + LeaseRevoke per op.
+  if [ $DO_LEASE = 1 ]; then
+  scenario "$sys" "l1. gRPC lease churn" "$rd/${sys}_l1.txt" --api grpc --op lease --clients "$CLIENTS" --target "$rt"
+  fi
   fi
 }
 

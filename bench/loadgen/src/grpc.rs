@@ -10,7 +10,9 @@
 //!   on one of 16 keys owned by the client, so there is no contention between clients: each txn
 //!   is one compare plus one put, the way a lock or a counter is updated. A txn whose compare fails
 //!   (after a timeout left the client unsure of the key's revision) learns the revision from the
-//!   `get` and counts as a `cas_conflicts`, not as an error.
+//!   `get` and counts as a `cas_conflicts`, not as an error;
+//! - `lease` (l1): `LeaseGrant(ttl 10)` + `Put` of one of the client's 16 keys with that lease +
+//!   `LeaseRevoke`, one op (watch.rs).
 
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use etcd_client::CompareOp;
 use etcd_client::ConnectOptions;
 use etcd_client::GetOptions;
 use etcd_client::KvClient;
+use etcd_client::LeaseClient;
 use etcd_client::Txn;
 use etcd_client::TxnOp;
 use etcd_client::TxnOpResponse;
@@ -42,6 +45,7 @@ pub enum Done {
 /// One client's connection and its CAS bookkeeping.
 pub struct Conn {
     kv: KvClient,
+    lease: LeaseClient,
     value: Vec<u8>,
     /// The mod revision this client last saw of each of its CAS keys (0: absent).
     cas_seen: Vec<i64>,
@@ -52,9 +56,10 @@ pub struct Conn {
 /// starts.
 pub async fn connect(addr: &str, client: usize, value: Vec<u8>, timeout: Duration) -> Result<Conn, AnyErr> {
     let options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
-    let mut kv = Client::connect([format!("http://{addr}")], Some(options)).await?.kv_client();
+    let client_ = Client::connect([format!("http://{addr}")], Some(options)).await?;
+    let (mut kv, lease) = (client_.kv_client(), client_.lease_client());
     kv.get("loadgen-warm-up", Some(GetOptions::new().with_serializable())).await?;
-    Ok(Conn { kv, value, cas_seen: vec![0; CAS_KEYS_PER_CLIENT], client })
+    Ok(Conn { kv, lease, value, cas_seen: vec![0; CAS_KEYS_PER_CLIENT], client })
 }
 
 /// 16-byte CAS key `j` of `client`: `cas` + 5 + 8 digits.
@@ -82,6 +87,12 @@ impl Conn {
                 let options = (op == Op::StaleRead).then(|| GetOptions::new().with_serializable());
                 let r = self.kv.get(key, options).await?;
                 Ok(if r.kvs().is_empty() { Done::Err("miss".into()) } else { Done::Ok })
+            }
+            Op::Lease => {
+                // 16 bytes: `l1` + 5 + 9 digits; revoking the lease deletes the key again.
+                let key = format!("l1{:05}{:09}", self.client, pick % CAS_KEYS_PER_CLIENT as u64);
+                crate::watch::lease_churn(&mut self.kv, &mut self.lease, &key, self.value.clone()).await?;
+                Ok(Done::Ok)
             }
             Op::Cas => {
                 let j = (pick % CAS_KEYS_PER_CLIENT as u64) as usize;
@@ -111,7 +122,7 @@ impl Conn {
     }
 }
 
-fn error_kind(e: &etcd_client::Error) -> String {
+pub fn error_kind(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(s) => format!("grpc_{:?}", s.code()).to_lowercase(),
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => "io".into(),

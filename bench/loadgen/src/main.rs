@@ -9,7 +9,8 @@
 //!
 //! Subcommands (all talk to 127.0.0.1 only; every loop is bounded in time):
 //!   run      --system raftkv|etcd --target H:P[,H:P..] --op write|lread|sread|mixed ...
-//!            [--api http|grpc]  grpc: etcd's v3 gRPC API (both systems), also --op cas (grpc.rs)
+//!            [--api http|grpc]  grpc: etcd's v3 gRPC API (both systems), also --op cas (grpc.rs),
+//!            --op lease (l1) and --op watch [--watchers W --watch-conns C --watch-target H:P,..] (w1, watch.rs)
 //!   load     --system raftkv|etcd --target H:P --keys N [--clients C]   (writes keys 0..N once)
 //!   rtt      [--seconds S]          loopback TCP ping-pong and HTTP round trip
 //!   idle     [--ms MS]              idle CPU % of the machine from /proc/stat
@@ -28,6 +29,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 mod grpc;
+mod watch;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -109,6 +111,8 @@ enum Op {
     StaleRead,
     /// A compare-and-swap txn (gRPC only, see grpc.rs).
     Cas,
+    /// Lease grant + put with the lease + revoke (gRPC only, scenario l1, see watch.rs).
+    Lease,
 }
 
 fn parse_system(s: &str) -> System {
@@ -161,7 +165,7 @@ impl Wire {
                 .uri("/v3/kv/range")
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(format!("{{\"key\":\"{}\"}}", b64(key.as_bytes()))))),
-            (_, Op::Cas) => die("--op cas needs --api grpc"),
+            (_, Op::Cas | Op::Lease) => die("--op cas/lease needs --api grpc"),
             (System::Etcd, Op::StaleRead) => b
                 .method("POST")
                 .uri("/v3/kv/range")
@@ -297,7 +301,7 @@ struct ClientResult {
 /// A client's connection: HTTP/1.1 (the seed or etcd JSON APIs) or etcd's gRPC API.
 enum Conn {
     Http { sender: Option<Sender>, addr: String, wire: Wire },
-    Grpc(grpc::Conn),
+    Grpc(Box<grpc::Conn>),
 }
 
 impl Conn {
@@ -336,6 +340,9 @@ fn cmd_run(a: &Args) {
     let (read_op, write_pct) = match op_name.as_str() {
         "write" => (Op::Write, 100),
         "cas" if grpc_api => (Op::Cas, 0),
+        "lease" if grpc_api => (Op::Lease, 0),
+        // w1: watchers + writers, its own driver and output (watch.rs)
+        "watch" if grpc_api => return watch::run(a),
         "lread" => (Op::LinRead, 0),
         "sread" => (Op::StaleRead, 0),
         "mixed" => (Op::LinRead, 100 - read_pct.min(100)),
@@ -353,7 +360,7 @@ fn cmd_run(a: &Args) {
             let addr = targets[c % targets.len()].clone();
             let conn = if grpc_api {
                 match grpc::connect(&addr, c, value.to_vec(), Duration::from_secs(10)).await {
-                    Ok(g) => Conn::Grpc(g),
+                    Ok(g) => Conn::Grpc(Box::new(g)),
                     Err(e) => die(&format!("cannot connect to {addr} (gRPC): {e}")),
                 }
             } else {
@@ -831,7 +838,7 @@ fn opt(v: Option<f64>, prec: usize) -> String {
     v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "–".into())
 }
 
-const SCENARIOS: [(&str, &str); 11] = [
+const SCENARIOS: [(&str, &str); 13] = [
     ("a", "a. sequential write, 1 client"),
     ("b", "b. write, 64 clients"),
     ("c", "c. linearizable read, 64 clients"),
@@ -843,6 +850,8 @@ const SCENARIOS: [(&str, &str); 11] = [
     ("g3", "g3. etcd gRPC: linearizable range, 64 clients"),
     ("g4", "g4. etcd gRPC: serializable range, 64 clients"),
     ("g5", "g5. etcd gRPC: CAS txn (compare mod_revision, put), 64 clients"),
+    ("w1", "w1. etcd gRPC: put under a prefix with 1000 watchers of it, 64 clients (writes)"),
+    ("l1", "l1. etcd gRPC: lease churn (grant + put with lease + revoke), 64 clients"),
 ];
 
 fn cmd_report(a: &Args) {
@@ -897,10 +906,24 @@ fn cmd_report(a: &Args) {
                 if conflicts > 0 {
                     notes.push(format!("{s}: {conflicts} CAS conflicts"));
                 }
+                if sc == "w1" {
+                    notes.extend(watch::notes(s, &r.file_name().map(|x| x.to_string_lossy().to_string()).unwrap_or_default(), &kv));
+                }
                 if pct > 1.0 {
                     notes.push(format!("**!! {s} {}: {pct:.1}% errors ({})**", r.file_name().map(|x| x.to_string_lossy().to_string()).unwrap_or_default(), kv.get("error_kinds").cloned().unwrap_or_default()));
                 } else if errs > 0 {
                     notes.push(format!("{s}: {errs} errors ({})", kv.get("error_kinds").cloned().unwrap_or_default()));
+                }
+            }
+        }
+        if sc == "w1" {
+            // medians over runs; missed/duplicated: the sum over runs (must be 0)
+            let sum = |s: &str, k: &str| -> u64 { runs.iter().filter_map(|r| read_kv(&r.join(format!("{s}_w1.txt"))).get(k).and_then(|v| v.parse::<u64>().ok())).sum() };
+            for s in ["raftkv", "etcd"] {
+                if med(s, sc, "ops_per_s").is_some() {
+                    notes.push(format!("{s}: {} events/s, delivery p50 / p99 {} / {} ms after send, missed {} / duplicated {}",
+                        opt(med(s, sc, "events_per_s"), 0), ms(med(s, sc, "delivery_p50_us")), ms(med(s, sc, "delivery_p99_us")),
+                        sum(s, "missed"), sum(s, "duplicated")));
                 }
             }
         }
@@ -917,6 +940,7 @@ fn cmd_report(a: &Args) {
 Others' CPU: cores busy during the window with anything but the servers and the load generator (other users' jobs, \
 kernel I/O threads) — the noise of that cell. Errors (non-2xx, timeouts, I/O, etcd reads without kvs) are never in the latencies; \
 a run with more than 1% errors is flagged **!!** in notes.");
+    watch::report_table(&runs);
     // goals of issue 4 that the table answers directly
     let fl: Option<f64> = floor.get("fio_sync_p50_us").and_then(|v| v.parse().ok());
     let rtt: Option<f64> = floor.get("tcp_rtt_p50_us").and_then(|v| v.parse().ok());
