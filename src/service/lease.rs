@@ -98,6 +98,23 @@ impl Lessor {
         self.lock().deadlines.insert(id, deadline);
     }
 
+    /// A keep-alive: `id`'s deadline moves to `granted` from now, unless it has passed already
+    /// (then `None`: the revoke is on its way). Checked and moved under one lock, so the expiry
+    /// loop never revokes a lease whose keep-alive was answered.
+    fn renew(&self, id: i64, granted: i64) -> Option<LeaseTtl> {
+        let now = Instant::now();
+        let mut timers = self.lock();
+        if timers.deadlines.get(&id).is_some_and(|d| *d <= now) {
+            return None;
+        }
+        let deadline = now + Duration::from_secs(granted.max(0) as u64);
+        timers.deadlines.insert(id, deadline);
+        Some(LeaseTtl {
+            granted,
+            remaining: granted,
+        })
+    }
+
     /// `id`'s TTLs now; a lease without a deadline yet has its full TTL left.
     fn ttl_of(&self, id: i64, granted: i64) -> LeaseTtl {
         let remaining = match self.lock().deadlines.get(&id) {
@@ -186,15 +203,15 @@ pub async fn answer(app: &App, ask: LeaseAsk) -> Result<LeaseTtl, KvError> {
         .state_machine
         .lease_ttl(id)
         .ok_or(KvError::Store(MvccError::LeaseNotFound { lease: id }))?;
-    if let LeaseAsk::KeepAlive { .. } = ask {
+    match ask {
         // A lease past its deadline is as good as revoked (the revoke is on its way): refusing
-        // here means no keep-alive is ever answered for a lease that then expires (etcd too).
-        if app.lessor.ttl_of(id, granted).remaining <= 0 {
-            return Err(KvError::Store(MvccError::LeaseNotFound { lease: id }));
-        }
-        app.lessor.refresh(id, granted);
+        // it means no keep-alive is ever answered for a lease that then expires (etcd too).
+        LeaseAsk::KeepAlive { .. } => app
+            .lessor
+            .renew(id, granted)
+            .ok_or(KvError::Store(MvccError::LeaseNotFound { lease: id })),
+        LeaseAsk::TimeToLive { .. } => Ok(app.lessor.ttl_of(id, granted)),
     }
-    Ok(app.lessor.ttl_of(id, granted))
 }
 
 /// The expiry loop: runs on every node for its whole life, acts while it leads.
@@ -270,6 +287,19 @@ mod tests {
             (0..10_000).map(|_| lessor.choose_id(7)).collect();
         assert_eq!(ids.len(), 10_000);
         assert!(ids.iter().all(|id| *id > 0));
+    }
+
+    #[test]
+    fn a_keep_alive_past_the_deadline_is_refused_and_moves_nothing() {
+        let lessor = Lessor::default();
+        assert!(lessor.renew(1, 10).is_some(), "no deadline yet: renewed");
+        lessor.refresh(2, 0); // a deadline of now: passed at once
+        assert_eq!(lessor.renew(2, 10), None);
+        assert_eq!(
+            lessor.ttl_of(2, 10).remaining,
+            0,
+            "the passed deadline stays"
+        );
     }
 
     #[test]
