@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use raftkv::cli::Args;
 use raftkv::cli::CliError;
 
+/// jemalloc instead of glibc's malloc: measured with bench/ab.sh (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let mut args = match Args::parse_from_env() {
         Ok(args) => args,

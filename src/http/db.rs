@@ -56,7 +56,9 @@ pub async fn put(
         .then(|| axum::http::HeaderValue::from_str(&format!("{lease:x}")).ok())
         .flatten()
     {
-        response.headers_mut().insert("x-raft-lease", v);
+        response
+            .headers_mut()
+            .insert(crate::http::X_RAFT_LEASE.clone(), v);
     }
     Ok(response)
 }

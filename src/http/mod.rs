@@ -16,6 +16,7 @@ pub mod watch;
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
+use axum::http::HeaderName;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -162,26 +163,30 @@ pub async fn read_limited(body: Body, limit: usize, what: &str) -> Result<Bytes,
     })
 }
 
+/// `X-Raft-Revision`: the store's revision after a write, a read key's `mod_revision`.
+pub static X_RAFT_REVISION: HeaderName = HeaderName::from_static("x-raft-revision");
+/// `X-Raft-Index`: the Raft log index a write was committed at.
+pub static X_RAFT_INDEX: HeaderName = HeaderName::from_static("x-raft-index");
+/// `X-Raft-Lease`: the lease a `?ttl=` write attached (hex, as etcdctl writes lease ids).
+pub static X_RAFT_LEASE: HeaderName = HeaderName::from_static("x-raft-lease");
+
 /// A successful write: 200 with an empty body (as raftd/hraftd), the commit index and the
 /// store's new revision in headers.
 pub fn write_response(ok: &WriteOk) -> Response {
     let mut response = ().into_response();
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&ok.index.to_string()) {
-        headers.insert("x-raft-index", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&ok.response.revision.to_string()) {
-        headers.insert("x-raft-revision", v);
-    }
+    headers.insert(X_RAFT_INDEX.clone(), HeaderValue::from(ok.index));
+    headers.insert(
+        X_RAFT_REVISION.clone(),
+        HeaderValue::from(ok.response.revision),
+    );
     response
 }
 
 /// A read's headers: the key's `mod_revision` as `X-Raft-Revision` and as the `ETag`.
 pub fn revision_headers(response: &mut Response, kv: &crate::mvcc::KeyValue) {
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&kv.mod_revision.to_string()) {
-        headers.insert("x-raft-revision", v);
-    }
+    headers.insert(X_RAFT_REVISION.clone(), HeaderValue::from(kv.mod_revision));
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", kv.mod_revision)) {
         headers.insert(axum::http::header::ETAG, v);
     }

@@ -175,9 +175,9 @@ pub async fn guarded_write(
                 "revision": now,
             });
             let mut response = (StatusCode::PRECONDITION_FAILED, Json(body)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&now.to_string()) {
-                response.headers_mut().insert("x-raft-revision", v);
-            }
+            response
+                .headers_mut()
+                .insert(crate::http::X_RAFT_REVISION.clone(), HeaderValue::from(now));
             Ok(response)
         }
         Some(Outcome::Refused(e)) => Err(ApiError(KvError::Store(e.clone()))),

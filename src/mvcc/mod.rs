@@ -137,6 +137,13 @@ impl Store {
         self.keys.values().map(|h| h.entries.len()).sum()
     }
 
+    /// The live `key` at the current revision: what a one-key `range` answers, without building
+    /// a request and a response (the seed APIs' read path).
+    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
+        let (k, history) = self.keys.get_key_value(key)?;
+        history.live()?.to_kv(k)
+    }
+
     /// etcd's Range at the current revision (or `req.revision`).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         if req.key.is_empty() {

@@ -477,3 +477,26 @@ fn oversized_keys_and_values_are_refused_before_they_reach_a_snapshot() {
     ));
     assert_eq!(s.current_revision(), 1);
 }
+
+#[test]
+fn point_get_answers_what_a_one_key_range_answers() {
+    let mut s = Store::default();
+    let one_key = |s: &Store, k: &str| get(s, k, "").kvs.into_iter().next();
+    assert_eq!(s.get(b"a"), None);
+    put(&mut s, "a", "1");
+    put(&mut s, "ab", "2");
+    put(&mut s, "a", "3");
+    assert_eq!(s.get(b"a"), one_key(&s, "a"));
+    assert_eq!(s.get(b"a").map(|kv| kv.version), Some(2));
+    del(&mut s, "a", "");
+    assert_eq!(s.get(b"a"), None, "a tombstone is not live");
+    assert_eq!(one_key(&s, "a"), None);
+    put(&mut s, "a", "4");
+    assert_eq!(s.get(b"a"), one_key(&s, "a"));
+    assert_eq!(
+        s.get(b"a").map(|kv| kv.version),
+        Some(1),
+        "a delete resets the version"
+    );
+    assert_eq!(s.get(b"ab"), one_key(&s, "ab"));
+}

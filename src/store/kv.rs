@@ -162,11 +162,7 @@ impl KvState {
 
     /// The live `key` at the current revision.
     pub fn get(&self, key: &str) -> Option<KeyValue> {
-        let req = mvcc::RangeRequest {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            ..mvcc::RangeRequest::default()
-        };
-        self.store.range(&req).ok()?.kvs.into_iter().next()
+        self.store.get(key.as_bytes())
     }
 
     /// Every live key at the current revision, in key order.

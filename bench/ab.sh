@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A/B of two raftkv builds on the same machine in the same sitting: the way to tell whether a change
+# made raftkv faster or slower (this machine's noise between sittings is larger than most changes).
+#
+#   bash bench/ab.sh BIN_A BIN_B [OPS...]        # OPS from: write lread sread fwrite mixed [write lread sread]
+#
+# Each round starts a fresh 3-node cluster of A, preloads, runs every OP, stops it; then the same for
+# B; rounds alternate A B A B ... so drift of the machine hits both. The table shows every round's
+# ops/s and CPU-seconds per 1k ops (all three nodes' CPU), then the medians.
+#
+# Environment: ROUNDS [3]  DURATION [8]  WARMUP [2]  CLIENTS [64]  KEYS [100000]
+#   PERF=1   also records the leader for 5 s of each OP with `perf record -g` (first round only)
+#            into $RESULTS/<A|B>-<op>.perf (read with `perf report -i FILE --no-children`)
+#   RESULTS [bench/results/ab-<date>]
+# Ports 127.0.0.1:25001-25003. Every process started here is stopped by PID on exit; data dirs removed.
+set -euo pipefail
+
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+[ $# -ge 2 ] || { sed -n 2,15p "$0"; exit 2; }
+BIN_A="$(realpath "$1")" BIN_B="$(realpath "$2")"; shift 2
+OPS=("$@"); [ ${#OPS[@]} -gt 0 ] || OPS=(write lread sread)
+ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-8}" WARMUP="${WARMUP:-2}" CLIENTS="${CLIENTS:-64}"
+KEYS="${KEYS:-100000}" PERF="${PERF:-0}"
+RESULTS="${RESULTS:-$BENCH/results/ab-$(date +%Y%m%d-%H%M%S)}"
+LOADGEN="$BENCH/loadgen/target/release/loadgen"
+PORTS=(25001 25002 25003)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+[ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
+[ -x "$BIN_A" ] && [ -x "$BIN_B" ] || die "both binaries must exist and be executable"
+for p in "${PORTS[@]}"; do
+  (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port 127.0.0.1:$p is in use"
+done
+mkdir -p "$RESULTS"
+WORK="$(mktemp -d "$BENCH/tmp.ab.XXXX")"
+PIDS=()
+
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  PIDS=()
+}
+cleanup() { local rc=$?; trap - EXIT; stop_all; rm -rf "$WORK"; exit $rc; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() {   # start BIN DIR: a 3-node cluster; sets LEADER, FOLLOWER
+  local bin="$1" dir="$2" i
+  mkdir -p "$dir"
+  for i in 0 1 2; do
+    local join=()
+    [ $i -gt 0 ] && join=(-join "127.0.0.1:${PORTS[0]}")
+    "$bin" -haddr "127.0.0.1:${PORTS[$i]}" -id "n$i" "${join[@]}" "$dir/n$i" >>"$dir/n$i.log" 2>&1 &
+    PIDS+=("$!")
+    timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${PORTS[0]}" --voters $((i + 1)) --timeout 60 >/dev/null \
+      || { tail -20 "$dir"/n*.log >&2; die "node n$i did not join"; }
+  done
+  local f2
+  read -r LEADER FOLLOWER f2 <<<"$(timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${PORTS[0]}" --voters 3 --timeout 60)"
+}
+
+leader_pid() {   # the PID of the node listening on $LEADER
+  local i
+  for i in 0 1 2; do [ "127.0.0.1:${PORTS[$i]}" = "$LEADER" ] && { echo "${PIDS[$i]}"; return; }; done
+}
+
+one() {   # one TAG BIN ROUND
+  local tag="$1" bin="$2" round="$3" op
+  local dir="$WORK/$tag$round"
+  start "$bin" "$dir"
+  timeout 600 "$LOADGEN" load --system raftkv --target "$LEADER" --keys "$KEYS" --clients 64 >/dev/null
+  local pids; pids="$(IFS=,; echo "${PIDS[*]}")"
+  for op in "${OPS[@]}"; do
+    local args=(--op "$op") target="$LEADER"
+    case "$op" in
+      fwrite) args=(--op write); target="$FOLLOWER" ;;
+      mixed) args=(--op mixed --read-pct 90) ;;
+    esac
+    local out="$RESULTS/$tag-$op-$round.txt" perf_pid=""
+    if [ "$PERF" = 1 ] && [ "$round" = 1 ]; then
+      (sleep "$((WARMUP + 1))"; perf record -q -g -p "$(leader_pid)" -o "$RESULTS/$tag-$op.perf" -- sleep 5 >/dev/null 2>&1) &
+      perf_pid=$!
+    fi
+    timeout $((DURATION + WARMUP + 60)) "$LOADGEN" run --system raftkv --duration "$DURATION" --warmup "$WARMUP" \
+      --keys "$KEYS" --clients "$CLIENTS" --pids "$pids" --target "$target" --out "$out" "${args[@]}" >/dev/null \
+      || log "warning: $tag $op: loadgen failed"
+    [ -n "$perf_pid" ] && wait "$perf_pid"
+    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')"
+  done
+  stop_all
+  rm -rf "$dir"
+}
+
+for round in $(seq "$ROUNDS"); do
+  one A "$BIN_A" "$round"
+  one B "$BIN_B" "$round"
+done
+
+field() { sed -n "s/^$1=//p" "$2"; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2); else print "-"}'; }
+{
+  echo "# A/B $(date -u +%Y-%m-%dT%H:%MZ): A=$BIN_A B=$BIN_B"
+  echo "rounds=$ROUNDS duration=${DURATION}s clients=$CLIENTS keys=$KEYS"
+  echo
+  echo "| op | A ops/s (median) | B ops/s (median) | B/A | A CPU-s/1k | B CPU-s/1k | rounds A | rounds B |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for op in "${OPS[@]}"; do
+    ra="" rb=""
+    for r in $(seq "$ROUNDS"); do
+      ra+="$(field ops_per_s "$RESULTS/A-$op-$r.txt" 2>/dev/null) "
+      rb+="$(field ops_per_s "$RESULTS/B-$op-$r.txt" 2>/dev/null) "
+    done
+    ma="$(tr ' ' '\n' <<<"$ra" | grep . | median)"
+    mb="$(tr ' ' '\n' <<<"$rb" | grep . | median)"
+    ca="$(for r in $(seq "$ROUNDS"); do field cpu_s_per_1k "$RESULTS/A-$op-$r.txt" 2>/dev/null; done | median)"
+    cb="$(for r in $(seq "$ROUNDS"); do field cpu_s_per_1k "$RESULTS/B-$op-$r.txt" 2>/dev/null; done | median)"
+    ratio="$(awk -v a="$ma" -v b="$mb" 'BEGIN {if (a > 0) printf "%.2f", b / a; else print "-"}')"
+    echo "| $op | $ma | $mb | $ratio | $ca | $cb | $ra| $rb|"
+  done
+} | tee "$RESULTS/report.md"
