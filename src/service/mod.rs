@@ -6,8 +6,12 @@
 //!   that can be asked of any node (a follower relays them to the leader).
 //! - [`status`]: the whole cluster as this node sees it (every member's `/status`, merged) for
 //!   the cluster page.
+//! - [`lock`], [`election`]: etcd's server-side locks and elections (`v3lock`, `v3election`)
+//!   on the write path, the read barrier and the watch feed.
 
 pub mod cluster;
+pub mod election;
 pub mod lease;
+pub mod lock;
 pub mod status;
 pub mod watch;

@@ -14,6 +14,8 @@
 //! - `lease_client`, `watch_client`: its Lease and Watch calls (keep-alive stream, watches
 //!   across a leader kill); `lease_etcdctl`, `watch_session`: etcdctl's lease, lock, elect and
 //!   watch commands (watch differential against etcd);
+//! - `lock_client`: its server-side Lock and Election calls (etcd's `v3lock` / `v3election`
+//!   services), their error answers compared with etcd's;
 //! - `snapshot`: `etcdctl snapshot save` writes a backup that `raftkv restore` accepts;
 //! - `tls`: etcdctl over TLS on the shared https port (certificates from the cluster tests'
 //!   `tls_support`, made with the README's `openssl` commands).
@@ -31,6 +33,7 @@ mod etcdctl_raftkv;
 mod kv_client;
 mod lease_client;
 mod lease_etcdctl;
+mod lock_client;
 mod reference;
 mod sessions;
 mod snapshot;

@@ -7,6 +7,7 @@ use tonic::Code;
 use tonic::Status;
 
 use crate::error::KvError;
+use crate::service::lock::LockError;
 
 /// etcd's texts (v3.4.23 `rpctypes/error.go`; the leader-transfer timeout is from
 /// `etcdserver/errors.go`), each with its code in [`EtcdError::code`]. Checked against the tag.
@@ -27,6 +28,8 @@ pub mod text {
     pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
     /// etcd's `ErrGRPCStopped`: clients retry on another endpoint.
     pub const STOPPED: &str = "etcdserver: server stopped";
+    /// etcd's v3election `ErrMissingLeaderKey` (a Proclaim or Resign without `leader`).
+    pub const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
 }
 
 /// An outcome of an etcd RPC that is not a success.
@@ -59,7 +62,21 @@ pub enum EtcdError {
     /// An RPC raftkv does not implement (yet); never a wrong success.
     #[error("raftkv: {0} is not implemented")]
     Unimplemented(&'static str),
+    /// Any failure of the Lock and Election services (see [`EtcdError::code`]).
+    #[error(transparent)]
+    Lock(LockError),
+    #[error("{}", text::MISSING_LEADER_KEY)]
+    MissingLeaderKey,
 }
+
+impl From<LockError> for EtcdError {
+    fn from(e: LockError) -> EtcdError {
+        EtcdError::Lock(e)
+    }
+}
+
+/// Text prefix of every error etcd's clientv3 recognises (`rpctypes.errStringToError`).
+const ETCD_TEXT_PREFIX: &str = "etcdserver: ";
 
 impl EtcdError {
     pub fn code(&self) -> Code {
@@ -77,13 +94,25 @@ impl EtcdError {
             EtcdError::BadUrls => Code::InvalidArgument,
             EtcdError::TooManyRequests => Code::ResourceExhausted,
             EtcdError::Unimplemented(_) => Code::Unimplemented,
+            // etcd 3.4's lock and election servers run clientv3, which turns an error it
+            // knows by its text into a plain `rpctypes.EtcdError`; that and their own plain Go
+            // errors ("election: not leader", …) reach the wire as Unknown with the text. Our
+            // own outcomes without an etcd text keep their code, and so does a wait ended by
+            // this node's shutdown (`Unavailable`, as a stopping etcd's closed connection).
+            EtcdError::Lock(LockError::Kv(e))
+                if matches!(e, KvError::ShuttingDown)
+                    || !kv_message(e).starts_with(ETCD_TEXT_PREFIX) =>
+            {
+                kv_code(e)
+            }
+            EtcdError::Lock(_) | EtcdError::MissingLeaderKey => Code::Unknown,
         }
     }
 
     /// The message clients see: etcd's text where etcd has the error.
     pub fn message(&self) -> String {
         match self {
-            EtcdError::Kv(e) => kv_message(e),
+            EtcdError::Kv(e) | EtcdError::Lock(LockError::Kv(e)) => kv_message(e),
             other => other.to_string(),
         }
     }
@@ -199,5 +228,52 @@ mod tests {
         assert_eq!(message, "quorum would be lost");
         let (code, _) = status(EtcdError::Unimplemented("KV.Range"));
         assert_eq!(code, Code::Unimplemented);
+    }
+
+    #[test]
+    fn lock_and_election_errors_are_etcds() {
+        use crate::mvcc::MvccError;
+        let cases = [
+            (
+                status(LockError::NotLeader),
+                Code::Unknown,
+                "election: not leader",
+            ),
+            (
+                status(LockError::NoLeader),
+                Code::Unknown,
+                "election: no leader",
+            ),
+            (
+                status(EtcdError::MissingLeaderKey),
+                Code::Unknown,
+                "\"leader\" field must be provided",
+            ),
+            (
+                status(LockError::from(KvError::Store(MvccError::LeaseNotFound {
+                    lease: 7,
+                }))),
+                Code::Unknown,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                status(LockError::from(KvError::NoLeader("x".into()))),
+                Code::Unknown,
+                "etcdserver: no leader",
+            ),
+            (
+                status(LockError::from(KvError::ShuttingDown)),
+                Code::Unavailable,
+                "etcdserver: server stopped",
+            ),
+            (
+                status(LockError::from(KvError::Internal("x".into()))),
+                Code::Internal,
+                "internal error: x",
+            ),
+        ];
+        for ((code, message), want_code, want_message) in cases {
+            assert_eq!((code, message.as_str()), (want_code, want_message));
+        }
     }
 }
