@@ -23,6 +23,7 @@ use crate::raft::forward_batch::Forwarded;
 use crate::raft::types::Command;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
+use crate::raft::types::Outcome;
 use crate::raft::types::Response as CommandResponse;
 use crate::raft::types::TypeConfig;
 
@@ -38,6 +39,17 @@ enum Attempt {
     /// Certainly not applied; retry once a (new) leader is known.
     RetryAfterLeaderChange(Option<NodeId>),
     Done(Result<WriteOk, KvError>),
+}
+
+/// [`write`], answering the store's outcome with the revision after it; the store's refusal
+/// (and a missing outcome) as an error. What every etcd-style call checks first.
+pub async fn propose(app: &App, cmd: Command) -> Result<(i64, Outcome), KvError> {
+    let ok = write(app, cmd).await?;
+    match ok.response.outcome {
+        Some(Outcome::Refused(e)) => Err(KvError::Store(e)),
+        Some(outcome) => Ok((ok.response.revision, outcome)),
+        None => Err(KvError::Internal("a write answered no outcome".into())),
+    }
 }
 
 /// Applies `cmd` through the cluster's leader, waiting at most the request timeout.

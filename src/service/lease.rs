@@ -154,11 +154,9 @@ pub async fn grant(app: &App, id: i64, ttl: i64) -> Result<(i64, i64), KvError> 
 /// etcd's LeaseRevoke: the lease ends and its keys are deleted (one revision). Answers the
 /// revision after it.
 pub async fn revoke(app: &App, id: i64) -> Result<i64, KvError> {
-    let ok = crate::raft::forward::write(app, Command::LeaseRevoke { id }).await?;
-    match ok.response.outcome {
-        Some(Outcome::LeaseRevoked) => Ok(ok.response.revision),
-        Some(Outcome::Refused(e)) => Err(KvError::Store(e)),
-        other => Err(KvError::Internal(format!("LeaseRevoke answered {other:?}"))),
+    match crate::raft::forward::propose(app, Command::LeaseRevoke { id }).await? {
+        (revision, Outcome::LeaseRevoked) => Ok(revision),
+        (_, other) => Err(KvError::Internal(format!("LeaseRevoke answered {other:?}"))),
     }
 }
 

@@ -123,11 +123,9 @@ pub async fn unlock(app: &App, key: &[u8]) -> Result<i64, LockError> {
         key: Bytes::copy_from_slice(key),
         ..Default::default()
     };
-    let ok = crate::raft::forward::write(app, Command::DeleteRange(delete)).await?;
-    match ok.response.outcome {
-        Some(Outcome::DeleteRange(_)) => Ok(ok.response.revision),
-        Some(Outcome::Refused(e)) => Err(KvError::Store(e).into()),
-        other => Err(KvError::Internal(format!("Unlock's delete answered {other:?}")).into()),
+    match crate::raft::forward::propose(app, Command::DeleteRange(delete)).await? {
+        (revision, Outcome::DeleteRange(_)) => Ok(revision),
+        (_, other) => Err(KvError::Internal(format!("Unlock's delete answered {other:?}")).into()),
     }
 }
 
@@ -205,11 +203,9 @@ pub(crate) async fn txn_write(
     app: &App,
     txn: mvcc::TxnRequest,
 ) -> Result<(i64, mvcc::TxnResponse), LockError> {
-    let ok = crate::raft::forward::write(app, Command::Txn(txn)).await?;
-    match ok.response.outcome {
-        Some(Outcome::Txn(r)) => Ok((ok.response.revision, r)),
-        Some(Outcome::Refused(e)) => Err(KvError::Store(e).into()),
-        other => Err(KvError::Internal(format!("a lock txn answered {other:?}")).into()),
+    match crate::raft::forward::propose(app, Command::Txn(txn)).await? {
+        (revision, Outcome::Txn(r)) => Ok((revision, r)),
+        (_, other) => Err(KvError::Internal(format!("a lock txn answered {other:?}")).into()),
     }
 }
 

@@ -80,12 +80,7 @@ async fn read_barrier(app: &App, serializable: bool) -> Result<(), EtcdError> {
 
 /// Proposes `cmd` and returns the store's answer (or its refusal as etcd's error).
 async fn propose(app: &App, cmd: Command) -> Result<(i64, Outcome), EtcdError> {
-    let ok = crate::raft::forward::write(app, cmd).await?;
-    match ok.response.outcome {
-        Some(Outcome::Refused(e)) => Err(KvError::Store(e).into()),
-        Some(outcome) => Ok((ok.response.revision, outcome)),
-        None => Err(KvError::Internal("an etcd write answered no outcome".into()).into()),
-    }
+    Ok(crate::raft::forward::propose(app, cmd).await?)
 }
 
 fn unexpected(what: &str, outcome: &Outcome) -> EtcdError {
