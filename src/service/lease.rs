@@ -49,7 +49,7 @@ pub enum LeaseAsk {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTtl {
     pub granted: i64,
-    /// Seconds left before it expires (rounded up; etcd's `TTL` field).
+    /// Whole seconds left before it expires (truncated, as etcd's `TTL` field).
     pub remaining: i64,
 }
 
@@ -98,34 +98,78 @@ impl Lessor {
         self.lock().deadlines.insert(id, deadline);
     }
 
+    /// The deadlines of `term` (the term this node leads now, `None`: not leading); `leases`
+    /// (every `(id, ttl)`) is asked only when a new term starts.
+    fn for_term(
+        &self,
+        term: Option<u64>,
+        now: Instant,
+        leases: impl FnOnce() -> Vec<(i64, i64)>,
+    ) -> std::sync::MutexGuard<'_, Timers> {
+        let mut timers = self.lock();
+        if timers.term != term {
+            timers.start(term, now, term.map(|_| leases()).unwrap_or_default());
+        }
+        timers
+    }
+}
+
+impl Timers {
+    /// A new term: as etcd's `Promote`, every lease that exists now gets its full TTL plus
+    /// [`LEADER_CHANGE_EXTENSION`]; one granted later gets its TTL from when this leader first
+    /// sees it ([`Timers::deadline`]).
+    fn start(&mut self, term: Option<u64>, now: Instant, leases: Vec<(i64, i64)>) {
+        self.term = term;
+        self.deadlines = leases
+            .into_iter()
+            .map(|(id, ttl)| (id, now + ttl_duration(ttl) + LEADER_CHANGE_EXTENSION))
+            .collect();
+    }
+
+    /// `id`'s deadline; a lease granted in this term that has none yet gets its TTL from now
+    /// (it was applied just before: a grant through a follower sets no deadline here).
+    fn deadline(&mut self, id: i64, ttl: i64, now: Instant) -> Instant {
+        *self
+            .deadlines
+            .entry(id)
+            .or_insert_with(|| now + ttl_duration(ttl))
+    }
+
     /// A keep-alive: `id`'s deadline moves to `granted` from now, unless it has passed already
     /// (then `None`: the revoke is on its way). Checked and moved under one lock, so the expiry
     /// loop never revokes a lease whose keep-alive was answered.
-    fn renew(&self, id: i64, granted: i64) -> Option<LeaseTtl> {
-        let now = Instant::now();
-        let mut timers = self.lock();
-        if timers.deadlines.get(&id).is_some_and(|d| *d <= now) {
+    fn renew(&mut self, id: i64, granted: i64, now: Instant) -> Option<LeaseTtl> {
+        if self.deadline(id, granted, now) <= now {
             return None;
         }
-        let deadline = now + Duration::from_secs(granted.max(0) as u64);
-        timers.deadlines.insert(id, deadline);
+        self.deadlines.insert(id, now + ttl_duration(granted));
         Some(LeaseTtl {
             granted,
             remaining: granted,
         })
     }
 
-    /// `id`'s TTLs now; a lease without a deadline yet has its full TTL left.
-    fn ttl_of(&self, id: i64, granted: i64) -> LeaseTtl {
-        let remaining = match self.lock().deadlines.get(&id) {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                left.as_secs_f64().ceil() as i64
-            }
-            None => granted,
-        };
+    /// `id`'s TTLs at `now`: the whole seconds left, truncated as etcd's
+    /// `int64(Remaining().Seconds())`, and strictly below the TTL (a lease renewed or granted
+    /// "now" was renewed or granted an instant before), so a fresh 60 s lease answers 59.
+    fn ttl_of(&mut self, id: i64, granted: i64, now: Instant) -> LeaseTtl {
+        let left = self
+            .deadline(id, granted, now)
+            .saturating_duration_since(now);
+        let remaining = left.saturating_sub(Duration::from_nanos(1)).as_secs() as i64;
         LeaseTtl { granted, remaining }
     }
+}
+
+fn ttl_duration(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0) as u64)
+}
+
+/// The term this node leads in now (`None`: it does not lead).
+fn leading_term(app: &App) -> Option<u64> {
+    let metrics = app.raft.metrics();
+    let m = metrics.borrow_watched();
+    (m.current_leader == Some(app.node_id)).then_some(m.current_term)
 }
 
 /// etcd's LeaseGrant: `id` 0 lets this node choose one. Answers the id and granted TTL.
@@ -201,14 +245,21 @@ pub async fn answer(app: &App, ask: LeaseAsk) -> Result<LeaseTtl, KvError> {
         .state_machine
         .lease_ttl(id)
         .ok_or(KvError::Store(MvccError::LeaseNotFound { lease: id }))?;
+    let term = leading_term(app)
+        .ok_or_else(|| KvError::NoLeader("the asked node is not the leader".into()))?;
+    // The deadlines of this term (started afresh here if the expiry loop has not seen the
+    // term yet, never a previous term's).
+    let now = Instant::now();
+    let mut timers = app
+        .lessor
+        .for_term(Some(term), now, || app.state_machine.lease_ttls());
     match ask {
         // A lease past its deadline is as good as revoked (the revoke is on its way): refusing
         // it means no keep-alive is ever answered for a lease that then expires (etcd too).
-        LeaseAsk::KeepAlive { .. } => app
-            .lessor
-            .renew(id, granted)
+        LeaseAsk::KeepAlive { .. } => timers
+            .renew(id, granted, now)
             .ok_or(KvError::Store(MvccError::LeaseNotFound { lease: id })),
-        LeaseAsk::TimeToLive { .. } => Ok(app.lessor.ttl_of(id, granted)),
+        LeaseAsk::TimeToLive { .. } => Ok(timers.ttl_of(id, granted, now)),
     }
 }
 
@@ -240,31 +291,18 @@ pub async fn run_expiry(app: std::sync::Arc<App>) {
 /// The leases past their deadline (at most [`REVOKES_PER_TICK_MAX`]); keeps the deadlines in
 /// step with leadership and with the leases that exist.
 fn expired_now(app: &App) -> Vec<i64> {
-    let term = {
-        let metrics = app.raft.metrics();
-        let m = metrics.borrow_watched();
-        (m.current_leader == Some(app.node_id)).then_some(m.current_term)
-    };
-    let mut timers = app.lessor.lock();
-    if timers.term != term {
-        // Leadership changed: a new leader starts every lease afresh.
-        timers.deadlines.clear();
-        timers.term = term;
-    }
+    let term = leading_term(app);
+    let now = Instant::now();
+    let leases = app.state_machine.lease_ttls();
+    let mut timers = app.lessor.for_term(term, now, || leases.clone());
     if term.is_none() {
         timers.deadlines.clear();
         return Vec::new();
     }
-    let now = Instant::now();
-    let leases = app.state_machine.lease_ttls();
-    let extension = LEADER_CHANGE_EXTENSION;
     let mut live = HashMap::with_capacity(leases.len());
     let mut expired = Vec::new();
     for (id, ttl) in leases {
-        let deadline = *timers
-            .deadlines
-            .entry(id)
-            .or_insert_with(|| now + Duration::from_secs(ttl.max(0) as u64) + extension);
+        let deadline = timers.deadline(id, ttl, now);
         if deadline <= now && expired.len() < REVOKES_PER_TICK_MAX {
             expired.push(id);
         }
@@ -287,31 +325,72 @@ mod tests {
         assert!(ids.iter().all(|id| *id > 0));
     }
 
+    const S: Duration = Duration::from_secs(1);
+
     #[test]
     fn a_keep_alive_past_the_deadline_is_refused_and_moves_nothing() {
         let lessor = Lessor::default();
-        assert!(lessor.renew(1, 10).is_some(), "no deadline yet: renewed");
-        lessor.refresh(2, 0); // a deadline of now: passed at once
-        assert_eq!(lessor.renew(2, 10), None);
+        let now = Instant::now();
+        let mut t = lessor.for_term(Some(3), now, || vec![(2, 10)]);
+        assert!(
+            t.renew(1, 10, now).is_some(),
+            "granted in this term: renewed"
+        );
+        t.deadlines.insert(2, now); // a deadline of now: passed at once
+        assert_eq!(t.renew(2, 10, now), None);
         assert_eq!(
-            lessor.ttl_of(2, 10).remaining,
+            t.ttl_of(2, 10, now).remaining,
             0,
             "the passed deadline stays"
         );
     }
 
     #[test]
-    fn remaining_ttl_rounds_up_and_defaults_to_the_grant() {
-        let lessor = Lessor::default();
+    fn remaining_ttl_is_truncated_below_the_ttl_as_etcd_answers() {
+        let mut t = Timers::default();
+        let now = Instant::now();
+        // A lease this leader has not seen yet starts now: 59 of 60 s left, as etcd answers
+        // right after a grant (never 60).
         assert_eq!(
-            lessor.ttl_of(1, 10),
+            t.ttl_of(1, 60, now),
             LeaseTtl {
-                granted: 10,
-                remaining: 10
+                granted: 60,
+                remaining: 59
             }
         );
-        lessor.refresh(1, 10);
-        let t = lessor.ttl_of(1, 10);
-        assert!(t.remaining == 10 || t.remaining == 9, "{t:?}");
+        assert_eq!(t.ttl_of(1, 60, now + S / 2).remaining, 59);
+        assert_eq!(t.ttl_of(1, 60, now + S).remaining, 58);
+        assert_eq!(t.ttl_of(1, 60, now + 70 * S).remaining, 0);
+        assert!(t.renew(1, 60, now + 10 * S).is_some());
+        assert_eq!(t.ttl_of(1, 60, now + 10 * S).remaining, 59);
+    }
+
+    #[test]
+    fn a_new_term_extends_existing_leases_only() {
+        let lessor = Lessor::default();
+        let now = Instant::now();
+        {
+            let mut t = lessor.for_term(Some(4), now, || vec![(1, 10)]);
+            // Existing at promotion: TTL + the extension; granted later: its TTL.
+            assert_eq!(
+                t.deadline(1, 10, now),
+                now + 10 * S + LEADER_CHANGE_EXTENSION
+            );
+            assert_eq!(t.deadline(2, 10, now + S), now + 11 * S);
+        }
+        // The same term again keeps the deadlines; a later term starts afresh, with no
+        // deadline of the earlier term left (a node that leads again never reuses them).
+        let mut t = lessor.for_term(Some(4), now + 5 * S, || unreachable!("same term"));
+        assert_eq!(t.deadline(2, 10, now + 5 * S), now + 11 * S);
+        drop(t);
+        let later = now + 30 * S;
+        let mut t = lessor.for_term(Some(6), later, || vec![(1, 10)]);
+        assert_eq!(
+            t.deadline(1, 10, later),
+            later + 10 * S + LEADER_CHANGE_EXTENSION
+        );
+        assert!(!t.deadlines.contains_key(&2), "lease 2 is gone");
+        drop(t);
+        assert!(lessor.for_term(None, later, Vec::new).deadlines.is_empty());
     }
 }

@@ -137,3 +137,36 @@ fn watch_session_prints_what_etcd_prints() {
         diffs.join("\n\n")
     );
 }
+
+#[test]
+fn lease_session_prints_what_etcd_prints() {
+    use crate::lease_session::{Runner, SESSION};
+    if !crate::etcd_tools_or_skip("lease_session_prints_what_etcd_prints") {
+        return;
+    }
+    let etcd_cluster = EtcdCluster::start(3);
+    let etcd = Context::new(etcd_cluster.endpoints(), etcd_cluster.names());
+    let raftkv = Cluster::three_raftd("etcd-differential-lease", "");
+    let ours = raftkv_context(&raftkv);
+    raftkv.phase("run the lease session on etcd and on raftkv, step by step");
+    let (mut theirs, mut mine) = (Runner::new(&etcd), Runner::new(&ours));
+    let mut diffs = Vec::new();
+    for step in SESSION {
+        let (a, b) = (theirs.run(step), mine.run(step));
+        let what = Runner::describe(step);
+        eprintln!("   {what} -> etcd exit {}, raftkv exit {}", a.code, b.code);
+        if a != b {
+            diffs.push(format!(
+                "{what}:\n--- etcd (exit {}):\n{}\n{}\n--- raftkv (exit {}):\n{}\n{}",
+                a.code, a.stdout, a.error, b.code, b.stdout, b.error
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} of {} steps differ from etcd:\n\n{}",
+        diffs.len(),
+        SESSION.len(),
+        diffs.join("\n\n")
+    );
+}

@@ -257,6 +257,151 @@ fn normalize_json(v: &mut Value, key: Option<&str>, volatile: &Volatile) {
     }
 }
 
+/// Lease ids differ between two clusters by construction, but the *same* lease must show in
+/// the same places: each distinct id becomes `<lease-1>`, `<lease-2>`, ... in the order it first
+/// appears in a session's output, wherever it is printed (`%016x` in text, a decimal number in
+/// the `ID` / `id` / `lease` fields of `-w json`). One `LeaseIds` per cluster and session.
+#[derive(Debug, Default)]
+pub struct LeaseIds {
+    seen: Vec<u64>,
+}
+
+impl LeaseIds {
+    fn name(&mut self, id: u64) -> String {
+        let n = match self.seen.iter().position(|s| *s == id) {
+            Some(i) => i + 1,
+            None => {
+                self.seen.push(id);
+                self.seen.len()
+            }
+        };
+        format!("<lease-{n}>")
+    }
+
+    /// Every 16-digit hex word of `line` (etcdctl's `%016x` lease ids) named.
+    fn text(&mut self, line: &str) -> String {
+        let mut out = String::with_capacity(line.len());
+        let mut word = String::new();
+        let flush = |word: &mut String, out: &mut String, ids: &mut LeaseIds| {
+            match u64::from_str_radix(word, 16) {
+                Ok(id) if word.len() == 16 => out.push_str(&ids.name(id)),
+                _ => out.push_str(word),
+            }
+            word.clear();
+        };
+        for c in line.chars() {
+            if c.is_ascii_hexdigit() {
+                word.push(c);
+            } else {
+                flush(&mut word, &mut out, self);
+                out.push(c);
+            }
+        }
+        flush(&mut word, &mut out, self);
+        out
+    }
+}
+
+/// How far below the granted TTL a `remaining` TTL may be and still count as etcd's answer
+/// (seconds). etcd answers `int64(remaining.Seconds())`, truncated: a lease renewed (or granted)
+/// just before is `granted - 1`, never `granted`; the slack covers a slow machine between the
+/// renewal and the question.
+pub const REMAINING_SLACK_S: i64 = 3;
+
+/// A remaining TTL `n` of a lease granted `granted`: a placeholder when it is within
+/// `granted - REMAINING_SLACK_S ..= granted - 1`, else the number itself (which then differs).
+fn remaining(n: i64, granted: i64) -> String {
+    if (granted - REMAINING_SLACK_S..granted).contains(&n) {
+        format!("<{}..{}>", granted - REMAINING_SLACK_S, granted - 1)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Output of etcdctl's lease commands (and gets of keys with leases), normalised for a
+/// differential: lease ids named by `ids` (see [`LeaseIds`]); `remaining(Ns)` and `-w json`'s
+/// `ttl` of a time-to-live within [`REMAINING_SLACK_S`] below the granted TTL; JSON headers'
+/// cluster and member ids and terms as `<n>` (revisions stay: both clusters start at 1); the
+/// ids under `found N leases` and in `leases` sorted (etcd lists them by expiry, which on a
+/// follower is no order at all). Exit codes, `Error:` lines and everything else as printed.
+pub fn normalize_lease(out: &Out, ids: &mut LeaseIds) -> Out {
+    let stdout = match serde_json::from_str::<Value>(out.stdout.trim()) {
+        Ok(mut json) => {
+            lease_json(&mut json, ids);
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        }
+        Err(_) => {
+            let mut lines: Vec<String> = out.stdout.lines().map(|l| lease_line(l, ids)).collect();
+            if lines.first().is_some_and(|l| l.starts_with("found ")) {
+                lines[1..].sort();
+            }
+            lines.join("\n")
+        }
+    };
+    Out {
+        code: out.code,
+        stdout,
+        error: out
+            .error
+            .lines()
+            .map(|l| ids.text(l))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        stderr: String::new(),
+    }
+}
+
+/// `lease <id> granted with TTL(60s), remaining(59s)...`: ids named, the remaining TTL checked.
+fn lease_line(line: &str, ids: &mut LeaseIds) -> String {
+    let line = ids.text(line);
+    let granted = between(&line, "TTL(", "s)").and_then(|g| g.parse::<i64>().ok());
+    let left = between(&line, "remaining(", "s)");
+    match (granted, left.and_then(|l| l.parse::<i64>().ok()), left) {
+        (Some(g), Some(n), Some(raw)) => line.replacen(
+            &format!("remaining({raw}s)"),
+            &format!("remaining({}s)", remaining(n, g)),
+            1,
+        ),
+        _ => line,
+    }
+}
+
+fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = s.find(open)? + open.len();
+    let len = s[start..].find(close)?;
+    Some(&s[start..start + len])
+}
+
+fn lease_json(v: &mut Value, ids: &mut LeaseIds) {
+    match v {
+        Value::Object(map) => {
+            // A time-to-live: `ttl` is the remaining TTL of `granted-ttl`.
+            let granted = map.get("granted-ttl").and_then(Value::as_i64);
+            for (k, field) in map.iter_mut() {
+                match (k.as_str(), field.as_i64()) {
+                    ("ID" | "id" | "lease", Some(id)) if id != 0 => {
+                        *field = Value::String(ids.name(id as u64));
+                    }
+                    ("ttl", Some(n)) if granted.is_some_and(|g| g > 0) => {
+                        *field = Value::String(remaining(n, granted.unwrap_or(0)));
+                    }
+                    ("cluster_id" | "member_id" | "raft_term", _) if field.is_number() => {
+                        *field = Value::String("<n>".into());
+                    }
+                    _ => lease_json(field, ids),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                lease_json(item, ids);
+            }
+            items.sort_by_key(|i| i.to_string());
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +418,59 @@ mod tests {
         assert_eq!(
             normalize_text(ours, &volatile),
             normalize_text(etcds, &volatile)
+        );
+    }
+
+    #[test]
+    fn lease_ids_are_named_in_order_of_first_appearance_everywhere() {
+        let run = |outs: &[&str]| {
+            let mut ids = LeaseIds::default();
+            outs.iter()
+                .map(|o| {
+                    let out = Out {
+                        code: 0,
+                        stdout: o.to_string(),
+                        error: String::new(),
+                        stderr: String::new(),
+                    };
+                    normalize_lease(&out, &mut ids).stdout
+                })
+                .collect::<Vec<_>>()
+        };
+        // etcd's ids and raftkv's, the same lease in the same places: equal after naming.
+        let etcd = run(&[
+            "lease 2040a23b12c7f705 granted with TTL(60s)",
+            r#"{"cluster_id":3,"member_id":4,"revision":1,"raft_term":2,"ID":2324035782325040905,"TTL":60}"#,
+            "lease 2040a23b12c7f705 granted with TTL(60s), remaining(59s), attached keys([a])",
+            r#"{"revision":3,"id":2324035782325040905,"ttl":58,"granted-ttl":60,"keys":null}"#,
+            "found 2 leases\n2040a23b12c7f705\n2040a23b12c7f709",
+        ]);
+        let ours = run(&[
+            "lease 00003c8f1b2a7e11 granted with TTL(60s)",
+            r#"{"cluster_id":9,"member_id":8,"revision":1,"raft_term":7,"ID":77,"TTL":60}"#,
+            "lease 00003c8f1b2a7e11 granted with TTL(60s), remaining(57s), attached keys([a])",
+            r#"{"revision":3,"id":77,"ttl":59,"granted-ttl":60,"keys":null}"#,
+            "found 2 leases\n000000000000004d\n00003c8f1b2a7e11",
+        ]);
+        assert_eq!(etcd, ours);
+        assert_eq!(etcd[0], "lease <lease-1> granted with TTL(60s)");
+        assert!(etcd[2].contains("remaining(<57..59>s)"), "{}", etcd[2]);
+        assert_eq!(etcd[4], "found 2 leases\n<lease-1>\n<lease-2>");
+        // The first lease's id where etcd has a second one, a remaining TTL at the granted TTL
+        // (etcd truncates, so never), or one far below it: each still differs.
+        let swapped = run(&[
+            "lease 00003c8f1b2a7e11 granted with TTL(60s)",
+            r#"{"cluster_id":9,"member_id":8,"revision":1,"raft_term":7,"ID":66585333759505,"TTL":60}"#,
+        ]);
+        assert_ne!(etcd[..2], swapped[..]);
+        for wrong in ["remaining(60s)", "remaining(30s)"] {
+            let line = format!("lease 00003c8f1b2a7e11 granted with TTL(60s), {wrong}");
+            assert!(run(&[&line])[0].ends_with(wrong), "{wrong}");
+        }
+        // Member ids (unpadded hex, decimal `member_id`) are not lease ids.
+        assert_eq!(
+            run(&["8e9e05c52164694 is a member"])[0],
+            "8e9e05c52164694 is a member"
         );
     }
 

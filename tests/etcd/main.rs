@@ -13,7 +13,8 @@
 //! - `kv_client`: its KV and Txn calls (revisions, CAS, compaction) through a leader kill;
 //! - `lease_client`, `watch_client`: its Lease and Watch calls (keep-alive stream, watches
 //!   across a leader kill); `lease_etcdctl`, `watch_session`: etcdctl's lease, lock, elect and
-//!   watch commands (watch differential against etcd);
+//!   watch commands (watch differential against etcd); `lease_session`: the etcdctl lease
+//!   session the lease differential runs on etcd and on raftkv;
 //! - `lock_client`: its server-side Lock and Election calls (etcd's `v3lock` / `v3election`
 //!   services), their error answers compared with etcd's;
 //! - `snapshot`: `etcdctl snapshot save` writes a backup that `raftkv restore` accepts;
@@ -33,6 +34,7 @@ mod etcdctl_raftkv;
 mod kv_client;
 mod lease_client;
 mod lease_etcdctl;
+mod lease_session;
 mod lock_client;
 mod reference;
 mod sessions;
