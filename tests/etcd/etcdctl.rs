@@ -351,9 +351,20 @@ pub fn normalize_lease(out: &Out, ids: &mut LeaseIds) -> Out {
     }
 }
 
-/// `lease <id> granted with TTL(60s), remaining(59s)...`: ids named, the remaining TTL checked.
+/// `lease <id> granted with TTL(60s), remaining(59s)...`: ids named, the remaining TTL checked,
+/// the attached keys sorted (etcd lists them in its map's order, which varies run to run).
 fn lease_line(line: &str, ids: &mut LeaseIds) -> String {
-    let line = ids.text(line);
+    let mut line = ids.text(line);
+    if let Some(keys) = between(&line, "attached keys([", "])") {
+        let mut sorted: Vec<&str> = keys.split(' ').collect();
+        sorted.sort_unstable();
+        let sorted = sorted.join(" ");
+        line = line.replacen(
+            &format!("attached keys([{keys}])"),
+            &format!("attached keys([{sorted}])"),
+            1,
+        );
+    }
     let granted = between(&line, "TTL(", "s)").and_then(|g| g.parse::<i64>().ok());
     let left = between(&line, "remaining(", "s)");
     match (granted, left.and_then(|l| l.parse::<i64>().ok()), left) {
@@ -419,6 +430,19 @@ mod tests {
             normalize_text(ours, &volatile),
             normalize_text(etcds, &volatile)
         );
+    }
+
+    #[test]
+    fn attached_keys_compare_as_a_set() {
+        let line = |keys: &str| {
+            lease_line(
+                &format!("lease 0a granted with TTL(60s), remaining(59s), attached keys([{keys}])"),
+                &mut LeaseIds::default(),
+            )
+        };
+        assert_eq!(line("svc/b svc/a"), line("svc/a svc/b"));
+        assert_ne!(line("svc/b svc/a"), line("svc/a svc/c"));
+        assert_ne!(line("svc/a"), line("svc/a svc/b"));
     }
 
     #[test]
