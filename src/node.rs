@@ -347,21 +347,16 @@ fn peer_auth(config: &Config, tls: &NodeTls) -> PeerAuth {
 }
 
 /// Resolves when the Raft core has stopped without being asked to, with the reason.
+///
+/// Waits on `server_metrics()`, whose sender openraft's core owns and drops when its task
+/// ends (after a fatal error too), rather than on `metrics()`, which is sent after every
+/// flush; the reason is then read from `metrics().running_state`, set before the core ends.
 async fn core_stopped(raft: &Raft) -> String {
-    let mut metrics = raft.metrics();
-    loop {
-        {
-            let m = metrics.borrow_watched();
-            if let Err(fatal) = &m.running_state {
-                return fatal.to_string();
-            }
-            if m.state == openraft::ServerState::Shutdown {
-                return "the Raft core shut down".to_string();
-            }
-        }
-        if metrics.changed().await.is_err() {
-            return "the Raft core's metrics channel closed".to_string();
-        }
+    let mut server = raft.server_metrics();
+    while server.changed().await.is_ok() {}
+    match &raft.metrics().borrow_watched().running_state {
+        Err(fatal) => fatal.to_string(),
+        Ok(()) => "the Raft core's metrics channel closed".to_string(),
     }
 }
 

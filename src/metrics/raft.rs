@@ -38,21 +38,23 @@ impl fmt::Debug for RaftCollector {
 }
 
 /// Counts changes of the known leader (to a new, known leader: etcd's
-/// `leader_changes_seen_total`) until the Raft core's metrics channel closes.
+/// `leader_changes_seen_total`) until the Raft core stops.
+///
+/// Follows `server_metrics()`, which openraft publishes only when the server state changes,
+/// not `metrics()`, which it sends after every flush: waiting on the latter woke this task
+/// once per batch of writes.
 pub async fn watch_leader_changes(raft: Raft, changes: Counter) {
-    let mut metrics = raft.metrics();
+    let mut server = raft.server_metrics();
     let mut last: Option<NodeId> = None;
     loop {
-        let (leader, term) = {
-            let m = metrics.borrow_watched();
-            (m.current_leader, m.current_term)
-        };
+        let leader = server.borrow_watched().current_leader;
         if leader.is_some() && leader != last {
             changes.inc();
+            let term = raft.metrics().borrow_watched().current_term;
             tracing::info!(leader = ?leader, term, "leader changed");
             last = leader;
         }
-        if metrics.changed().await.is_err() {
+        if server.changed().await.is_err() {
             return;
         }
     }
