@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 use serde::Deserialize;
@@ -44,7 +45,40 @@ enum Attempt {
 /// [`write`], answering the store's outcome with the revision after it; the store's refusal
 /// (and a missing outcome) as an error. What every etcd-style call checks first.
 pub async fn propose(app: &App, cmd: Command) -> Result<(i64, Outcome), KvError> {
-    let ok = write(app, cmd).await?;
+    outcome_of(write(app, cmd).await?)
+}
+
+/// Proposes `cmd` on this node only, and only while it leads in `term`: never forwarded, never
+/// retried through another leader. For decisions a leader makes from its own state alone (a
+/// lease's expiry from its timers): such a decision must be proposed by the node that made it,
+/// before any other: an entry appended in `term` commits only while no later term has a
+/// majority (its voters refuse older terms' appends), so a deposed leader's stale decision
+/// never commits — forwarded to the new leader, it would.
+pub async fn propose_as_leader(
+    app: &App,
+    cmd: Command,
+    term: u64,
+) -> Result<(i64, Outcome), KvError> {
+    crate::limits::check_command(&cmd, app.max_value_bytes)?;
+    let leads = {
+        let metrics = app.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.current_leader == Some(app.node_id) && m.current_term == term
+    };
+    let not_leading = || KvError::NoLeader(format!("this node no longer leads in term {term}"));
+    if !leads {
+        return Err(not_leading());
+    }
+    app.metrics.mvcc.count_write(&cmd);
+    let deadline = Instant::now() + app.request_timeout;
+    match propose_locally(app, cmd, deadline).await {
+        Attempt::Done(result) => outcome_of(result?),
+        Attempt::RetryAfterLeaderChange(_) => Err(not_leading()),
+    }
+}
+
+/// A write's store outcome with the revision after it; a refusal as an error.
+fn outcome_of(ok: WriteOk) -> Result<(i64, Outcome), KvError> {
     match ok.response.outcome {
         Some(Outcome::Refused(e)) => Err(KvError::Store(e)),
         Some(outcome) => Ok((ok.response.revision, outcome)),

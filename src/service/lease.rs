@@ -269,14 +269,23 @@ pub async fn run_expiry(app: std::sync::Arc<App>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let expired = expired_now(&app);
+        let Some((term, expired)) = expired_now(&app) else {
+            continue;
+        };
         for id in expired {
-            match revoke(&app, id).await {
-                Ok(revision) => tracing::info!(
+            // Must be proposed here, by the leader whose timers ran out, and only in the term
+            // they belong to (never forwarded): a leader paused past an election would
+            // otherwise wake up and have the new leader revoke leases it keeps alive.
+            let cmd = Command::LeaseRevoke { id };
+            match crate::raft::forward::propose_as_leader(&app, cmd, term).await {
+                Ok((revision, Outcome::LeaseRevoked)) => tracing::info!(
                     lease = format!("{id:x}"),
                     revision,
                     "lease expired: revoked"
                 ),
+                Ok((_, other)) => {
+                    tracing::warn!(lease = format!("{id:x}"), outcome = ?other, "an expiry answered an unexpected outcome");
+                }
                 // Revoked meanwhile by a client: nothing to do.
                 Err(KvError::Store(MvccError::LeaseNotFound { .. })) => {}
                 Err(e) => {
@@ -288,17 +297,18 @@ pub async fn run_expiry(app: std::sync::Arc<App>) {
     }
 }
 
-/// The leases past their deadline (at most [`REVOKES_PER_TICK_MAX`]); keeps the deadlines in
-/// step with leadership and with the leases that exist.
-fn expired_now(app: &App) -> Vec<i64> {
+/// The term this node leads in and the leases past their deadline in it (at most
+/// [`REVOKES_PER_TICK_MAX`]; `None` when not leading); keeps the deadlines in step with
+/// leadership and with the leases that exist.
+fn expired_now(app: &App) -> Option<(u64, Vec<i64>)> {
     let term = leading_term(app);
     let now = Instant::now();
     let leases = app.state_machine.lease_ttls();
     let mut timers = app.lessor.for_term(term, now, || leases.clone());
-    if term.is_none() {
+    let Some(term) = term else {
         timers.deadlines.clear();
-        return Vec::new();
-    }
+        return None;
+    };
     let mut live = HashMap::with_capacity(leases.len());
     let mut expired = Vec::new();
     for (id, ttl) in leases {
@@ -309,7 +319,7 @@ fn expired_now(app: &App) -> Vec<i64> {
         live.insert(id, deadline);
     }
     timers.deadlines = live;
-    expired
+    Some((term, expired))
 }
 
 #[cfg(test)]

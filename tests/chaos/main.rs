@@ -11,14 +11,16 @@
 //! - `workload` + `history`: the clients and the recorded operations;
 //! - `watchers`: watchers of the schedule's keys on random nodes, reconnecting from their last
 //!   revision across faults, checked against the cluster's history (once, in order, no gaps, no
-//!   phantoms);
+//!   phantoms); half of them over etcd's gRPC Watch, half over the HTTP event stream;
+//! - `leases`: lease keepers (etcd's LeaseGrant / LeaseKeepAlive on random nodes) and the check
+//!   that no lease expired while its keep-alives were answered, and none came back;
 //! - `checker`: per-key linearizability (porcupine-rs), shrinking to a witness, lost writes;
 //! - `run`: one schedule start to verdict, and runs of many;
 //! - `checker_tests`, `checker_cas_tests`, `broken_build`, `regressions`: the checker's own tests, a broken build
 //!   caught on the real cluster, and reproductions of the product bugs chaos found.
 //!
 //! Modes:
-//! - `cargo test --test chaos`: a short run (about 20 s of schedules; under 45 s for the whole
+//! - `cargo test --test chaos`: a short run (about 20 s of schedules; under a minute for the whole
 //!   binary in a debug build) plus the checker's own tests and the regressions;
 //! - `RAFTKV_CHAOS_SECS=600 cargo test --release --test chaos -- --ignored --nocapture`: the long
 //!   run, schedules back to back for that many seconds, with totals at the end.
@@ -43,6 +45,9 @@ mod checker_cas_tests;
 #[cfg(test)]
 mod checker_tests;
 mod history;
+mod leases;
+#[cfg(test)]
+mod leases_tests;
 mod monitor;
 mod nemesis;
 mod proxy;
@@ -77,7 +82,8 @@ fn base_opts(name: &'static str) -> Opts {
         nodes: 3,
         keys: 24,
         clients: 5,
-        watchers: 3,
+        watchers: 4,
+        lease_keepers: 2,
         plan: PlanOpts {
             steps_min: 2,
             steps_max: 3,

@@ -5,6 +5,9 @@
 //!    acknowledged writes are lost on it, its linearizable reads are stale.
 //! 2. `learner_does_not_spin_on_writes_before_it_knows_the_leader` — a write sent to a fresh
 //!    learner busy-loops for `--timeout-ms`, starving the node's runtime; joins took 25–30 s.
+//! 3. `a_paused_leader_does_not_expire_leases_the_new_leader_keeps_alive` — a leader paused
+//!    past an election wakes with its lease timers run out and has the new leader revoke leases
+//!    whose keep-alives the new leader was answering.
 
 use std::time::{Duration, Instant};
 
@@ -247,4 +250,89 @@ fn cpu_secs(pid: Option<u32>) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Found by the lease keepers of `long_chaos` (seed 830647079, schedules 9 and 13: the leader
+/// SIGSTOPped for 1.8 s, then killed): a keep-alive answered with TTL 2 s, and 0.6 s later a
+/// keep-alive answered TTL 0. The paused leader woke with its timers run out and, still
+/// believing it led, sent the revocations down the write path, which forwarded them to the new
+/// leader — which committed them although it was answering those leases' keep-alives.
+/// Fix: an expiry is proposed only by the leader whose timers ran out, in their term, never
+/// forwarded (`forward::propose_as_leader`): a deposed leader's entry cannot commit.
+#[test]
+fn a_paused_leader_does_not_expire_leases_the_new_leader_keeps_alive() {
+    use etcd_client::{Client, PutOptions};
+    let _serial = crate::serial();
+    let mut c = crate::harness::Cluster::three_raftd("chaos-paused-lessor", "--timeout-ms 2000");
+    let old = c.leader();
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let addr = c.node(others[0]).http_addr();
+    let connect = || async {
+        let c = Client::connect([addr.as_str()], None).await;
+        c.expect("connect to a follower")
+    };
+    let mut client = rt.block_on(connect());
+    c.phase("a 2 s lease and its key, granted through a follower");
+    let id = rt.block_on(async {
+        let id = client.lease_grant(2, None).await.expect("grant").id();
+        let put = PutOptions::new().with_lease(id);
+        client.put("svc/a", "up", Some(put)).await.expect("put");
+        // A time-to-live asked of the leader itself starts its timer for the lease now.
+        let mut on_leader = Client::connect([c.node(old).http_addr()], None)
+            .await
+            .expect("connect to the leader");
+        let ttl = on_leader.lease_time_to_live(id, None).await.expect("ttl");
+        assert!(ttl.ttl() > 0, "{ttl:?}");
+        id
+    });
+    // Keep-alives every 300 ms through the follower until `until`; each answer must hold the
+    // lease (errors while there is no leader are retried on a fresh connection).
+    let keep_alive = |client: &mut Client, until: Instant| {
+        rt.block_on(async {
+            let mut answered = 0;
+            while Instant::now() < until {
+                let answer = tokio::time::timeout(Duration::from_secs(1), async {
+                    let (_, mut s) = client.lease_keep_alive(id).await?;
+                    s.message().await.map(|_| ())
+                })
+                .await;
+                match answer {
+                    Ok(Ok(())) => answered += 1,
+                    Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                        panic!("lease {id:x} expired while kept alive (after {answered} answers)")
+                    }
+                    _ => *client = connect().await,
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            answered
+        })
+    };
+    c.phase("the leader is paused past the lease's TTL; another is elected and keeps it alive");
+    c.pause(old);
+    let during = keep_alive(&mut client, Instant::now() + Duration::from_secs(4));
+    assert!(
+        during > 0,
+        "no keep-alive was answered while the leader was paused"
+    );
+    let new = c.leader_among(&others);
+    c.phase(&format!(
+        "n{old} wakes with its timers run out (n{new} leads); keep-alives go on"
+    ));
+    c.resume(old);
+    let after = keep_alive(&mut client, Instant::now() + Duration::from_secs(3));
+    assert!(after > 0, "no keep-alive was answered after the resume");
+    let kvs = rt
+        .block_on(client.get("svc/a", None))
+        .expect("get")
+        .kvs()
+        .len();
+    assert_eq!(
+        kvs, 1,
+        "the lease's key was deleted while its lease was kept alive"
+    );
 }

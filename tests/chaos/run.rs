@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::checker::{self, LinReport};
 use crate::history::{Action, Observed, Op, Outcome, Tally};
+use crate::leases::Keepers;
 use crate::monitor::DigestMonitor;
 use crate::nemesis::{self, PlanOpts, Timeline};
 use crate::rng::Rng;
@@ -34,6 +35,8 @@ pub struct Opts {
     pub clients: u32,
     /// Watchers of the schedule's keys (`watchers.rs`), reconnecting across faults.
     pub watchers: u32,
+    /// Lease keepers (`leases.rs`), keeping short leases alive across faults.
+    pub lease_keepers: u32,
     pub plan: PlanOpts,
     pub warmup: Duration,
     /// Traffic after healing, before the clients stop.
@@ -112,6 +115,7 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
     let prefix = format!("s{n}k");
     let from = revision_now(cc) + 1;
     let watchers = Watchers::start(opts.watchers, &prefix, from, &cc.targets, &rng);
+    let keepers = Keepers::start(opts.lease_keepers, n, &cc.targets, &rng);
     let clients = Clients::start(opts.clients, &keys, &cc.targets, opts.request_timeout, &rng);
     let mut timeline = Timeline::new();
     std::thread::sleep(opts.warmup);
@@ -132,6 +136,10 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
     timeline.push((crate::history::now_ns(), "healed".into()));
     std::thread::sleep(opts.recovery);
     let mut history = clients.stop();
+    let (lease_violations, lease_summary) = keepers.finish();
+    eprintln!("   {lease_summary}");
+    res.violations
+        .extend(lease_violations.into_iter().map(|v| format!("lease: {v}")));
 
     // Recovery: healthy, converged, and every key readable everywhere.
     let t0 = Instant::now();
@@ -151,13 +159,25 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
         }
     }
     let finals = final_reads(cc, &keys, opts, &mut history, &mut res);
-    // Every watcher drains to the converged cluster's revision and must have seen exactly its
-    // history of the schedule's keys.
+    // Every watcher drains to a last write under the prefix, made now that the clients have
+    // stopped and the cluster converged, and must have seen exactly the cluster's history of
+    // the schedule's keys up to it. (The store's revision is no end mark: lease keepers and
+    // lease expiries write revisions outside the prefix, at any time.)
     let reference = cc.leader_now().unwrap_or(0);
+    let end_key = format!("{prefix}~end");
+    let end_rev = match end_mark(cc, reference, &end_key, opts) {
+        Ok(rev) => rev,
+        Err(e) => {
+            res.liveness
+                .get_or_insert(format!("the watchers' end mark was not written: {e}"));
+            revision_of(cc, reference)
+        }
+    };
     let (watch_violations, watch_summary) = watchers.finish(
-        revision_of(cc, reference),
+        end_rev,
         &cc.c.node(reference).http_addr(),
         &history,
+        (end_key, END_MARK.to_string()),
     );
     eprintln!("   {watch_summary}");
     res.violations
@@ -212,6 +232,26 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
         report_failure(&res, seed);
     }
     res
+}
+
+/// The value of the watchers' end mark.
+const END_MARK: &str = "end";
+
+/// Writes the watchers' end mark `key` through member `i`; answers its revision.
+fn end_mark(cc: &ChaosCluster, i: usize, key: &str, opts: &Opts) -> Result<i64, String> {
+    let url = format!("http://{}/db/{key}", cc.c.node(i).http_addr());
+    let resp = workload::http_client(opts.request_timeout)
+        .put(url)
+        .body(END_MARK)
+        .send()
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    resp.headers()
+        .get("x-raft-revision")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .ok_or_else(|| "no X-Raft-Revision in the answer".to_string())
 }
 
 /// The store revision of a healthy member now (0 if none answers).

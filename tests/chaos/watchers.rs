@@ -1,8 +1,9 @@
-//! Watchers under chaos: each watcher follows the schedule's keys through `GET /watch` (the
-//! server-sent event stream, on the same watcher core as etcd's Watch) on a random node, and
-//! whenever its stream breaks, stalls or the node dies it reconnects to a random node from
+//! Watchers under chaos: each watcher follows the schedule's keys on a random node — half of
+//! them through etcd's gRPC `Watch` (the `etcd-client` crate, as an etcd user's program), the
+//! other half through `GET /watch` (the server-sent event stream on the same watcher core) —
+//! and whenever its stream breaks, stalls or the node dies it reconnects to a random node from
 //! the revision after the last one it saw — what an etcd client does. After the schedule each
-//! watcher drains up to the cluster's final revision, and the check compares what it saw with
+//! watcher drains up to the end mark (a last write under the prefix), and the check compares what it saw with
 //! the cluster's own history of those keys (read once more, from a converged node):
 //! every change exactly once, in revision order, no gaps, and no event whose value no client
 //! ever wrote (a phantom).
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use etcd_client::{Client, ConnectOptions, EventType, WatchOptions};
 use serde_json::Value;
 
 use crate::history::{Action, Op};
@@ -86,6 +88,72 @@ fn follow(url: &str, mut each: impl FnMut(i64, &Value) -> bool) -> Result<(), St
     Err("stream ended".into())
 }
 
+/// Follows `prefix` from revision `from` through etcd's gRPC Watch on `addr`, handing each
+/// revision's changes to `each` (as [`follow`] does for the event stream). A watch cancelled
+/// because `from` was compacted is an error starting with "compacted".
+fn follow_grpc(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    prefix: &str,
+    from: i64,
+    mut each: impl FnMut(i64, Vec<Seen>) -> bool,
+) -> Result<(), String> {
+    async fn within<T, E: std::fmt::Display>(
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(STALL_TIMEOUT, f).await {
+            Ok(r) => r.map_err(|e| format!("{what}: {e}")),
+            Err(_) => Err(format!("{what}: nothing within {STALL_TIMEOUT:?}")),
+        }
+    }
+    rt.block_on(async {
+        let opts = ConnectOptions::new().with_connect_timeout(STALL_TIMEOUT);
+        let mut client = within("connect", Client::connect([addr], Some(opts))).await?;
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        let mut stream = within("watch", client.watch(prefix, Some(options))).await?;
+        loop {
+            let r = within("watch stream", stream.message())
+                .await?
+                .ok_or("watch stream ended")?;
+            if r.canceled() {
+                return Err(if r.compact_revision() > 0 {
+                    format!("compacted: revision {}", r.compact_revision())
+                } else {
+                    format!("watch canceled: {}", r.cancel_reason())
+                });
+            }
+            // One response may carry several revisions: each is handed on whole.
+            let mut batch: Vec<Seen> = Vec::new();
+            for e in r.events() {
+                let Some(kv) = e.kv() else {
+                    return Err(format!("an event without a key: {e:?}"));
+                };
+                let seen = Seen {
+                    rev: kv.mod_revision(),
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    value: (e.event_type() == EventType::Put)
+                        .then(|| String::from_utf8_lossy(kv.value()).into_owned()),
+                };
+                if let Some(last) = batch.last()
+                    && last.rev != seen.rev
+                {
+                    let rev = last.rev;
+                    if !each(rev, std::mem::take(&mut batch)) {
+                        return Ok(());
+                    }
+                }
+                batch.push(seen);
+            }
+            if let Some(rev) = batch.first().map(|s| s.rev)
+                && !each(rev, batch)
+            {
+                return Ok(());
+            }
+        }
+    })
+}
+
 /// The changes of one SSE message.
 fn changes(rev: i64, json: &Value) -> Vec<Seen> {
     json["events"]
@@ -104,7 +172,15 @@ fn changes(rev: i64, json: &Value) -> Vec<Seen> {
         .unwrap_or_default()
 }
 
+/// How a watcher watches.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Grpc,
+    Sse,
+}
+
 fn watch_loop(
+    via: Via,
     prefix: &str,
     from: i64,
     targets: &Targets,
@@ -121,6 +197,13 @@ fn watch_loop(
     };
     let mut next = from;
     let mut drain_deadline = None;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("watcher runtime: {e}"),
+    };
     loop {
         let target = {
             let nodes = targets.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -130,22 +213,29 @@ fn watch_loop(
             }
             nodes[rng.below(nodes.len() as u64) as usize].1.clone()
         };
-        let url = format!("http://{target}/watch?prefix={prefix}&from={next}");
         let done = |next: i64| {
             let until = until.load(Ordering::SeqCst);
             stop.load(Ordering::SeqCst) && until > 0 && next > until
         };
-        let r = follow(&url, |rev, json| {
+        let start = next;
+        let mut take = |rev: i64, seen: Vec<Seen>| {
             if rev < next {
                 t.repeated.push(format!(
-                    "revision {rev} delivered again (expected ≥ {next}) by {target}"
+                    "revision {rev} delivered again (expected ≥ {next}) by {target} ({via:?})"
                 ));
             } else {
                 next = rev + 1;
-                t.seen.extend(changes(rev, json));
+                t.seen.extend(seen);
             }
             !done(next)
-        });
+        };
+        let r = match via {
+            Via::Grpc => follow_grpc(&rt, &target, prefix, start, take),
+            Via::Sse => {
+                let url = format!("http://{target}/watch?prefix={prefix}&from={start}");
+                follow(&url, |rev, json| take(rev, changes(rev, json)))
+            }
+        };
         if let Err(e) = &r
             && e.starts_with("compacted")
         {
@@ -175,9 +265,10 @@ impl Watchers {
             .map(|w| {
                 let (stop, until, targets) = (stop.clone(), until.clone(), Arc::clone(targets));
                 let (prefix, rng) = (prefix.to_string(), rng.fork(5000 + u64::from(w)));
+                let via = if w % 2 == 0 { Via::Grpc } else { Via::Sse };
                 std::thread::Builder::new()
                     .name(format!("chaos-watcher-{w}"))
-                    .spawn(move || watch_loop(&prefix, from, &targets, rng, &stop, &until))
+                    .spawn(move || watch_loop(via, &prefix, from, &targets, rng, &stop, &until))
                     .expect("spawn watcher")
             })
             .collect();
@@ -190,14 +281,15 @@ impl Watchers {
         }
     }
 
-    /// Drains every watcher to `final_rev` and checks each against the cluster's history of
-    /// the prefix read from `reference_node`, and that history against the writes `history`
-    /// attempted. Answers the violations and a one-line summary.
+    /// Drains every watcher to `final_rev` (the revision of `end_mark`, the last write under the
+    /// prefix) and checks each against the cluster's history of the prefix read from
+    /// `reference_node`, and that history against the writes `history` attempted. Answers the violations and a one-line summary.
     pub fn finish(
         self,
         final_rev: i64,
         reference_node: &str,
         history: &[Op],
+        end_mark: (String, String),
     ) -> (Vec<String>, String) {
         self.until.store(final_rev.max(1), Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
@@ -225,7 +317,7 @@ impl Watchers {
                 ));
             }
         }
-        let written: HashSet<(String, String)> = history
+        let mut written: HashSet<(String, String)> = history
             .iter()
             .flat_map(|o| match &o.action {
                 Action::Put { key, value } | Action::Cas { key, value, .. } => {
@@ -238,6 +330,7 @@ impl Watchers {
                 _ => Vec::new(),
             })
             .collect();
+        written.insert(end_mark);
         violations.extend(compare(&tracks, &reference, &written));
         let events: usize = tracks.iter().map(|t| t.seen.len()).sum();
         let reconnects: u64 = tracks.iter().map(|t| t.reconnects).sum();
