@@ -12,7 +12,8 @@
 //! - a lease seen gone stays gone: no keep-alive sent after that is answered with a TTL.
 //!
 //! Leases that expire because no keep-alive got through for a whole TTL (the keeper's node cut
-//! off, the cluster without a leader) are expected: they are counted, not violations.
+//! off, the cluster without a leader, or the keeper pausing on purpose every [`LAPSE_EVERY`]
+//! keep-alives) are expected: they are counted, not violations.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,11 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(300);
 const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Every this many keep-alives the keeper also reads its key.
 const READ_EVERY: u32 = 3;
+/// Every this many answered keep-alives a keeper stops renewing for [`LAPSE`], so its lease
+/// expires (while faults go on) and it grants a fresh one.
+const LAPSE_EVERY: u32 = 5;
+/// Longer than the TTL and the expiry loop's tick together.
+const LAPSE: Duration = Duration::from_millis(LEASE_TTL_S as u64 * 1000 + 1000);
 /// In the error texts for a lease that does not exist (etcd's "requested lease not found", and
 /// the client's own when a keep-alive stream opens with TTL 0).
 const LEASE_NOT_FOUND: &str = "lease not found";
@@ -256,6 +262,13 @@ impl Track {
                     continue;
                 }
             }
+            if round.is_multiple_of(LAPSE_EVERY) {
+                // Let the lease lapse on purpose, so expiry itself runs under the faults too.
+                let until = tokio::time::Instant::now() + LAPSE;
+                while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+                }
+            }
             tokio::time::sleep(KEEP_ALIVE_EVERY).await;
         }
         // Tidy: the lease would expire by itself a TTL later.
@@ -312,8 +325,9 @@ impl Keepers {
         Keepers { stop, handles }
     }
 
-    /// Stops the keepers and checks what they saw: the violations and a one-line summary.
-    pub fn finish(self) -> (Vec<String>, String) {
+    /// Stops the keepers and checks what they saw: the violations, a one-line summary and the
+    /// counts.
+    pub fn finish(self) -> (Vec<String>, String, LeaseCounts) {
         self.stop.store(true, Ordering::SeqCst);
         let tracks: Vec<Track> = self
             .handles
@@ -334,6 +348,30 @@ impl Keepers {
             sum(|t| t.reconnects),
             violations.len()
         );
-        (violations, summary)
+        let counts = LeaseCounts {
+            granted: sum(|t| t.granted),
+            renewed: sum(|t| t.renewed),
+            gone: sum(|t| t.gone),
+            reconnects: sum(|t| t.reconnects),
+        };
+        (violations, summary, counts)
+    }
+}
+
+/// What the lease keepers of a schedule (or a run) did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LeaseCounts {
+    pub granted: u64,
+    pub renewed: u64,
+    pub gone: u64,
+    pub reconnects: u64,
+}
+
+impl LeaseCounts {
+    pub fn add(&mut self, o: &LeaseCounts) {
+        self.granted += o.granted;
+        self.renewed += o.renewed;
+        self.gone += o.gone;
+        self.reconnects += o.reconnects;
     }
 }

@@ -15,7 +15,7 @@
 //! - `leases`: lease keepers (etcd's LeaseGrant / LeaseKeepAlive on random nodes) and the check
 //!   that no lease expired while its keep-alives were answered, and none came back;
 //! - `checker`: per-key linearizability (porcupine-rs), shrinking to a witness, lost writes;
-//! - `run`: one schedule start to verdict, and runs of many;
+//! - `run`: one schedule start to verdict, and runs of many (`totals`: their sums);
 //! - `checker_tests`, `checker_cas_tests`, `broken_build`, `regressions`: the checker's own tests, a broken build
 //!   caught on the real cluster, and reproductions of the product bugs chaos found.
 //!
@@ -56,6 +56,7 @@ mod regressions;
 mod rng;
 mod run;
 mod topology;
+mod totals;
 mod watchers;
 mod workload;
 
@@ -118,7 +119,7 @@ fn hold_override(opts: &mut Opts) {
     }
 }
 
-fn assert_clean(t: &run::Totals, min_write_ratio: f64) {
+fn assert_clean(t: &totals::Totals, min_write_ratio: f64) {
     assert!(
         t.failed.is_empty() && t.violations == 0 && t.lost == 0,
         "chaos found problems (see the FAILED lines and the !!!! reports above)"

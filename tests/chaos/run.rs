@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use crate::checker::{self, LinReport};
 use crate::history::{Action, Observed, Op, Outcome, Tally};
-use crate::leases::Keepers;
+use crate::leases::{Keepers, LeaseCounts};
 use crate::monitor::DigestMonitor;
 use crate::nemesis::{self, PlanOpts, Timeline};
 use crate::rng::Rng;
 use crate::topology::{ChaosCluster, ConvergeError};
-use crate::watchers::Watchers;
+use crate::totals::Totals;
+use crate::watchers::{WatchCounts, Watchers};
 use crate::workload::{self, Clients, FINAL_READER};
 
 /// Answers outside the documented contract printed per schedule (all are counted).
@@ -71,6 +72,8 @@ pub struct ScheduleResult {
     pub checked_events: usize,
     /// Cross-node digest comparisons at equal applied indexes made while the schedule ran.
     pub digest_comparisons: u64,
+    pub watch: WatchCounts,
+    pub leases: LeaseCounts,
     pub artifacts: Option<PathBuf>,
 }
 
@@ -136,7 +139,8 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
     timeline.push((crate::history::now_ns(), "healed".into()));
     std::thread::sleep(opts.recovery);
     let mut history = clients.stop();
-    let (lease_violations, lease_summary) = keepers.finish();
+    let (lease_violations, lease_summary, lease_counts) = keepers.finish();
+    res.leases = lease_counts;
     eprintln!("   {lease_summary}");
     res.violations
         .extend(lease_violations.into_iter().map(|v| format!("lease: {v}")));
@@ -173,13 +177,14 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
             revision_of(cc, reference)
         }
     };
-    let (watch_violations, watch_summary) = watchers.finish(
+    let (watch_violations, watch_summary, watch_counts) = watchers.finish(
         end_rev,
         &cc.c.node(reference).http_addr(),
         &history,
         (end_key, END_MARK.to_string()),
     );
     eprintln!("   {watch_summary}");
+    res.watch = watch_counts;
     res.violations
         .extend(watch_violations.into_iter().map(|v| format!("watch: {v}")));
     let (comparisons, diverged) = monitor.stop();
@@ -394,77 +399,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             copy_dir(&src, &dst);
         } else {
             let _ = std::fs::copy(&src, &dst);
-        }
-    }
-}
-
-/// Totals over a run.
-#[derive(Debug, Default)]
-pub struct Totals {
-    pub schedules: u64,
-    pub clusters: u64,
-    pub tally: Tally,
-    pub events_checked: u64,
-    pub digest_comparisons: u64,
-    pub faults: BTreeMap<String, u64>,
-    pub failed: Vec<String>,
-    pub violations: u64,
-    pub lost: u64,
-    pub undecided: u64,
-    pub unexpected: u64,
-}
-
-impl Totals {
-    fn add(&mut self, r: &ScheduleResult) {
-        self.schedules += 1;
-        self.tally.add(&r.tally);
-        self.events_checked += r.checked_events as u64;
-        for f in &r.faults {
-            *self.faults.entry(f.clone()).or_default() += 1;
-        }
-        self.digest_comparisons += r.digest_comparisons;
-        self.violations += r.violations.len() as u64;
-        self.lost += r.lost.len() as u64;
-        self.undecided += r.undecided.len() as u64;
-        self.unexpected += r.unexpected.len() as u64;
-        if r.failed() {
-            self.failed.push(format!(
-                "schedule {}: {} violations, {} lost, diverged: {:?}, liveness: {:?}, artifacts: {:?}",
-                r.n,
-                r.violations.len(),
-                r.lost.len(),
-                r.diverged,
-                r.liveness,
-                r.artifacts
-            ));
-        }
-    }
-
-    pub fn print(&self, name: &str, seed: u64, elapsed: Duration) {
-        eprintln!(
-            "==== chaos {name} totals (seed {seed}, {:.0}s) ====",
-            elapsed.as_secs_f64()
-        );
-        eprintln!(
-            "  schedules:  {} on {} clusters",
-            self.schedules, self.clusters
-        );
-        eprintln!("  operations: {}", self.tally);
-        eprintln!(
-            "  checked:    {} key events for linearizability, {} replica digest comparisons",
-            self.events_checked, self.digest_comparisons
-        );
-        eprintln!("  faults:     {:?}", self.faults);
-        eprintln!(
-            "  verdict:    {} linearizability violations, {} lost writes, {} failed schedules, {} undecided keys, {} unexpected answers",
-            self.violations,
-            self.lost,
-            self.failed.len(),
-            self.undecided,
-            self.unexpected
-        );
-        for f in &self.failed {
-            eprintln!("  FAILED {f}");
         }
     }
 }

@@ -283,14 +283,14 @@ impl Watchers {
 
     /// Drains every watcher to `final_rev` (the revision of `end_mark`, the last write under the
     /// prefix) and checks each against the cluster's history of the prefix read from
-    /// `reference_node`, and that history against the writes `history` attempted. Answers the violations and a one-line summary.
+    /// `reference_node`, and that history against the writes `history` attempted. Answers the violations, a one-line summary and the counts.
     pub fn finish(
         self,
         final_rev: i64,
         reference_node: &str,
         history: &[Op],
         end_mark: (String, String),
-    ) -> (Vec<String>, String) {
+    ) -> (Vec<String>, String, WatchCounts) {
         self.until.store(final_rev.max(1), Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
         let tracks: Vec<Track> = self
@@ -340,7 +340,25 @@ impl Watchers {
             reference.len(),
             violations.len()
         );
-        (violations, summary)
+        let counts = WatchCounts {
+            events: events as u64,
+            reconnects,
+        };
+        (violations, summary, counts)
+    }
+}
+
+/// What the watchers of a schedule (or a run) did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WatchCounts {
+    pub events: u64,
+    pub reconnects: u64,
+}
+
+impl WatchCounts {
+    pub fn add(&mut self, o: &WatchCounts) {
+        self.events += o.events;
+        self.reconnects += o.reconnects;
     }
 }
 
