@@ -170,3 +170,23 @@ fn lease_session_prints_what_etcd_prints() {
         diffs.join("\n\n")
     );
 }
+
+#[test]
+fn lock_and_elect_sessions_print_what_etcd_prints() {
+    if !crate::etcd_tools_or_skip("lock_and_elect_sessions_print_what_etcd_prints") {
+        return;
+    }
+    let etcd_cluster = EtcdCluster::start(3);
+    let raftkv = Cluster::three_raftd("etcd-differential-lock", "");
+    raftkv.phase("etcdctl lock and elect on etcd");
+    let theirs = crate::lock_session::run(&etcd_cluster.endpoints());
+    raftkv.phase("the same on raftkv");
+    let mine = crate::lock_session::run(&raftkv_context(&raftkv).endpoints);
+    for line in &mine {
+        eprintln!("   raftkv: {line}");
+    }
+    assert_eq!(
+        mine, theirs,
+        "raftkv's lock / elect transcript differs from etcd's"
+    );
+}

@@ -15,6 +15,8 @@
 //!   across a leader kill); `lease_etcdctl`, `watch_session`: etcdctl's lease, lock, elect and
 //!   watch commands (watch differential against etcd); `lease_session`: the etcdctl lease
 //!   session the lease differential runs on etcd and on raftkv;
+//! - `lock_session`: etcdctl's `lock` and `elect` (contention, hand-over, an observer), the
+//!   transcripts of etcd and raftkv compared;
 //! - `lock_client`: its server-side Lock and Election calls (etcd's `v3lock` / `v3election`
 //!   services), their error answers compared with etcd's;
 //! - `snapshot`: `etcdctl snapshot save` writes a backup that `raftkv restore` accepts;
@@ -36,6 +38,7 @@ mod lease_client;
 mod lease_etcdctl;
 mod lease_session;
 mod lock_client;
+mod lock_session;
 mod reference;
 mod sessions;
 mod snapshot;
