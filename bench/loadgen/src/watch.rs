@@ -38,7 +38,7 @@ use etcd_client::WatchOptions;
 use etcd_client::WatchStream;
 use hdrhistogram::Histogram;
 
-use crate::Args;
+use crate::args::RunArgs;
 
 /// One l1 op: grant a 10 s lease, put `key` attached to it, revoke it (which deletes the key).
 pub async fn lease_churn(
@@ -250,20 +250,20 @@ fn split_targets(s: &str) -> Vec<String> {
 }
 
 /// `run --api grpc --op watch`: scenario w1.
-pub fn run(a: &Args) {
-    let targets = split_targets(&a.req("target"));
-    let watch_targets = split_targets(&a.str("watch-target", &a.req("target")));
-    let clients: usize = a.num("clients", 64);
-    let watchers: usize = a.num("watchers", 1000);
-    let conns: usize = a.num::<usize>("watch-conns", 10).clamp(1, watchers.max(1));
-    let duration = Duration::from_secs_f64(a.num("duration", 15.0));
-    let warmup = Duration::from_secs_f64(a.num("warmup", 3.0));
-    let drain = Duration::from_secs_f64(a.num("drain-s", 30.0));
-    let keys: u64 = a.num("keys", 100_000);
-    let timeout = Duration::from_millis(a.num("req-timeout-ms", 10_000));
-    let pids: Vec<String> = split_targets(&a.str("pids", ""));
-    let value_size: usize = a.num::<usize>("value-size", 100).max(16);
-    let threads: usize = a.num("threads", 2);
+pub fn run(a: &RunArgs) {
+    let targets = split_targets(&a.target);
+    let watch_targets = split_targets(a.watch_target.as_deref().unwrap_or(&a.target));
+    let clients: usize = a.clients;
+    let watchers: usize = a.watchers;
+    let conns: usize = a.watch_conns.clamp(1, watchers.max(1));
+    let duration = Duration::from_secs_f64(a.duration);
+    let warmup = Duration::from_secs_f64(a.warmup);
+    let drain = Duration::from_secs_f64(a.drain_s);
+    let keys: u64 = a.keys;
+    let timeout = Duration::from_millis(a.req_timeout_ms);
+    let pids: Vec<String> = split_targets(&a.pids);
+    let value_size: usize = a.value_size.max(16);
+    let threads: usize = a.threads;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -320,7 +320,7 @@ pub fn run(a: &Args) {
         for (c, mut kv) in kvs.into_iter().enumerate() {
             let prefix = prefix.clone();
             writers.push(tokio::spawn(async move {
-                let mut rng = crate::Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
+                let mut rng = crate::wire::Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
                 let mut r = WriterResult { hist: hist(), acked: Vec::new(), errors: BTreeMap::new() };
                 let pad: Vec<u8> = (16..value_size).map(|i| b'a' + (i % 26) as u8).collect();
                 loop {
@@ -328,7 +328,7 @@ pub fn run(a: &Args) {
                     if start >= end {
                         break;
                     }
-                    let key = format!("{prefix}{}", crate::key_name(rng.next() % keys));
+                    let key = format!("{prefix}{}", crate::wire::key_name(rng.next() % keys));
                     let mut value = format!("{:016x}", ns(start)).into_bytes();
                     value.extend_from_slice(&pad);
                     let res = tokio::time::timeout(timeout, kv.put(key, value, None)).await;
@@ -356,9 +356,9 @@ pub fn run(a: &Args) {
         }
         tokio::time::sleep_until(warm_end.into()).await;
         let me = std::process::id().to_string();
-        let (srv0, me0, m0) = (crate::ticks_of(&pids), crate::proc_ticks(&me).unwrap_or(0), crate::cpu_totals());
+        let (srv0, me0, m0) = (crate::cpu::ticks_of(&pids), crate::cpu::proc_ticks(&me).unwrap_or(0), crate::cpu::cpu_totals());
         tokio::time::sleep_until(end.into()).await;
-        let (srv1, me1, m1) = (crate::ticks_of(&pids), crate::proc_ticks(&me).unwrap_or(0), crate::cpu_totals());
+        let (srv1, me1, m1) = (crate::cpu::ticks_of(&pids), crate::cpu::proc_ticks(&me).unwrap_or(0), crate::cpu::cpu_totals());
         let mut put_hist = hist();
         let mut acked: Vec<(i64, u64)> = Vec::new();
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -453,7 +453,7 @@ pub fn run(a: &Args) {
         o
     });
     print!("{out}");
-    if let Some(path) = a.map.get("out") {
+    if let Some(path) = &a.out {
         let mut f =
             std::fs::File::create(path).unwrap_or_else(|e| crate::die(&format!("{path}: {e}")));
         let _ = f.write_all(out.as_bytes());
@@ -484,13 +484,13 @@ pub fn report_table(runs: &[std::path::PathBuf]) {
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
         for sys in ["raftkv", "etcd"] {
-            let kv = crate::read_kv(&r.join(format!("{sys}_w1.txt")));
+            let kv = crate::report::read_kv(&r.join(format!("{sys}_w1.txt")));
             if kv.is_empty() {
                 continue;
             }
             let g = |k: &str| kv.get(k).cloned().unwrap_or_else(|| "?".into());
-            let us = |k: &str| crate::ms(kv.get(k).and_then(|v| v.parse().ok()));
-            let f0 = |k: &str| crate::opt(kv.get(k).and_then(|v| v.parse().ok()), 0);
+            let us = |k: &str| crate::report::ms(kv.get(k).and_then(|v| v.parse().ok()));
+            let f0 = |k: &str| crate::report::opt(kv.get(k).and_then(|v| v.parse().ok()), 0);
             rows.push(format!(
                 "| {sys} | {run} | {} × {} | {} | {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {} | {} |",
                 g("watchers"), g("checked_revisions"), f0("ops_per_s"), f0("events_per_s"),
