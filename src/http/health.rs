@@ -156,19 +156,6 @@ async fn check_health(app: &App) -> Result<(), KvError> {
     }
 }
 
-/// Middleware on the public routes: once the node drains, a new request gets
-/// `503 shutting_down`; an admitted one is counted until its response is ready.
-pub async fn drain_guard(
-    State(app): State<SharedApp>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let Some(_in_flight) = app.lifecycle.enter() else {
-        return ApiError(KvError::ShuttingDown).into_response();
-    };
-    next.run(request).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod db;
+pub mod drain;
 pub mod error;
 pub mod health;
 pub mod keys;
@@ -27,7 +28,7 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::app::SharedApp;
 use crate::error::KvError;
-use crate::metrics::http::track as metrics_track;
+use crate::metrics::http::TrackLayer;
 use crate::raft::forward::WriteOk;
 use crate::raft::read::ReadLevel;
 
@@ -71,10 +72,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .route("/", get(ui::page))
         .route("/ui", get(ui::page))
         // Health answers even while draining (it says why it is not ready).
-        .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            health::drain_guard,
-        ))
+        .route_layer(drain::DrainLayer::new(&process_app(&app).lifecycle))
         .route("/metrics", get(crate::metrics::http::scrape))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -85,7 +83,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
     } else {
         public.merge(admin)
     };
-    let track = axum::middleware::from_fn_with_state(app.metrics.clone(), metrics_track);
+    let track = TrackLayer::new(&process_app(&app).metrics);
     public
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -93,9 +91,17 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .with_state(app)
 }
 
+/// The node's `App` for as long as the process lives: the per-request layers hold `&'static`
+/// references into it instead of `Arc` clones (see `drain.rs`). One `Arc` is leaked per router
+/// built (two per node; a few in tests).
+fn process_app(app: &SharedApp) -> &'static App {
+    let leaked: &'static SharedApp = Box::leak(Box::new(app.clone()));
+    leaked
+}
+
 /// The router of a separate Raft listener (`-raddr`): internal routes only.
 pub fn peer_router(app: SharedApp) -> Router {
-    let track = axum::middleware::from_fn_with_state(app.metrics.clone(), metrics_track);
+    let track = TrackLayer::new(&process_app(&app).metrics);
     crate::peer::server::routes(app.clone())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -1,4 +1,4 @@
-//! HTTP request metrics: an axum middleware ([`track`]) counting every request of the HTTP API
+//! HTTP request metrics: a tower layer ([`TrackLayer`]) counting every request of the HTTP API
 //! by route template, method and status code (`raftkv_http_requests_total`), with a latency
 //! histogram by route and method (`raftkv_http_request_duration_seconds`, until the response
 //! head is ready); and the `GET /metrics` handler ([`scrape`]).
@@ -8,7 +8,10 @@
 //! one of the standard methods or `other`; `code` is a status code. gRPC calls never pass here
 //! (the dispatcher sends them to the etcd services, counted in `metrics::grpc`).
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
+use std::task::Poll;
 use std::time::Instant;
 
 use axum::extract::MatchedPath;
@@ -18,7 +21,6 @@ use axum::http::HeaderValue;
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,6 +28,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::histogram::exponential_buckets;
+use tower::Layer;
+use tower::Service;
 
 use crate::app::SharedApp;
 use crate::metrics::Metrics;
@@ -84,28 +88,101 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The middleware: add with `Router::layer` (it then sees the `MatchedPath` of every route and
-/// runs for the fallbacks too).
-pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, MatchedPath::as_str)
-        .to_string();
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let took = started.elapsed().as_secs_f64();
-    let code = response.status().as_u16();
-    let labels = RouteLabels { route, method };
-    metrics.http.duration.get_or_create(&labels).observe(took);
-    let labels = RequestLabels {
-        route: labels.route,
-        method,
-        code,
-    };
-    metrics.http.requests.get_or_create(&labels).inc();
-    response
+/// The middleware: add with `Router::layer` (it then wraps every route, sees its `MatchedPath`,
+/// and runs for the fallbacks too). A hand-written tower layer holding a `&'static` reference,
+/// not `from_fn` with an `Arc` state: axum clones every route's service per request, and an
+/// `Arc` clone there is an atomic read-modify-write on a cache line all worker threads share.
+#[derive(Clone, Copy)]
+pub struct TrackLayer {
+    metrics: &'static Metrics,
+}
+
+impl TrackLayer {
+    /// `metrics` lives as long as the process (the node's, see `http::router`).
+    pub fn new(metrics: &'static Metrics) -> TrackLayer {
+        TrackLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            metrics: self.metrics,
+        }
+    }
+}
+
+/// [`TrackLayer`]'s service around one route.
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    metrics: &'static Metrics,
+}
+
+impl<S> Service<Request> for Track<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED, MatchedPath::as_str)
+            .to_string();
+        let method = method_label(request.method());
+        TrackFuture {
+            inner: self.inner.call(request),
+            metrics: self.metrics,
+            labels: Some(RouteLabels { route, method }),
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The route's future, counted when it answers (until the response head is ready).
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        metrics: &'static Metrics,
+        labels: Option<RouteLabels>,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(labels)) = (&result, this.labels.take()) {
+            let http = &this.metrics.http;
+            let took = this.started.elapsed().as_secs_f64();
+            http.duration.get_or_create(&labels).observe(took);
+            let labels = RequestLabels {
+                route: labels.route,
+                method: labels.method,
+                code: response.status().as_u16(),
+            };
+            http.requests.get_or_create(&labels).inc();
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// `GET /metrics`: this node's metrics in the OpenMetrics text format. No auth (like etcd's);
@@ -143,11 +220,11 @@ mod tests {
 
     #[tokio::test]
     async fn routes_are_labelled_by_template_and_unknown_paths_by_a_placeholder() {
-        let metrics = Arc::new(Metrics::unregistered());
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::unregistered()));
         let router = Router::new()
             .route("/db/{*key}", get(|| async { "v" }))
             .fallback(|| async { StatusCode::NOT_FOUND })
-            .layer(axum::middleware::from_fn_with_state(metrics.clone(), track));
+            .layer(TrackLayer::new(metrics));
         let paths = ["/db/a", "/db/b/c", "/nope/1", "/nope/2", "/x?y=z", "/db/a"];
         for path in paths {
             let request = Request::builder()
