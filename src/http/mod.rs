@@ -34,6 +34,7 @@ use crate::raft::read::ReadLevel;
 
 /// The public router; with `with_peer_routes` the internal routes are served on it too.
 pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
+    let for_layers = process_app(&app);
     let admin = Router::new()
         .route("/join", post(admin::join))
         .route("/remove", post(admin::remove))
@@ -72,7 +73,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
         .route("/", get(ui::page))
         .route("/ui", get(ui::page))
         // Health answers even while draining (it says why it is not ready).
-        .route_layer(drain::DrainLayer::new(&process_app(&app).lifecycle))
+        .route_layer(drain::DrainLayer::new(&for_layers.lifecycle))
         .route("/metrics", get(crate::metrics::http::scrape))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -83,7 +84,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
     } else {
         public.merge(admin)
     };
-    let track = TrackLayer::new(&process_app(&app).metrics);
+    let track = TrackLayer::new(&for_layers.metrics);
     public
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -93,7 +94,7 @@ pub fn router(app: SharedApp, with_peer_routes: bool) -> Router {
 
 /// The node's `App` for as long as the process lives: the per-request layers hold `&'static`
 /// references into it instead of `Arc` clones (see `drain.rs`). One `Arc` is leaked per router
-/// built (two per node; a few in tests).
+/// built (one or two per node; a few in tests).
 fn process_app(app: &SharedApp) -> &'static App {
     let leaked: &'static SharedApp = Box::leak(Box::new(app.clone()));
     leaked

@@ -60,13 +60,8 @@ pub async fn propose_as_leader(
     term: u64,
 ) -> Result<(i64, Outcome), KvError> {
     crate::limits::check_command(&cmd, app.max_value_bytes)?;
-    let leads = {
-        let metrics = app.raft.metrics();
-        let m = metrics.borrow_watched();
-        m.current_leader == Some(app.node_id) && m.current_term == term
-    };
     let not_leading = || KvError::NoLeader(format!("this node no longer leads in term {term}"));
-    if !leads {
+    if leading_term(app) != Some(term) {
         return Err(not_leading());
     }
     app.metrics.mvcc.count_write(&cmd);
@@ -75,6 +70,13 @@ pub async fn propose_as_leader(
         Attempt::Done(result) => outcome_of(result?),
         Attempt::RetryAfterLeaderChange(_) => Err(not_leading()),
     }
+}
+
+/// The term this node leads in now (`None`: it does not lead).
+pub fn leading_term(app: &App) -> Option<u64> {
+    let metrics = app.raft.metrics();
+    let m = metrics.borrow_watched();
+    (m.current_leader == Some(app.node_id)).then_some(m.current_term)
 }
 
 /// A write's store outcome with the revision after it; a refusal as an error.

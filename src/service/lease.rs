@@ -19,13 +19,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use openraft::async_runtime::watch::WatchReceiver;
 use serde::Deserialize;
 use serde::Serialize;
 
 use crate::app::App;
 use crate::error::KvError;
 use crate::mvcc::MvccError;
+use crate::raft::forward::leading_term;
 use crate::raft::types::Command;
 use crate::raft::types::Outcome;
 
@@ -163,13 +163,6 @@ impl Timers {
 
 fn ttl_duration(ttl: i64) -> Duration {
     Duration::from_secs(ttl.max(0) as u64)
-}
-
-/// The term this node leads in now (`None`: it does not lead).
-fn leading_term(app: &App) -> Option<u64> {
-    let metrics = app.raft.metrics();
-    let m = metrics.borrow_watched();
-    (m.current_leader == Some(app.node_id)).then_some(m.current_term)
 }
 
 /// etcd's LeaseGrant: `id` 0 lets this node choose one. Answers the id and granted TTL.

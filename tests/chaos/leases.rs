@@ -147,15 +147,15 @@ struct Held {
     key_written: bool,
 }
 
-/// Bounds `f` by [`CALL_TIMEOUT`]; errors as text.
-async fn within<T, E: std::fmt::Display>(
+/// Bounds an etcd-client call `f` by `limit`; its error, or the timeout, as text naming `what`.
+pub async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
     what: &str,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {CALL_TIMEOUT:?}")),
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(|e| format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
     }
 }
 
@@ -191,13 +191,15 @@ impl Track {
         stop: &AtomicBool,
     ) -> Result<(), String> {
         let opts = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT);
-        let mut client = within("connect", Client::connect([addr], Some(opts))).await?;
+        let mut client =
+            within(CALL_TIMEOUT, "connect", Client::connect([addr], Some(opts))).await?;
         let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
         let mut round = 0u32;
         while !stop.load(Ordering::SeqCst) {
             let Some(h) = held.as_mut() else {
                 let sent = now_ns();
-                let g = within("grant", client.lease_grant(LEASE_TTL_S, None)).await?;
+                let g =
+                    within(CALL_TIMEOUT, "grant", client.lease_grant(LEASE_TTL_S, None)).await?;
                 self.granted += 1;
                 self.alive(g.id(), sent, g.ttl(), "grant");
                 *held = Some(Held {
@@ -215,7 +217,7 @@ impl Track {
                     format!("{id:x}"),
                     Some(PutOptions::new().with_lease(id)),
                 );
-                match within("put under the lease", put).await {
+                match within(CALL_TIMEOUT, "put under the lease", put).await {
                     Ok(_) => h.key_written = true,
                     Err(e) if e.contains(LEASE_NOT_FOUND) => {
                         self.gone(id, sent, "put refused: lease not found");
@@ -228,15 +230,17 @@ impl Track {
             let sent = now_ns();
             let ttl = match &mut stream {
                 Some((keeper, answers)) => {
-                    within("keep-alive send", keeper.keep_alive()).await?;
-                    within("keep-alive answer", answers.message())
+                    within(CALL_TIMEOUT, "keep-alive send", keeper.keep_alive()).await?;
+                    within(CALL_TIMEOUT, "keep-alive answer", answers.message())
                         .await?
                         .ok_or("keep-alive stream ended")?
                         .ttl()
                 }
                 // Opening the stream sends the first keep-alive and reads its answer: TTL 0 is
                 // refused as "lease not found", any other is the lease's granted TTL.
-                None => match within("keep-alive open", client.lease_keep_alive(id)).await {
+                None => match within(CALL_TIMEOUT, "keep-alive open", client.lease_keep_alive(id))
+                    .await
+                {
                     Ok(s) => {
                         stream = Some(s);
                         granted
@@ -255,7 +259,7 @@ impl Track {
             round += 1;
             if round.is_multiple_of(READ_EVERY) {
                 let sent = now_ns();
-                let r = within("read the lease's key", client.get(key, None)).await?;
+                let r = within(CALL_TIMEOUT, "read the lease's key", client.get(key, None)).await?;
                 if r.kvs().is_empty() {
                     self.gone(id, sent, "its key is gone");
                     (*held, stream) = (None, None);
@@ -273,7 +277,7 @@ impl Track {
         }
         // Tidy: the lease would expire by itself a TTL later.
         if let Some(h) = held.take() {
-            let _ = within("revoke", client.lease_revoke(h.id)).await;
+            let _ = within(CALL_TIMEOUT, "revoke", client.lease_revoke(h.id)).await;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use etcd_client::{Client, ConnectOptions, EventType, WatchOptions};
 use serde_json::Value;
 
 use crate::history::{Action, Op};
+use crate::leases::within;
 use crate::rng::Rng;
 use crate::topology::Targets;
 
@@ -98,22 +99,19 @@ fn follow_grpc(
     from: i64,
     mut each: impl FnMut(i64, Vec<Seen>) -> bool,
 ) -> Result<(), String> {
-    async fn within<T, E: std::fmt::Display>(
-        what: &str,
-        f: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
-        match tokio::time::timeout(STALL_TIMEOUT, f).await {
-            Ok(r) => r.map_err(|e| format!("{what}: {e}")),
-            Err(_) => Err(format!("{what}: nothing within {STALL_TIMEOUT:?}")),
-        }
-    }
     rt.block_on(async {
         let opts = ConnectOptions::new().with_connect_timeout(STALL_TIMEOUT);
-        let mut client = within("connect", Client::connect([addr], Some(opts))).await?;
+        let mut client = within(
+            STALL_TIMEOUT,
+            "connect",
+            Client::connect([addr], Some(opts)),
+        )
+        .await?;
         let options = WatchOptions::new().with_prefix().with_start_revision(from);
-        let mut stream = within("watch", client.watch(prefix, Some(options))).await?;
+        let mut stream =
+            within(STALL_TIMEOUT, "watch", client.watch(prefix, Some(options))).await?;
         loop {
-            let r = within("watch stream", stream.message())
+            let r = within(STALL_TIMEOUT, "watch stream", stream.message())
                 .await?
                 .ok_or("watch stream ended")?;
             if r.canceled() {

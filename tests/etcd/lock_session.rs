@@ -12,10 +12,11 @@
 //! Lock and election keys carry lease ids (`jobs/694d7d…`); the transcript names them
 //! `<lease-N>` in order of first appearance. Everything else is compared as printed.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::watch_session::{collect, wait_for};
 
 /// How long a waiter must stay quiet while another holds the lock or leads.
 const QUIET_WINDOW: Duration = Duration::from_millis(1500);
@@ -25,7 +26,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// One background etcdctl, its lines as they come; killed on drop.
 struct Background {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Background {
@@ -40,37 +42,30 @@ impl Background {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn etcdctl");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let sink = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    sink.lock().expect("lines").push(line);
-                }
-            });
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Background {
+            child,
+            stdout,
+            stderr,
         }
-        Background { child, lines }
     }
 
+    /// Its stdout lines so far, then its stderr lines.
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("lines").clone()
+        let mut lines = self.stdout.lock().expect("lines").clone();
+        lines.extend(self.stderr.lock().expect("lines").iter().cloned());
+        lines
     }
 
     /// Waits until it printed `n` lines; the lines.
     fn wait_lines(&self, n: usize, what: &str) -> Vec<String> {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        while self.lines().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {n} lines expected within {STEP_TIMEOUT:?}, got {:?}",
-                self.lines()
-            );
-            std::thread::sleep(Duration::from_millis(20)); // poll period
-        }
+        let printed = wait_for(Instant::now() + STEP_TIMEOUT, || self.lines().len() >= n);
+        assert!(
+            printed,
+            "{what}: {n} lines expected within {STEP_TIMEOUT:?}, got {:?}",
+            self.lines()
+        );
         self.lines()
     }
 
@@ -83,14 +78,14 @@ impl Background {
     }
 
     fn wait_exit(&mut self, what: &str) -> i32 {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
+        let mut code = None;
+        wait_for(Instant::now() + STEP_TIMEOUT, || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code().unwrap_or(-1);
+                code = Some(status.code().unwrap_or(-1));
             }
-            assert!(Instant::now() < deadline, "{what} did not exit");
-            std::thread::sleep(Duration::from_millis(20)); // poll period
-        }
+            code.is_some()
+        });
+        code.unwrap_or_else(|| panic!("{what} did not exit within {STEP_TIMEOUT:?}"))
     }
 }
 

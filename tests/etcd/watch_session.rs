@@ -112,7 +112,7 @@ pub struct Printed {
 }
 
 /// Collects a child's lines as they come.
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+pub fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     std::thread::spawn(move || {
@@ -129,7 +129,7 @@ fn count(lines: &Arc<Mutex<Vec<String>>>) -> usize {
 }
 
 /// Polls until `done` or the deadline; whether `done` held.
-fn wait_for(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+pub fn wait_for(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
     while Instant::now() < deadline {
         if done() {
             return true;
