@@ -53,7 +53,7 @@ impl Store {
         let rev = if rev == 0 { self.current } else { rev };
         let mut h = crc32fast::Hasher::new();
         h.update(b"raftkv-mvcc-hash-v1");
-        for (key, history) in &self.keys {
+        for (key, history) in self.keys.iter() {
             let n = history.entries.partition_point(|e| e.rev.main <= rev);
             if n == 0 {
                 continue;

@@ -22,6 +22,7 @@
 mod compact;
 pub mod error;
 mod history;
+mod keys;
 pub mod lease;
 mod range;
 pub mod revision;
@@ -44,14 +45,12 @@ mod tests;
 #[cfg(test)]
 mod txn_tests;
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 
 pub use crate::mvcc::compact::HashKv;
 pub use crate::mvcc::error::GrpcCode;
 pub use crate::mvcc::error::MvccError;
-use crate::mvcc::history::KeyHistory;
+use crate::mvcc::keys::Keys;
 pub use crate::mvcc::range::in_range;
 pub use crate::mvcc::range::prefix_end;
 pub use crate::mvcc::revision::FIRST_REVISION;
@@ -94,7 +93,7 @@ impl<F: Fn(i64) -> bool> LeaseCheck for F {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
     /// Every key with retained history; a key whose whole history was compacted away is absent.
-    keys: BTreeMap<Bytes, KeyHistory>,
+    keys: Keys,
     current: i64,
     compacted: i64,
     txn_ops_max: usize,
@@ -111,7 +110,7 @@ impl Store {
     /// on every replica: it decides whether an entry fails).
     pub fn new(txn_ops_max: usize) -> Self {
         Store {
-            keys: BTreeMap::new(),
+            keys: Keys::default(),
             current: FIRST_REVISION,
             compacted: NEVER_COMPACTED,
             txn_ops_max,
@@ -194,7 +193,7 @@ impl Store {
 impl Store {
     /// Every key history's invariants, and no key with an empty history.
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        for (k, h) in &self.keys {
+        for (k, h) in self.keys.iter() {
             h.check(self.current)
                 .map_err(|e| format!("key {k:?}: {e}"))?;
             if h.entries

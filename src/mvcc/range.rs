@@ -221,7 +221,7 @@ impl Store {
             end if end < key => return Box::new(std::iter::empty()),
             end => Bound::Excluded(end),
         };
-        Box::new(self.keys.range::<[u8], _>((Bound::Included(key), upper)))
+        Box::new(self.keys.range(key, upper))
     }
 }
 

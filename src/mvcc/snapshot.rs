@@ -53,7 +53,7 @@ pub fn encode(store: &Store, out: impl Write) -> io::Result<()> {
     w.write_all(&store.current.to_le_bytes())?;
     w.write_all(&store.compacted.to_le_bytes())?;
     w.write_all(&(store.keys.len() as u64).to_le_bytes())?;
-    for (key, history) in &store.keys {
+    for (key, history) in store.keys.iter() {
         write_len(&mut w, key.len(), KEY_BYTES_MAX)?;
         w.write_all(key)?;
         write_len(&mut w, history.entries.len(), u32::MAX as usize)?;

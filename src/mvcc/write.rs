@@ -61,7 +61,7 @@ impl<'a> WriteTxn<'a> {
     /// A put whose checks (ignore_* on a missing key, lease existence) already passed.
     pub fn put(&mut self, req: PutRequest) -> Result<PutResponse, MvccError> {
         let rev = self.next_rev();
-        let history = self.store.keys.entry(req.key.clone()).or_default();
+        let history = self.store.keys.entry(&req.key);
         let prev = history
             .live()
             .map(|e| (e.value.clone(), e.lease, e.to_kv(&req.key)));
