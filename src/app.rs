@@ -50,7 +50,17 @@ pub struct App {
     pub lessor: crate::service::lease::Lessor,
     /// This node's metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// openraft's metrics channel, subscribed once: `raft.metrics()` clones a receiver (two
+    /// shared atomic updates, two more to drop it) on every call, which the per-request paths
+    /// (reads, writes, response headers) should not pay.
+    pub raft_metrics: RaftMetricsRx,
 }
+
+/// A subscription to openraft's metrics (`Raft::metrics`).
+pub type RaftMetricsRx = openraft::alias::WatchReceiverOf<
+    crate::raft::types::TypeConfig,
+    openraft::RaftMetrics<crate::raft::types::TypeConfig>,
+>;
 
 pub type SharedApp = Arc<App>;
 
@@ -62,19 +72,19 @@ impl App {
 
     /// The membership this node currently knows (possibly not yet committed).
     pub fn membership(&self) -> Arc<StoredMembership> {
-        self.raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone()
+        self.raft_metrics.borrow_watched().membership_config.clone()
     }
 
     /// The current leader's id and record, if one is known.
     pub fn leader(&self) -> Option<(NodeId, Node)> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
+        let m = self.raft_metrics.borrow_watched();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
+    }
+
+    /// Whether this node is the leader it knows of (no copy of the leader's record).
+    pub fn leads(&self) -> bool {
+        self.raft_metrics.borrow_watched().current_leader == Some(self.node_id)
     }
 }

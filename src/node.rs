@@ -187,6 +187,7 @@ pub async fn run(
         http_watches: Default::default(),
         lessor: Default::default(),
         metrics: metrics.clone(),
+        raft_metrics: raft.metrics(),
     });
     let leader_watch = tokio::spawn(crate::metrics::raft::watch_leader_changes(
         raft.clone(),

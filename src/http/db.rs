@@ -75,10 +75,10 @@ pub async fn get(
     let kv = read_value(&app, &key, &params).await?;
     let mut response = (
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        kv.value.clone(),
+        kv.value,
     )
         .into_response();
-    crate::http::revision_headers(&mut response, &kv);
+    crate::http::revision_headers(&mut response, kv.mod_revision);
     Ok(response)
 }
 

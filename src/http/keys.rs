@@ -69,7 +69,7 @@ pub async fn get(
     let kv = read_value(&app, &key, &params).await?;
     let text = String::from_utf8_lossy(&kv.value).into_owned();
     let mut response = Json(serde_json::json!({ key: text })).into_response();
-    crate::http::revision_headers(&mut response, &kv);
+    crate::http::revision_headers(&mut response, kv.mod_revision);
     Ok(response)
 }
 

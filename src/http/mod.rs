@@ -191,10 +191,11 @@ pub fn write_response(ok: &WriteOk) -> Response {
 }
 
 /// A read's headers: the key's `mod_revision` as `X-Raft-Revision` and as the `ETag`.
-pub fn revision_headers(response: &mut Response, kv: &crate::mvcc::KeyValue) {
+pub fn revision_headers(response: &mut Response, mod_revision: i64) {
     let headers = response.headers_mut();
-    headers.insert(X_RAFT_REVISION.clone(), HeaderValue::from(kv.mod_revision));
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", kv.mod_revision)) {
+    headers.insert(X_RAFT_REVISION.clone(), HeaderValue::from(mod_revision));
+    let etag = Bytes::from(format!("\"{mod_revision}\""));
+    if let Ok(v) = HeaderValue::from_maybe_shared(etag) {
         headers.insert(axum::http::header::ETAG, v);
     }
 }

@@ -73,10 +73,13 @@ fn bytes_per_key_and_per_retained_revision() {
         base,
         put,
     );
+    // A snapshot build clones the store under the state's read lock: this is the apply pause.
+    let started = std::time::Instant::now();
     let copy = store.clone();
+    let took_ms = started.elapsed().as_secs_f64() * 1e3;
     let cloned = rss_bytes();
     eprintln!(
-        "Store::clone of {KEYS} keys: +{} MiB RSS, {:.0} bytes per key (values shared, not copied)",
+        "Store::clone of {KEYS} keys: {took_ms:.0} ms, +{} MiB RSS, {:.0} bytes per key (values shared, not copied)",
         (cloned - rss) >> 20,
         (cloned - rss) as f64 / KEYS as f64
     );

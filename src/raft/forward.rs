@@ -74,8 +74,7 @@ pub async fn propose_as_leader(
 
 /// The term this node leads in now (`None`: it does not lead).
 pub fn leading_term(app: &App) -> Option<u64> {
-    let metrics = app.raft.metrics();
-    let m = metrics.borrow_watched();
+    let m = app.raft_metrics.borrow_watched();
     (m.current_leader == Some(app.node_id)).then_some(m.current_term)
 }
 
@@ -94,10 +93,16 @@ pub async fn write(app: &App, cmd: Command) -> Result<WriteOk, KvError> {
     app.metrics.mvcc.count_write(&cmd);
     let deadline = Instant::now() + app.request_timeout;
     loop {
-        let attempt = match app.leader() {
-            Some((id, _)) if id == app.node_id => propose_locally(app, cmd.clone(), deadline).await,
-            Some((id, node)) => forward_to(app, id, &node, cmd.clone()).await,
-            None => Attempt::RetryAfterLeaderChange(None),
+        let attempt = if app.leads() {
+            propose_locally(app, cmd.clone(), deadline).await
+        } else {
+            match app.leader() {
+                Some((id, _)) if id == app.node_id => {
+                    propose_locally(app, cmd.clone(), deadline).await
+                }
+                Some((id, node)) => forward_to(app, id, &node, cmd.clone()).await,
+                None => Attempt::RetryAfterLeaderChange(None),
+            }
         };
         match attempt {
             Attempt::Done(result) => return result,

@@ -42,7 +42,7 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
     if level == ReadLevel::Stale {
         // Fail-stop: a replica whose Raft core stopped (storage error) must not serve even stale
         // reads in the moment before the node exits.
-        if app.raft.metrics().borrow_watched().running_state.is_err() {
+        if app.raft_metrics.borrow_watched().running_state.is_err() {
             return Err(KvError::ReadUnavailable(app.request_timeout));
         }
         return Ok(());
@@ -55,8 +55,14 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
     let read_index = loop {
         attempts += 1;
         let retry = attempts < READ_ATTEMPTS_MAX;
-        match app.leader() {
-            Some((id, _)) if id == app.node_id => {
+        // The leader's own reads skip `leader()`'s copy of its node record.
+        let leader = if app.leads() {
+            Some((app.node_id, None))
+        } else {
+            app.leader().map(|(id, node)| (id, Some(node)))
+        };
+        match leader {
+            Some((id, None)) => {
                 match tokio::time::timeout_at(
                     deadline,
                     app.raft.ensure_linearizable(ReadPolicy::ReadIndex),
@@ -76,7 +82,7 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
                     Err(_) => return Err(unavailable()),
                 }
             }
-            Some((leader_id, leader)) => {
+            Some((leader_id, Some(leader))) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let response = app
                     .peers

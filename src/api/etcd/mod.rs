@@ -217,7 +217,7 @@ pub fn header_at(app: &App, revision: i64) -> PbResponseHeader {
 /// The header of every response: see the module docs.
 pub fn header(app: &App) -> PbResponseHeader {
     use openraft::async_runtime::watch::WatchReceiver;
-    let term = app.raft.metrics().borrow_watched().current_term;
+    let term = app.raft_metrics.borrow_watched().current_term;
     PbResponseHeader {
         cluster_id: crate::service::cluster::cluster_id_number(app),
         member_id: app.node_id,
