@@ -83,8 +83,28 @@ impl App {
         Some((id, node))
     }
 
-    /// Whether this node is the leader it knows of (no copy of the leader's record).
-    pub fn leads(&self) -> bool {
-        self.raft_metrics.borrow_watched().current_leader == Some(self.node_id)
+    /// Where a request for the leader goes now: served here, sent to the leader (its id and
+    /// record), or nowhere yet. The leader's own requests copy no node record.
+    pub fn leader_route(&self) -> LeaderRoute {
+        let m = self.raft_metrics.borrow_watched();
+        match m.current_leader {
+            Some(id) if id == self.node_id => LeaderRoute::Local,
+            Some(id) => match m.membership_config.membership().get_node(&id) {
+                Some(node) => LeaderRoute::Remote(id, node.clone()),
+                None => LeaderRoute::Unknown,
+            },
+            None => LeaderRoute::Unknown,
+        }
     }
+}
+
+/// See [`App::leader_route`].
+#[derive(Debug)]
+pub enum LeaderRoute {
+    /// This node leads.
+    Local,
+    /// Another node leads: its id and record.
+    Remote(NodeId, Node),
+    /// No leader is known (an election, or a leader outside the membership this node knows).
+    Unknown,
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::app::LeaderRoute;
 use crate::error::KvError;
 use crate::raft::forward_batch::Forwarded;
 use crate::raft::types::Command;
@@ -93,16 +94,10 @@ pub async fn write(app: &App, cmd: Command) -> Result<WriteOk, KvError> {
     app.metrics.mvcc.count_write(&cmd);
     let deadline = Instant::now() + app.request_timeout;
     loop {
-        let attempt = if app.leads() {
-            propose_locally(app, cmd.clone(), deadline).await
-        } else {
-            match app.leader() {
-                Some((id, _)) if id == app.node_id => {
-                    propose_locally(app, cmd.clone(), deadline).await
-                }
-                Some((id, node)) => forward_to(app, id, &node, cmd.clone()).await,
-                None => Attempt::RetryAfterLeaderChange(None),
-            }
+        let attempt = match app.leader_route() {
+            LeaderRoute::Local => propose_locally(app, cmd.clone(), deadline).await,
+            LeaderRoute::Remote(id, node) => forward_to(app, id, &node, cmd.clone()).await,
+            LeaderRoute::Unknown => Attempt::RetryAfterLeaderChange(None),
         };
         match attempt {
             Attempt::Done(result) => return result,

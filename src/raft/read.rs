@@ -14,6 +14,7 @@ use openraft::errors::RaftError;
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::app::LeaderRoute;
 use crate::error::KvError;
 use crate::raft::types::NodeId;
 
@@ -55,14 +56,8 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
     let read_index = loop {
         attempts += 1;
         let retry = attempts < READ_ATTEMPTS_MAX;
-        // The leader's own reads skip `leader()`'s copy of its node record.
-        let leader = if app.leads() {
-            Some((app.node_id, None))
-        } else {
-            app.leader().map(|(id, node)| (id, Some(node)))
-        };
-        match leader {
-            Some((id, None)) => {
+        match app.leader_route() {
+            LeaderRoute::Local => {
                 match tokio::time::timeout_at(
                     deadline,
                     app.raft.ensure_linearizable(ReadPolicy::ReadIndex),
@@ -73,7 +68,7 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
                     Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))))
                         if retry =>
                     {
-                        wait_for_other_leader(app, id, deadline).await?;
+                        wait_for_other_leader(app, app.node_id, deadline).await?;
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "linearizable read refused");
@@ -82,7 +77,7 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
                     Err(_) => return Err(unavailable()),
                 }
             }
-            Some((leader_id, Some(leader))) => {
+            LeaderRoute::Remote(leader_id, leader) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let response = app
                     .peers
@@ -104,7 +99,7 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
                     Err(_) => return Err(unavailable()),
                 }
             }
-            None => return Err(unavailable()),
+            LeaderRoute::Unknown => return Err(unavailable()),
         }
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
