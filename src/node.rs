@@ -198,12 +198,16 @@ pub async fn run(
     let mut servers = Vec::new();
     let (server_exit_tx, mut server_exit_rx) = tokio::sync::mpsc::unbounded_channel();
     // With -raddr the internal routes are served only there; with one port both share it.
+    // Peer links are served where the internal routes are: on the Raft listener with -raddr,
+    // else on the shared port.
+    let links = link_handler(app.clone());
     let mut endpoints = vec![(
         "http",
         config.http.bind.clone(),
         // etcd's gRPC API shares the public port, dispatched by content type.
         crate::api::etcd::with_grpc(app.clone(), crate::http::router(app.clone(), shared_port)),
         public_acceptor,
+        shared_port.then(|| links.clone()),
     )];
     if let Some(raft_endpoint) = &config.raft {
         endpoints.push((
@@ -211,9 +215,10 @@ pub async fn run(
             raft_endpoint.bind.clone(),
             crate::http::peer_router(app.clone()),
             peer_acceptor,
+            Some(links),
         ));
     }
-    for (kind, addr, router, acceptor) in endpoints {
+    for (kind, addr, router, acceptor, links) in endpoints {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| NodeError::Bind {
@@ -233,6 +238,7 @@ pub async fn run(
                 listener,
                 router,
                 acceptor,
+                links,
                 ServeLimits::default(),
                 stopped,
             );
@@ -311,6 +317,18 @@ pub async fn run(
         let _ = server.await;
     }
     outcome
+}
+
+/// The accept loop's handler of peer links (`peer::link_server`).
+fn link_handler(app: crate::app::SharedApp) -> crate::serve::LinkHandler {
+    std::sync::Arc::new(move |io, info, limits| {
+        Box::pin(crate::peer::link_server::serve(
+            app.clone(),
+            io,
+            info,
+            limits,
+        ))
+    })
 }
 
 /// The message of a panic payload.

@@ -3,6 +3,10 @@
 //! facts ([`ConnInfo`]: remote address, the client's certificate chain) handed to every request
 //! as an extension. axum's `serve` has none of these limits, so the router is served here.
 //!
+//! On the listener that serves the internal API, a connection that opens with the peer link's
+//! magic bytes (`peer::wire::MAGIC`, after TLS when TLS is on) is handed to the link handler
+//! instead of HTTP; any other first bytes go to HTTP as if never looked at.
+//!
 //! Invariant: no connection is served beyond `connections_max`; an accepted connection that
 //! would exceed it is closed at once (and logged), never queued without bound.
 
@@ -64,12 +68,25 @@ pub struct ConnInfo {
     pub client_certs: Arc<Vec<CertificateDer<'static>>>,
 }
 
-/// Serves `router` on `listener` until `stop` resolves; in-flight connections then finish.
+/// A byte stream a connection handler can own (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Serves a connection that opened with the peer link's magic (which it has consumed).
+pub type LinkHandler = Arc<
+    dyn Fn(Box<dyn Io>, ConnInfo, ServeLimits) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Serves `router` on `listener` (and peer links on it with `links`) until `stop` resolves;
+/// in-flight connections then finish.
 pub async fn serve(
     kind: &'static str,
     listener: TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    links: Option<LinkHandler>,
     limits: ServeLimits,
     stop: impl Future<Output = ()>,
 ) {
@@ -100,6 +117,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let tls = tls.clone();
+        let links = links.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
@@ -109,7 +127,7 @@ pub async fn serve(
                         tls: false,
                         client_certs: Arc::default(),
                     };
-                    serve_connection(stream, info, router, limits).await;
+                    dispatch(stream, info, router, links, limits).await;
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -142,10 +160,110 @@ pub async fn serve(
                         tls: true,
                         client_certs: Arc::new(client_certs),
                     };
-                    serve_connection(stream, info, router, limits).await;
+                    dispatch(stream, info, router, links, limits).await;
                 }
             }
         });
+    }
+}
+
+/// Hands the connection to the link handler if it opens with the link magic, else to HTTP
+/// (with the bytes looked at put back in front).
+async fn dispatch<S: Io>(
+    mut stream: S,
+    info: ConnInfo,
+    router: Router,
+    links: Option<LinkHandler>,
+    limits: ServeLimits,
+) {
+    let Some(links) = links else {
+        return serve_connection(stream, info, router, limits).await;
+    };
+    use crate::peer::wire::MAGIC;
+    use crate::peer::wire::Sniff;
+    let mut first = [0u8; MAGIC.len()];
+    let mut seen = 0;
+    let sniffed = tokio::time::timeout(limits.header_timeout, async {
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut stream, &mut first[seen..]).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            seen += n;
+            match crate::peer::wire::sniff(&first[..seen]) {
+                Sniff::More => continue,
+                found => return Ok::<_, std::io::Error>(Some(found)),
+            }
+        }
+    })
+    .await;
+    match sniffed {
+        Ok(Ok(Some(Sniff::Link))) => links(Box::new(stream), info, limits).await,
+        Ok(Ok(Some(_))) => {
+            let stream = Prefixed {
+                prefix: first,
+                start: 0,
+                end: seen,
+                inner: stream,
+            };
+            serve_connection(stream, info, router, limits).await;
+        }
+        Ok(Ok(None) | Err(_)) | Err(_) => {}
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Prefixed<S> {
+    prefix: [u8; crate::peer::wire::MAGIC.len()],
+    start: usize,
+    end: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.start < self.end {
+            let n = (self.end - self.start).min(buf.remaining());
+            let start = self.start;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.start += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -315,13 +433,28 @@ mod tests {
     /// Serves a one-route router with `limits` on a loopback port; returns its address and a
     /// sender that stops it.
     async fn start(limits: ServeLimits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        start_with(limits, None).await
+    }
+
+    async fn start_with(
+        limits: ServeLimits,
+        links: Option<LinkHandler>,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve("test", listener, router, None, limits, async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(serve(
+            "test",
+            listener,
+            router,
+            None,
+            links,
+            limits,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         (addr, tx)
     }
 
@@ -419,5 +552,48 @@ mod tests {
             closed >= Duration::from_millis(300),
             "not before: {closed:?}"
         );
+    }
+
+    /// A link handler that echoes what follows the magic, up to 5 bytes.
+    fn echo_links() -> LinkHandler {
+        Arc::new(|mut io, _info, _limits| {
+            Box::pin(async move {
+                let mut buf = [0u8; 5];
+                if io.read_exact(&mut buf).await.is_ok() {
+                    let _ = io.write_all(&buf).await;
+                }
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn one_port_serves_links_and_http_told_apart_by_the_first_bytes() {
+        let (addr, _stop) = start_with(ServeLimits::default(), Some(echo_links())).await;
+        // The magic in pieces, then a payload: the link handler gets what follows the magic.
+        let mut link = TcpStream::connect(addr).await.expect("connect");
+        let magic = crate::peer::wire::MAGIC;
+        link.write_all(&magic[..3]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await; // a second TCP segment
+        link.write_all(&magic[3..]).await.expect("write");
+        link.write_all(b"hello").await.expect("write");
+        let mut echoed = [0u8; 5];
+        link.read_exact(&mut echoed).await.expect("echo");
+        assert_eq!(&echoed, b"hello");
+        // HTTP on the same port, its first bytes looked at and put back.
+        for _ in 0..2 {
+            let mut http = TcpStream::connect(addr).await.expect("connect");
+            http.write_all(GET).await.expect("write");
+            let mut buf = [0u8; 256];
+            let n = http.read(&mut buf).await.expect("read");
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        }
+        // A request that starts like the magic and then differs is HTTP's to answer (400).
+        let mut odd = TcpStream::connect(addr).await.expect("connect");
+        odd.write_all(b"\0raftkv-GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let n = odd.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 400"), "{:?}", &buf[..n]);
     }
 }

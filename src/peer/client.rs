@@ -1,6 +1,7 @@
-//! Outbound node-to-node requests: one pooled HTTP client per peer address (heartbeats in a pool
-//! of their own so a large append cannot delay them), the identity headers on every request,
-//! and TLS with this node's peer certificate when peer TLS is configured.
+//! Outbound node-to-node requests: the peer links (`link.rs`) that carry the Raft RPCs and the
+//! forwarded client traffic, and one pooled HTTP client per peer address for the rest (joining
+//! handshake, snapshots, membership and status routes): the identity headers on every HTTP
+//! request, and TLS with this node's peer certificate when peer TLS is configured.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,10 @@ use crate::peer::identity::HEADER_CLUSTER;
 use crate::peer::identity::HEADER_FROM;
 use crate::peer::identity::HEADER_TO;
 use crate::peer::identity::Identity;
+use crate::peer::link::Dialer;
+use crate::peer::link::Lane;
+use crate::peer::link::Link;
+use crate::peer::link::Links;
 use crate::raft::types::NodeId;
 
 /// Content type of postcard bodies.
@@ -30,6 +35,7 @@ pub struct PeerClients {
     identity: Arc<Identity>,
     /// TLS for peer links (present our peer certificate, trust the peer CA); `None` = plain HTTP.
     tls: Option<Arc<rustls::ClientConfig>>,
+    links: Arc<Links>,
 }
 
 impl PeerClients {
@@ -39,12 +45,23 @@ impl PeerClients {
         identity: Arc<Identity>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
+        let links = Links::new(Dialer {
+            source_ip,
+            identity: identity.clone(),
+            tls: tls.clone().map(tokio_rustls::TlsConnector::from),
+        });
         Self {
             clients: Arc::default(),
             source_ip,
             identity,
             tls,
+            links: Arc::new(links),
         }
+    }
+
+    /// The peer link to node `to` at `addr` on `lane`.
+    pub fn link(&self, to: NodeId, addr: &str, lane: Lane) -> Arc<Link> {
+        self.links.get(to, addr, lane)
     }
 
     pub fn identity(&self) -> &Arc<Identity> {

@@ -110,6 +110,17 @@ impl Identity {
         let to = number(HEADER_TO)?;
         let from = number(HEADER_FROM)?;
         let theirs = header(HEADER_CLUSTER)?;
+        self.check_ids(to, from, theirs, handshake)
+    }
+
+    /// The same check on the values themselves (a peer link's hello carries them once).
+    pub fn check_ids(
+        &self,
+        to: NodeId,
+        from: NodeId,
+        theirs: &str,
+        handshake: bool,
+    ) -> Result<(), Refusal> {
         if to != self.node_id {
             return Err(Refusal::WrongNode {
                 to,

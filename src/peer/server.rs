@@ -1,17 +1,18 @@
-//! The internal routes (`/raft/...`) and the peer copy of the membership routes: decode
-//! postcard, hand to openraft (or to the write and read paths), encode the result. Every request
-//! passes [`guard`] first: the caller must be an authenticated peer (see `auth.rs`) and, for the
-//! `/raft/` routes, carry identity headers naming this node and its cluster (see `identity.rs`).
+//! The internal routes over HTTP (`/raft/...`) and the peer copy of the membership routes. Every
+//! request passes [`guard`] first: the caller must be an authenticated peer (see `auth.rs`) and,
+//! for the `/raft/` routes, carry identity headers naming this node and its cluster (see
+//! `identity.rs`). A refused caller gets `403` (not authenticated) or `421` (meant for another
+//! node or cluster).
 //!
-//! Wire format (shared with `raft/network.rs`): request body = postcard(request); response body =
-//! postcard(`Result<response, String>`), where `Err` carries the remote node's error text. A
-//! refused caller gets `403` (not authenticated) or `421` (meant for another node or cluster).
-//! Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
+//! Nodes send their RPCs over peer links (`link.rs`, `link_server.rs`); the HTTP routes carry the
+//! same RPCs (handled by `rpc.rs`, same bodies and answers) for the joining handshake
+//! (`/raft/hello`), snapshots (`/raft/snapshot`) and tools. Request body = postcard(request);
+//! response body = postcard(`Result<response, String>`), where `Err` carries the remote node's
+//! error text. Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot
+//! file's bytes.
 //!
-//! Limits (all in `limits.rs`): a body is at most `RPC_BODY_BYTES_MAX` (an append or a batch
-//! with room to spare), a forwarded batch at most `BATCH_COMMANDS_MAX` commands and
-//! `BATCH_BYTES_MAX` bytes, a snapshot at most `SNAPSHOT_BYTES_MAX`; every forwarded command
-//! is checked again before it is proposed (`raft::forward::propose_many`).
+//! Limits (all in `limits.rs`): a body is at most `RPC_BODY_BYTES_MAX`, a snapshot at most
+//! `SNAPSHOT_BYTES_MAX` (the per-RPC limits are in `rpc.rs`).
 
 use std::cmp::Ordering;
 use std::fs::File;
@@ -36,17 +37,17 @@ use serde::de::DeserializeOwned;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::mpsc;
 
+use crate::app::App;
 use crate::app::SharedApp;
 use crate::error::KvError;
-use crate::limits::BATCH_BYTES_MAX;
-use crate::limits::BATCH_COMMANDS_MAX;
 use crate::limits::RPC_BODY_BYTES_MAX;
 use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::limits::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::peer::auth::authorize_peer;
 use crate::peer::client::POSTCARD;
-use crate::raft::forward::WriteOk;
-use crate::raft::types::Command;
+use crate::peer::rpc;
+use crate::peer::rpc::Refused;
+use crate::peer::wire::Rpc;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
@@ -123,56 +124,34 @@ async fn hello(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> 
     postcard_reply(&result)
 }
 
-/// `POST /raft/write_batch` on the leader: propose every command in one message to the Raft core
-/// (one log append for the batch), never forward again; answers in the same order. A batch over
-/// the count or byte cap is refused whole; an invalid command is refused alone (`propose_many`).
-async fn write_batch(State(app): State<SharedApp>, body: Body) -> Response {
-    // A graceful shutdown must wait for this batch before it stops Raft (shutdown.rs).
-    let _in_flight = app.lifecycle.track();
+/// A peer RPC carried over HTTP: the body (at most `RPC_BODY_BYTES_MAX`) is handed to
+/// [`rpc::handle`], as a link would hand it.
+async fn carry(app: &App, rpc: Rpc, body: Body) -> Response {
     let bytes = match read_body(body).await {
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
     };
-    if bytes.len() > BATCH_BYTES_MAX {
-        let err: Result<(), String> = Err(format!(
-            "batch of {} bytes is over the limit of {BATCH_BYTES_MAX}",
-            bytes.len()
-        ));
-        return postcard_reply(&err);
+    match rpc::handle(app, rpc, &bytes).await {
+        Ok(answer) => ([(header::CONTENT_TYPE, POSTCARD)], answer).into_response(),
+        Err(refused) => refused.into_response(),
     }
-    let cmds: Vec<Command> = match decode(&bytes) {
-        Ok(c) => c,
-        Err(refused) => return refused.into_response(),
-    };
-    if cmds.len() > BATCH_COMMANDS_MAX {
-        let err: Result<(), String> = Err(format!(
-            "batch of {} commands is over the limit of {BATCH_COMMANDS_MAX}",
-            cmds.len()
-        ));
-        return postcard_reply(&err);
-    }
-    let results = crate::raft::forward::propose_many(&app, cmds).await;
-    postcard_reply::<Vec<Result<WriteOk, KvError>>, String>(&Ok(results))
 }
 
-/// `POST /raft/read_index` on the leader: the index a follower must have applied before it may
-/// serve a linearizable read.
-async fn read_index(State(app): State<SharedApp>) -> Response {
-    let _in_flight = app.lifecycle.track();
-    let result = crate::raft::read::leader_read_index(&app).await;
-    postcard_reply::<Result<u64, KvError>, String>(&Ok(result))
+macro_rules! carried {
+    ($name:ident, $rpc:expr) => {
+        async fn $name(State(app): State<SharedApp>, body: Body) -> Response {
+            carry(&app, $rpc, body).await
+        }
+    };
 }
 
-/// `POST /raft/lease` on the leader: a keep-alive or time-to-live a follower relays.
-async fn lease(State(app): State<SharedApp>, body: Body) -> Response {
-    let _in_flight = app.lifecycle.track();
-    let ask: crate::service::lease::LeaseAsk = match decode_body(body).await {
-        Ok(ask) => ask,
-        Err(refused) => return refused,
-    };
-    let result = crate::service::lease::answer(&app, ask).await;
-    postcard_reply::<_, String>(&Ok(result))
-}
+carried!(append, Rpc::Append);
+carried!(vote, Rpc::Vote);
+carried!(pre_vote, Rpc::PreVote);
+carried!(transfer_leader, Rpc::TransferLeader);
+carried!(write_batch, Rpc::WriteBatch);
+carried!(read_index, Rpc::ReadIndex);
+carried!(lease, Rpc::Lease);
 
 /// A postcard response body holding `Result<T, E>`.
 pub fn postcard_reply<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Response {
@@ -185,11 +164,8 @@ pub fn postcard_reply<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Resp
 /// Reads and decodes a postcard request body, or answers 400 (413 over the body limit).
 pub async fn decode_body<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
     let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
-    decode(&bytes).map_err(IntoResponse::into_response)
+    rpc::decode(&bytes).map_err(IntoResponse::into_response)
 }
-
-/// A request refused before it was handled: its status and why.
-type Refused = (StatusCode, String);
 
 /// Reads a request body of at most `RPC_BODY_BYTES_MAX`.
 async fn read_body(body: Body) -> Result<Bytes, Refused> {
@@ -208,40 +184,6 @@ async fn read_body(body: Body) -> Result<Bytes, Refused> {
                 format!("read body (limit {RPC_BODY_BYTES_MAX} bytes): {e}"),
             )
         })
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refused> {
-    postcard::from_bytes(bytes).map_err(|e| (StatusCode::BAD_REQUEST, format!("decode body: {e}")))
-}
-
-macro_rules! raft_rpc {
-    ($name:ident, $method:ident) => {
-        async fn $name(State(app): State<SharedApp>, body: Body) -> Response {
-            let req = match decode_body(body).await {
-                Ok(req) => req,
-                Err(resp) => return resp,
-            };
-            let result = app.raft.$method(req).await.map_err(|e| e.to_string());
-            postcard_reply(&result)
-        }
-    };
-}
-
-raft_rpc!(append, append_entries);
-raft_rpc!(vote, vote);
-raft_rpc!(pre_vote, pre_vote);
-
-async fn transfer_leader(State(app): State<SharedApp>, body: Body) -> Response {
-    let req = match decode_body(body).await {
-        Ok(req) => req,
-        Err(resp) => return resp,
-    };
-    let result = app
-        .raft
-        .handle_transfer_leader(req)
-        .await
-        .map_err(|e| e.to_string());
-    postcard_reply(&result)
 }
 
 /// Receives a streamed snapshot: header, then the file bytes, spooled to a file in

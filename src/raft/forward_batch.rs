@@ -1,5 +1,6 @@
 //! Batching of writes forwarded to the leader. Concurrent client writes arriving at a follower
-//! share one `/raft/write_batch` request to the leader instead of one HTTP exchange each, which
+//! share one write-batch request to the leader (over the forward lane of the peer link) instead
+//! of one exchange each, which
 //! is what the leader's CPU would otherwise spend most of its time on. With one write at a time
 //! a batch holds one command, so nothing waits for a batch to fill. A batch is capped in count
 //! ([`BATCH_COMMANDS_MAX`]) and in encoded bytes ([`BATCH_BYTES_MAX`]): the command that would
@@ -17,8 +18,9 @@ use tokio::sync::oneshot;
 
 use crate::error::KvError;
 use crate::peer::client::PeerClients;
+use crate::peer::link::Lane;
+use crate::peer::wire::Rpc;
 use crate::raft::forward::WriteOk;
-use crate::raft::network::decode_response;
 use crate::raft::types::Command;
 use crate::raft::types::NodeId;
 
@@ -203,32 +205,21 @@ async fn request(
     cmds: &[Command],
     timeout: Duration,
 ) -> Result<Vec<Result<WriteOk, KvError>>, Forwarded> {
-    let body = postcard::to_stdvec(cmds).map_err(|_| Forwarded::NotSent)?;
-    let addr = target.addr.as_str();
-    let response = target
+    let link = target
         .peers
-        .post_raft(addr, target.leader_id, "write_batch", false)
-        .timeout(timeout)
-        .body(body)
-        .send()
+        .link(target.leader_id, &target.addr, Lane::Forward);
+    link.call(Rpc::WriteBatch, &cmds, timeout)
         .await
         .map_err(|e| {
-            tracing::debug!(addr, error = %e, "forwarding to the leader failed");
-            // Never connected: the leader did not see the writes.
-            if e.is_connect() {
+            tracing::debug!(addr = %target.addr, error = %e, "forwarding to the leader failed");
+            // Never handled (not reached, or refused before handling): the leader did not see
+            // the writes.
+            if e.not_handled() {
                 Forwarded::NotSent
             } else {
                 Forwarded::Unknown
             }
-        })?;
-    decode_response(response).await.map_err(|e| {
-        tracing::debug!(addr, error = %e, "forwarded batch: bad answer");
-        match e {
-            // Refused before it was handled (not authenticated, or not the node we meant).
-            crate::raft::network::PeerError::Refused { .. } => Forwarded::NotSent,
-            crate::raft::network::PeerError::Failed(_) => Forwarded::Unknown,
-        }
-    })
+        })
 }
 
 #[cfg(test)]

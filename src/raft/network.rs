@@ -1,14 +1,13 @@
-//! Outbound Raft RPC over the peer clients (`peer/client.rs`): postcard bodies, identity headers,
-//! a timeout on every call. Snapshots are streamed from their file, never loaded into memory whole.
-//!
-//! Wire format (shared with `peer/server.rs`): request body = postcard(request); response body =
-//! postcard(`Result<response, String>`), where `Err` carries the remote node's error text.
-//! Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
+//! Outbound Raft RPC: appends, votes and leadership transfer over the peer links
+//! (`peer/link.rs`, heartbeats on a lane of their own), a timeout on every call. Snapshots go
+//! over HTTP (`peer/server.rs`), streamed from their file, never loaded into memory whole:
+//! request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
 //!
 //! An append request is at most `limits::APPEND_BYTES_MAX` encoded (the receiver accepts that
 //! plus slack): a longer one is cut to its longest fitting prefix, see [`cut_to_fit`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -35,6 +34,10 @@ use crate::limits::APPEND_BYTES_PER_SEC_MIN;
 use crate::metrics::storage::SnapshotMetrics;
 use crate::metrics::storage::observe;
 use crate::peer::client::PeerClients;
+use crate::peer::link::Lane;
+use crate::peer::link::Link;
+use crate::peer::link::LinkError;
+use crate::peer::wire::Rpc;
 use crate::raft::types::LogId;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
@@ -75,20 +78,28 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-/// The Raft RPC client for one peer.
+/// The Raft RPC client for one peer: its peer link (replication or heartbeat lane), and the
+/// pooled HTTP client for snapshots.
 pub struct PeerConnection {
     target: NodeId,
     addr: String,
     peers: PeerClients,
+    link: Arc<Link>,
     heartbeat: bool,
     snapshots: SnapshotMetrics,
 }
 
 impl PeerConnection {
     fn new(target: NodeId, node: &Node, peers: PeerClients, heartbeat: bool) -> Self {
+        let lane = if heartbeat {
+            Lane::Heartbeat
+        } else {
+            Lane::Replication
+        };
         Self {
             target,
             addr: node.raft_addr.clone(),
+            link: peers.link(target, &node.raft_addr, lane),
             peers,
             heartbeat,
             snapshots: SnapshotMetrics::default(),
@@ -102,7 +113,7 @@ impl PeerConnection {
 
     async fn call<Req, Resp>(
         &self,
-        path: &str,
+        rpc: Rpc,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>>
@@ -110,27 +121,10 @@ impl PeerConnection {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let body =
-            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(path, body, timeout).await
-    }
-
-    async fn send<Resp: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Resp, RPCError<TypeConfig>> {
-        let response = self
-            .post(path)
-            .timeout(timeout)
-            .body(body)
-            .send()
+        self.link
+            .call(rpc, req, timeout)
             .await
-            .map_err(|e| to_rpc_error(self.target, e))?;
-        decode_response(response)
-            .await
-            .map_err(|e| peer_error_to_rpc(self.target, &self.addr, e))
+            .map_err(|e| link_error_to_rpc(self.target, e))
     }
 }
 
@@ -243,6 +237,27 @@ fn peer_error_to_rpc(target: NodeId, addr: &str, e: PeerError) -> RPCError<TypeC
     }
 }
 
+/// A link that could not be opened or was refused counts as unreachable (a refusal is never a
+/// vote or an acknowledgement; logged at most once per 5 s); other failures are network errors.
+fn link_error_to_rpc(target: NodeId, e: LinkError) -> RPCError<TypeConfig> {
+    static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
+    match &e {
+        LinkError::Refused { .. } => {
+            if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
+                tracing::warn!(target, error = %e, "peer refused our link: treating it as unreachable");
+            }
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        LinkError::Unreachable { .. } => {
+            if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
+                tracing::info!(target, error = %e, "raft rpc to a peer failed");
+            }
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
 
@@ -255,7 +270,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let (body, cut_at) =
             cut_to_fit(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let timeout = append_timeout(option.hard_ttl(), body.len());
-        let resp = self.send("append", body, timeout).await?;
+        let resp = self
+            .link
+            .call_encoded(Rpc::Append, &body, timeout)
+            .await
+            .map_err(|e| link_error_to_rpc(self.target, e))?;
         let Some(last_sent) = cut_at else {
             return Ok(resp);
         };
@@ -280,7 +299,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call("vote", &req, option.hard_ttl()).await
+        self.call(Rpc::Vote, &req, option.hard_ttl()).await
     }
 
     async fn pre_vote(
@@ -288,7 +307,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call("pre_vote", &req, option.hard_ttl()).await
+        self.call(Rpc::PreVote, &req, option.hard_ttl()).await
     }
 
     async fn transfer_leader(
@@ -296,7 +315,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call("transfer_leader", &req, option.hard_ttl()).await
+        self.call(Rpc::TransferLeader, &req, option.hard_ttl())
+            .await
     }
 
     async fn full_snapshot(

@@ -16,6 +16,8 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::app::LeaderRoute;
 use crate::error::KvError;
+use crate::peer::link::Lane;
+use crate::peer::wire::Rpc;
 use crate::raft::types::NodeId;
 
 /// The consistency level of a read, from `?level=`.
@@ -79,18 +81,12 @@ pub async fn read_barrier(app: &App, level: ReadLevel) -> Result<(), KvError> {
             }
             LeaderRoute::Remote(leader_id, leader) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let response = app
-                    .peers
-                    .post_raft(&leader.raft_addr, leader_id, "read_index", false)
-                    .timeout(remaining)
-                    .send()
+                let link = app.peers.link(leader_id, &leader.raft_addr, Lane::Forward);
+                // Whatever the leader says (even "not the leader"), the read was not served.
+                let answer: Result<u64, KvError> = link
+                    .call(Rpc::ReadIndex, &(), remaining)
                     .await
                     .map_err(|_| unavailable())?;
-                // Whatever the leader says (even "not the leader"), the read was not served.
-                let answer =
-                    crate::raft::network::decode_response::<Result<u64, KvError>>(response)
-                        .await
-                        .map_err(|_| unavailable())?;
                 match answer {
                     Ok(index) => break index,
                     Err(KvError::NoLeader(_)) if retry => {

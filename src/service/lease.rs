@@ -202,21 +202,18 @@ pub async fn ask(app: &App, ask: LeaseAsk) -> Result<LeaseTtl, KvError> {
     match app.leader() {
         Some((id, _)) if id == app.node_id => answer(app, ask).await,
         Some((leader_id, leader)) => {
-            let body = postcard::to_stdvec(&ask).map_err(|e| KvError::Internal(e.to_string()))?;
-            let unreachable = |e: &dyn std::fmt::Display| {
-                KvError::NoLeader(format!("the leader did not answer the lease request: {e}"))
-            };
-            let response = app
-                .peers
-                .post_raft(&leader.raft_addr, leader_id, "lease", false)
-                .timeout(app.request_timeout)
-                .body(body)
-                .send()
+            let link = app.peers.link(
+                leader_id,
+                &leader.raft_addr,
+                crate::peer::link::Lane::Forward,
+            );
+            let answer: Result<LeaseTtl, KvError> = link
+                .call(crate::peer::wire::Rpc::Lease, &ask, app.request_timeout)
                 .await
-                .map_err(|e| unreachable(&e))?;
-            crate::raft::network::decode_response::<Result<LeaseTtl, KvError>>(response)
-                .await
-                .map_err(|e| unreachable(&e))?
+                .map_err(|e| {
+                    KvError::NoLeader(format!("the leader did not answer the lease request: {e}"))
+                })?;
+            answer
         }
         None => Err(KvError::NoLeader("no leader is known".into())),
     }

@@ -1,8 +1,10 @@
 //! Stories: no typo or misconfiguration breaks a cluster (issue 7). A join to an address where
 //! nothing listens is refused and changes nothing, on one node and on three; a joiner whose
 //! advertised address reaches another member is refused (no phantom quorum); a peer request
-//! meant for another node or cluster is refused; a node whose log store fails exits non-zero.
+//! or peer link meant for another node or cluster is refused; a node whose log store fails exits
+//! non-zero.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -172,8 +174,107 @@ fn peer_requests_meant_for_another_node_or_cluster_are_refused() {
     c.phase("with -raddr, the public port no longer serves the internal routes");
     let r = c.request(leader, Method::POST, "/raft/vote", Some((Vec::new(), "x")));
     assert_eq!(r.status, 404, "{}", r.body);
+
+    // The same checks on the peer links the nodes themselves use (one hello per link).
+    let raft_addr = format!("127.0.0.1:{}", c.node(leader).ports.raft);
+    let refused = |cluster: &str, from: u64, to: u64| {
+        let (answer, _) = open_link(&raft_addr, cluster, from, to);
+        answer.expect_err("refused").status
+    };
+    c.phase("a peer link meant for another node id: 421");
+    assert_eq!(refused(&cluster_id, 1, me + 1), 421);
+    c.phase("a peer link from another cluster: 421");
+    assert_eq!(refused("0123456789abcdef0123456789abcdef", 1, me), 421);
+    c.phase("a peer link claiming to come from the receiver itself: 421");
+    assert_eq!(refused(&cluster_id, me, me), 421);
+    c.phase("the public port speaks no peer links with -raddr (HTTP answers the stranger)");
+    let mut public = std::net::TcpStream::connect(c.node(leader).http_addr()).expect("connect");
+    public.write_all(raftkv::peer::wire::MAGIC).expect("write");
+    let mut buf = [0u8; 12];
+    let _ = public.read(&mut buf);
+    assert!(
+        buf.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    c.phase("an accepted link: an undecodable vote is refused, not handled; the link stays up");
+    let (answer, mut link) = open_link(&raft_addr, &cluster_id, me + 100, me);
+    answer.expect("accepted");
+    let frame = |id: u64, rpc: u8, body: &[u8]| {
+        let mut f = raftkv::peer::wire::head(body.len(), id, rpc).to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    link.write_all(&frame(7, raftkv::peer::wire::Rpc::Vote as u8, b"\xff\xff"))
+        .expect("write");
+    let (id, status, text) = read_answer(&mut link);
+    assert_eq!(
+        (id, status),
+        (7, raftkv::peer::wire::Status::Refused as u8),
+        "{text}"
+    );
+    assert!(text.contains("decode"), "{text}");
+    link.write_all(&frame(8, 200, b"")).expect("write");
+    let (id, status, text) = read_answer(&mut link);
+    assert_eq!(
+        (id, status),
+        (8, raftkv::peer::wire::Status::Refused as u8),
+        "{text}"
+    );
+    c.phase("a frame over the limit closes the link");
+    link.write_all(&u32::MAX.to_le_bytes()).expect("write");
+    let mut rest = Vec::new();
+    let closed = link.read_to_end(&mut rest);
+    assert!(
+        matches!(closed, Ok(0)) || closed.is_err(),
+        "closed: {closed:?}"
+    );
+
     c.phase("the cluster is unharmed");
     c.put_db(leader, "still", "fine").expect_status(200);
+}
+
+/// Opens a peer link to `addr` saying hello as `from` of `cluster`, meant for `to`: the
+/// receiver's answer and the connection.
+fn open_link(
+    addr: &str,
+    cluster: &str,
+    from: u64,
+    to: u64,
+) -> (
+    Result<(), raftkv::peer::wire::HelloRefusal>,
+    std::net::TcpStream,
+) {
+    use raftkv::peer::wire;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let hello = wire::Hello {
+        cluster_id: cluster.to_string(),
+        from,
+        to,
+    };
+    s.write_all(wire::MAGIC).expect("magic");
+    let hello = postcard::to_stdvec(&hello).expect("encode");
+    s.write_all(&wire::plain_frame(&hello)).expect("hello");
+    let answer = read_payload(&mut s);
+    (postcard::from_bytes(&answer).expect("decode answer"), s)
+}
+
+fn read_payload(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("frame length");
+    let mut payload = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut payload).expect("frame");
+    payload
+}
+
+/// One answer on a link: its id, status and body as text.
+fn read_answer(s: &mut std::net::TcpStream) -> (u64, u8, String) {
+    let payload = read_payload(s);
+    let (id, status, body) = raftkv::peer::wire::split(&payload).expect("answer");
+    (id, status, String::from_utf8_lossy(body).into_owned())
 }
 
 #[test]
