@@ -158,11 +158,19 @@ pub async fn take(app: &App, level: ReadLevel) -> Result<Backup, KvError> {
     let sm = app.state_machine.clone();
     let started = std::time::Instant::now();
     let written = tokio::task::spawn_blocking(move || -> io::Result<_> {
-        let (meta, kv) = sm.copy_state();
         let file = sm.incoming_snapshot_file()?;
-        let (file, bytes, sha256) = write(file, &meta, &kv)?;
-        let store = kv.store();
-        let info = (store.compact_revision(), kv.revision(), kv.len(), meta);
+        let mut held = None;
+        let (file, bytes, sha256) = write(file, |out| {
+            held = Some(sm.encode_now(out)?);
+            Ok(())
+        })?;
+        let held = held.ok_or_else(|| io::Error::other("the backup encoded nothing"))?;
+        let info = (
+            held.compact_revision,
+            held.revision,
+            held.live_keys,
+            held.meta,
+        );
         Ok((file, bytes, sha256, info))
     })
     .await
@@ -190,17 +198,16 @@ pub async fn take(app: &App, level: ReadLevel) -> Result<Backup, KvError> {
     })
 }
 
-/// Writes the backup of `(meta, kv)` into `file` (empty, read/write) and returns it rewound,
-/// with its size and sha256. Blocking.
+/// Writes a backup into `file` (empty, read/write), its payload (a snapshot file) written by
+/// `encode`, and returns it rewound, with its size and sha256. Blocking.
 pub fn write(
     mut file: File,
-    meta: &SnapshotMeta,
-    kv: &KvState,
+    encode: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> io::Result<(File, u64, [u8; 32])> {
     // 1. The payload first, after room for the header (its length is known only afterwards).
     file.seek(SeekFrom::Start(HEADER_BYTES))?;
     let mut out = BufWriter::with_capacity(BUFFER_BYTES, file);
-    snapshot::encode(&mut out, meta, kv)?;
+    encode(&mut out)?;
     let end = out.stream_position()?;
     let payload_bytes = end - HEADER_BYTES;
     let data_bytes = file_bytes(payload_bytes) - SHA256_BYTES;

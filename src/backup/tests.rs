@@ -43,7 +43,8 @@ fn sample(keys: u64) -> (SnapshotMeta, KvState) {
 fn backup_bytes(keys: u64) -> (Vec<u8>, SnapshotMeta, KvState) {
     let (meta, kv) = sample(keys);
     let file = tempfile::tempfile().expect("tempfile");
-    let (mut file, bytes, sha) = write(file, &meta, &kv).expect("write");
+    let (mut file, bytes, sha) =
+        write(file, |out| snapshot::encode(out, &meta, &kv)).expect("write");
     let mut out = Vec::new();
     file.read_to_end(&mut out).expect("read");
     assert_eq!(out.len() as u64, bytes);

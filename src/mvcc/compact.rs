@@ -31,8 +31,43 @@ impl Store {
             });
         }
         self.compacted = rev;
-        self.keys.retain(|_, h| !h.compact(rev));
+        if self.compaction_holds > 0 {
+            // Must not remove entries while a snapshot writer reads them (see
+            // `hold_compaction`); every read already answers as compacted at `rev`.
+            self.compaction_owed = true;
+        } else {
+            self.keys.retain(|_, h| !h.compact(rev));
+        }
         Ok(self.current)
+    }
+
+    /// Holds compaction's removal of old entries until [`Store::release_compaction`], so a
+    /// snapshot of the store as it is now can be written piece by piece while writes go on:
+    /// writes only append entries (newer than the view), and only compaction removes entries.
+    /// A compaction meanwhile moves the compacted revision (reads, hashes and snapshots answer
+    /// as compacted: they see entries through [`KeyHistory::retained_at`]) and owes its removal
+    /// to the release. Answers what a snapshot taken now holds.
+    ///
+    /// [`KeyHistory::retained_at`]: crate::mvcc::history::KeyHistory::retained_at
+    pub fn hold_compaction(&mut self) -> crate::mvcc::snapshot::View {
+        self.compaction_holds += 1;
+        crate::mvcc::snapshot::View::of(self)
+    }
+
+    /// Ends one [`Store::hold_compaction`]; the last one runs an owed removal. O(keys) when a
+    /// compaction ran meanwhile (what that compaction would have cost), else O(1).
+    pub fn release_compaction(&mut self) {
+        self.compaction_holds = self.compaction_holds.saturating_sub(1);
+        if self.compaction_holds == 0 && self.compaction_owed {
+            self.compaction_owed = false;
+            let at = self.compacted;
+            self.keys.retain(|_, h| !h.compact(at));
+        }
+    }
+
+    /// Whether a compaction's removal is owed (test and metrics use).
+    pub fn compaction_owed(&self) -> bool {
+        self.compaction_owed
     }
 
     /// etcd's HashKV: a hash of the key space's retained history up to `rev` (0 = current),
@@ -54,14 +89,14 @@ impl Store {
         let mut h = crc32fast::Hasher::new();
         h.update(b"raftkv-mvcc-hash-v1");
         for (key, history) in self.keys.iter() {
-            let n = history.entries.partition_point(|e| e.rev.main <= rev);
-            if n == 0 {
+            let entries = history.retained_at(self.compacted, rev);
+            if entries.is_empty() {
                 continue;
             }
             h.update(&(key.len() as u64).to_le_bytes());
             h.update(key);
-            h.update(&(n as u64).to_le_bytes());
-            for e in &history.entries[..n] {
+            h.update(&(entries.len() as u64).to_le_bytes());
+            for e in entries {
                 for x in [e.rev.main, e.rev.sub, e.create, e.version, e.lease] {
                     h.update(&x.to_le_bytes());
                 }

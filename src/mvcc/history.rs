@@ -93,19 +93,34 @@ impl KeyHistory {
     /// Drop what no read at a revision ≥ `at` can see: everything before the entry visible at
     /// `at`, and that entry too if it is a tombstone. Answers whether the history is now empty.
     pub fn compact(&mut self, at: i64) -> bool {
-        let n = self.entries.partition_point(|e| e.rev.main <= at);
-        if let Some(visible) = n.checked_sub(1) {
-            let keep_from = if self.entries[visible].value.is_some() {
-                visible
-            } else {
-                n
-            };
+        let keep_from = self.retained_from(at);
+        if keep_from > 0 {
             self.entries.drain(..keep_from);
             if self.entries.capacity() > 2 * self.entries.len() {
                 self.entries.shrink_to_fit();
             }
         }
         self.entries.is_empty()
+    }
+
+    /// The index of the first entry a compaction at `at` keeps: the newest entry at or below
+    /// `at` if it is a put (reads at `at` see it), else the one after it. 0 on a history already
+    /// compacted at `at` (or never below it).
+    pub fn retained_from(&self, at: i64) -> usize {
+        let n = self.entries.partition_point(|e| e.rev.main <= at);
+        match n.checked_sub(1) {
+            Some(visible) if self.entries[visible].value.is_some() => visible,
+            _ => n,
+        }
+    }
+
+    /// The entries a store compacted at `compacted` holds at revision `rev` (≥ `compacted`):
+    /// what a snapshot or hash at `rev` covers, whether or not a compaction's removal of older
+    /// entries has run yet (see `Store::hold_compaction`).
+    pub fn retained_at(&self, compacted: i64, rev: i64) -> &[Entry] {
+        let to = self.entries.partition_point(|e| e.rev.main <= rev);
+        let from = self.retained_from(compacted).min(to);
+        &self.entries[from..to]
     }
 
     /// Validate the invariants above against the store's revisions.

@@ -72,6 +72,18 @@ impl Keys {
         });
     }
 
+    /// The keys after `after` (all when `None`) with their histories, ascending.
+    pub fn after<'a>(
+        &'a self,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a {
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        self.in_order(self.order.range::<[u8], _>((lower, Bound::Unbounded)))
+    }
+
     /// Every key with its history, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyHistory)> + '_ {
         self.in_order(self.order.iter())

@@ -115,6 +115,66 @@ fn bytes_per_key_and_per_retained_revision() {
     );
 }
 
+/// The apply pause a snapshot costs: the state machine holds its lock only to take a view
+/// (`hold_compaction`) and then for each piece of `KEYS_PER_CHUNK` keys encoded; `Store::clone`
+/// (what a build held the lock for before) for comparison. Run in release:
+/// `cargo test --release --lib mvcc::mem_tests::snapshot_pause -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement: run alone with --release --ignored --nocapture"]
+fn snapshot_pause() {
+    let value = vec![b'v'; VALUE_BYTES];
+    let mut store = Store::default();
+    for i in 0..KEYS {
+        let req = PutRequest {
+            key: key(i),
+            value: Bytes::copy_from_slice(&value),
+            ..Default::default()
+        };
+        store.put(req, &NoLeases).expect("put");
+    }
+    let started = std::time::Instant::now();
+    let copy = store.clone();
+    let clone_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(copy);
+    let started = std::time::Instant::now();
+    let view = store.hold_compaction();
+    let hold_us = started.elapsed().as_secs_f64() * 1e6;
+    let (mut pieces_us, mut after, mut buf, mut bytes) = (Vec::new(), None::<Bytes>, Vec::new(), 0);
+    let whole = std::time::Instant::now();
+    loop {
+        buf.clear();
+        let started = std::time::Instant::now();
+        let chunk = crate::mvcc::snapshot::encode_keys(
+            &store,
+            &view,
+            after.as_deref(),
+            crate::mvcc::snapshot::KEYS_PER_CHUNK,
+            &mut buf,
+        )
+        .expect("encode");
+        pieces_us.push(started.elapsed().as_secs_f64() * 1e6);
+        bytes += buf.len();
+        match chunk.next {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    let whole_ms = whole.elapsed().as_secs_f64() * 1e3;
+    store.release_compaction();
+    pieces_us.sort_by(f64::total_cmp);
+    let at = |q: f64| pieces_us[((pieces_us.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{KEYS} keys: Store::clone {clone_ms:.0} ms; hold_compaction {hold_us:.1} µs; {} pieces of {} keys \
+         ({} MiB encoded in {whole_ms:.0} ms): lock held per piece p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+        pieces_us.len(),
+        crate::mvcc::snapshot::KEYS_PER_CHUNK,
+        bytes >> 20,
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
 #[test]
 fn a_key_with_one_revision_holds_one_entry() {
     let mut s = Store::default();

@@ -97,6 +97,11 @@ pub struct Store {
     current: i64,
     compacted: i64,
     txn_ops_max: usize,
+    /// Snapshot writers holding compaction's removal of old entries (see
+    /// [`Store::hold_compaction`]); while > 0 a compaction only moves `compacted`.
+    compaction_holds: u32,
+    /// A compaction's removal is owed (it ran while held).
+    compaction_owed: bool,
 }
 
 impl Default for Store {
@@ -114,6 +119,8 @@ impl Store {
             current: FIRST_REVISION,
             compacted: NEVER_COMPACTED,
             txn_ops_max,
+            compaction_holds: 0,
+            compaction_owed: false,
         }
     }
 

@@ -327,6 +327,23 @@ fn assert_replay_matches_log(s: &Store, log: &[Change], rng: &mut Rng, ctx: &str
     ));
 }
 
+/// The snapshot of `view` written from `s` in pieces of `keys_max` keys.
+pub(crate) fn encode_held(s: &Store, view: &snapshot::View, keys_max: usize) -> Vec<u8> {
+    let mut encoder = snapshot::Encoder::new(Vec::new(), view.clone()).expect("header");
+    let mut after: Option<Bytes> = None;
+    loop {
+        let mut buf = Vec::new();
+        let chunk =
+            snapshot::encode_keys(s, view, after.as_deref(), keys_max, &mut buf).expect("keys");
+        encoder.write_keys(&buf, chunk.keys).expect("write");
+        match chunk.next {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    encoder.finish().expect("finish")
+}
+
 fn snapshot_round_trip(s: &Store) -> Store {
     let mut buf = Vec::new();
     s.encode_snapshot(&mut buf).expect("encode");
@@ -354,8 +371,31 @@ fn run_seed(seed: u64) {
     // Every change every write returned, in order: what a watch from revision 1 would see.
     let mut log: Vec<Change> = Vec::new();
     let mut kinds: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    // The replica writes a snapshot piece by piece in windows of ops (compaction held): what
+    // it wrote must be the snapshot of the window's start, and it must answer like the store.
+    let mut held: Option<(snapshot::View, Vec<u8>)> = None;
+    let mut owed_at_release = 0usize;
     for i in 0..OPS_PER_SEED {
         let ctx = format!("seed {seed} (RAFTKV_SEED={seed}) op {i}");
+        match i % 400 {
+            100 => {
+                let mut at_start = Vec::new();
+                replica.encode_snapshot(&mut at_start).expect("encode");
+                held = Some((replica.hold_compaction(), at_start));
+            }
+            300 => {
+                let (view, at_start) = held.take().expect("a held view");
+                let keys_max = rng.between(1, 8) as usize;
+                assert_eq!(
+                    encode_held(&replica, &view, keys_max),
+                    at_start,
+                    "{ctx}: snapshot written while held, {keys_max} keys a piece"
+                );
+                owed_at_release += usize::from(replica.compaction_owed());
+                replica.release_compaction();
+            }
+            _ => {}
+        }
         let op = gen_op(
             &mut rng,
             &keys,
@@ -431,6 +471,14 @@ fn run_seed(seed: u64) {
         }
     }
     assert_all_reads_agree(&store, &model, &format!("seed {seed} end"));
+    if let Some((view, at_start)) = held.take() {
+        assert_eq!(
+            encode_held(&replica, &view, 3),
+            at_start,
+            "seed {seed}: last held view"
+        );
+        replica.release_compaction();
+    }
     assert_eq!(store, replica, "seed {seed}: replicas differ");
     assert_eq!(store.hash_kv(0), replica.hash_kv(0));
     let restored = restored.expect("a restored replica");
@@ -445,6 +493,10 @@ fn run_seed(seed: u64) {
         "seed {seed}: {ok} ok, {errors} errors"
     );
     assert!(store.compact_revision() > 1, "seed {seed}: never compacted");
+    assert!(
+        owed_at_release > 0,
+        "seed {seed}: no compaction ran while a snapshot was held"
+    );
     assert!(
         read_txns > 10,
         "seed {seed}: only {read_txns} read-only txns"

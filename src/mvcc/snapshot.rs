@@ -42,40 +42,164 @@ pub enum SnapshotError {
     Corrupt { offset: u64, detail: String },
 }
 
+/// What a snapshot holds: the store at `revision`, compacted at `compacted`, with `key_count`
+/// keys. Taken under the store's lock; the keys may then be encoded later, in pieces, while the
+/// store takes writes, as long as compaction is held meanwhile (`Store::hold_compaction`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub revision: i64,
+    pub compacted: i64,
+    pub key_count: u64,
+}
+
+impl View {
+    /// The view of `store` now. O(1) unless a compaction's removal is owed (then O(keys)).
+    pub fn of(store: &Store) -> View {
+        let key_count = if store.compaction_owed {
+            let (c, r) = (store.compacted, store.current);
+            store
+                .keys
+                .iter()
+                .filter(|(_, h)| !h.retained_at(c, r).is_empty())
+                .count()
+        } else {
+            store.keys.len()
+        };
+        View {
+            revision: store.current,
+            compacted: store.compacted,
+            key_count: key_count as u64,
+        }
+    }
+}
+
 /// Write `store` to `out` (buffered here; flushed at the end).
 pub fn encode(store: &Store, out: impl Write) -> io::Result<()> {
-    let mut w = CrcWriter {
-        inner: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, out),
-        crc: crc32fast::Hasher::new(),
+    let view = View::of(store);
+    let mut encoder = Encoder::new(out, view.clone())?;
+    let mut buf = Vec::new();
+    let mut after: Option<Bytes> = None;
+    loop {
+        buf.clear();
+        let chunk = encode_keys(store, &view, after.as_deref(), KEYS_PER_CHUNK, &mut buf)?;
+        encoder.write_keys(&buf, chunk.keys)?;
+        match chunk.next {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    encoder.finish()?;
+    Ok(())
+}
+
+/// Keys a snapshot writer encodes per piece: the store's lock is held that long (about a
+/// millisecond for 100-byte values; the apply pause a snapshot costs).
+pub const KEYS_PER_CHUNK: usize = 1024;
+
+/// Writes one snapshot stream: the header, then the keys as encoded by [`encode_keys`] (in
+/// order, each piece after the last), then the checksum.
+pub struct Encoder<W: Write> {
+    w: CrcWriter<io::BufWriter<W>>,
+    view: View,
+    written: u64,
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn new(out: W, view: View) -> io::Result<Self> {
+        let mut w = CrcWriter {
+            inner: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, out),
+            crc: crc32fast::Hasher::new(),
+        };
+        w.write_all(&MAGIC)?;
+        w.write_all(&[FORMAT_VERSION])?;
+        w.write_all(&view.revision.to_le_bytes())?;
+        w.write_all(&view.compacted.to_le_bytes())?;
+        w.write_all(&view.key_count.to_le_bytes())?;
+        Ok(Encoder {
+            w,
+            view,
+            written: 0,
+        })
+    }
+
+    /// Appends `keys` keys encoded by [`encode_keys`].
+    pub fn write_keys(&mut self, encoded: &[u8], keys: u64) -> io::Result<()> {
+        self.written += keys;
+        self.w.write_all(encoded)
+    }
+
+    /// Writes the checksum; refuses a stream whose key count differs from the header's (the
+    /// store changed in a way the view does not allow: never written as a snapshot).
+    pub fn finish(mut self) -> io::Result<W> {
+        if self.written != self.view.key_count {
+            return Err(io::Error::other(format!(
+                "snapshot wrote {} keys, its view has {}: the store changed under the writer",
+                self.written, self.view.key_count
+            )));
+        }
+        let crc = self.w.crc.clone().finalize();
+        self.w.inner.write_all(&crc.to_le_bytes())?;
+        self.w.inner.flush()?;
+        self.w.inner.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// A piece of keys encoded by [`encode_keys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Keys encoded.
+    pub keys: u64,
+    /// The last key looked at, to continue after; `None` when every key was looked at.
+    pub next: Option<Bytes>,
+}
+
+/// Encodes into `buf` (appending) the keys of `view` after `after` (from the first when `None`),
+/// looking at no more than `keys_max` keys: each key's entries as of the view, skipping keys
+/// the view does not hold (created after it, or compacted away). Call under the store's lock;
+/// write `buf` with [`Encoder::write_keys`] after releasing it.
+pub fn encode_keys(
+    store: &Store,
+    view: &View,
+    after: Option<&[u8]>,
+    keys_max: usize,
+    buf: &mut Vec<u8>,
+) -> io::Result<Chunk> {
+    let mut chunk = Chunk {
+        keys: 0,
+        next: None,
     };
-    w.write_all(&MAGIC)?;
-    w.write_all(&[FORMAT_VERSION])?;
-    w.write_all(&store.current.to_le_bytes())?;
-    w.write_all(&store.compacted.to_le_bytes())?;
-    w.write_all(&(store.keys.len() as u64).to_le_bytes())?;
-    for (key, history) in store.keys.iter() {
-        write_len(&mut w, key.len(), KEY_BYTES_MAX)?;
-        w.write_all(key)?;
-        write_len(&mut w, history.entries.len(), u32::MAX as usize)?;
-        for e in &history.entries {
-            w.write_all(&e.rev.main.to_le_bytes())?;
-            w.write_all(&e.rev.sub.to_le_bytes())?;
+    for (looked, (key, history)) in store.keys.after(after).enumerate() {
+        if looked == keys_max {
+            return Ok(chunk);
+        }
+        chunk.next = Some(key.clone());
+        let entries = history.retained_at(view.compacted, view.revision);
+        if entries.is_empty() {
+            continue;
+        }
+        chunk.keys += 1;
+        // Writing enforces the limits decoding checks, so every snapshot written is readable.
+        write_len(buf, key.len(), KEY_BYTES_MAX)?;
+        buf.extend_from_slice(key);
+        write_len(buf, entries.len(), u32::MAX as usize)?;
+        for e in entries {
+            buf.extend_from_slice(&e.rev.main.to_le_bytes());
+            buf.extend_from_slice(&e.rev.sub.to_le_bytes());
             match &e.value {
-                None => w.write_all(&[0])?,
+                None => buf.push(0),
                 Some(v) => {
-                    w.write_all(&[1])?;
+                    buf.push(1);
                     for x in [e.create, e.version, e.lease] {
-                        w.write_all(&x.to_le_bytes())?;
+                        buf.extend_from_slice(&x.to_le_bytes());
                     }
-                    write_len(&mut w, v.len(), VALUE_BYTES_MAX)?;
-                    w.write_all(v)?;
+                    write_len(buf, v.len(), VALUE_BYTES_MAX)?;
+                    buf.extend_from_slice(v);
                 }
             }
         }
     }
-    let crc = w.crc.clone().finalize();
-    w.inner.write_all(&crc.to_le_bytes())?;
-    w.inner.flush()
+    chunk.next = None;
+    Ok(chunk)
 }
 
 fn write_len(w: &mut impl Write, len: usize, max: usize) -> io::Result<()> {

@@ -62,6 +62,16 @@ impl KvState {
         &self.store
     }
 
+    /// See [`mvcc::Store::hold_compaction`]: a snapshot writer's view of the store.
+    pub fn hold_compaction(&mut self) -> mvcc::snapshot::View {
+        self.store.hold_compaction()
+    }
+
+    /// Ends a [`KvState::hold_compaction`].
+    pub fn release_compaction(&mut self) {
+        self.store.release_compaction()
+    }
+
     pub fn leases(&self) -> &Leases {
         &self.leases
     }

@@ -31,6 +31,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 use crate::mvcc;
+use crate::mvcc::snapshot::KEYS_PER_CHUNK;
 use crate::raft::types::LogId;
 use crate::raft::types::SnapshotMeta;
 use crate::store::kv::KvState;
@@ -123,16 +124,45 @@ fn name_key(name: &str) -> Option<Option<(u64, u64)>> {
 
 /// Encodes a snapshot to `out`, streaming the store (the encoded store never exists in memory).
 pub fn encode(out: impl Write, meta: &SnapshotMeta, kv: &KvState) -> io::Result<()> {
+    let view = mvcc::snapshot::View::of(kv.store());
+    let leases: Vec<(i64, i64)> = kv.leases().all().collect();
+    let keys_view = view.clone();
+    encode_with(out, meta, view, &leases, |after, buf| {
+        mvcc::snapshot::encode_keys(kv.store(), &keys_view, after, KEYS_PER_CHUNK, buf)
+    })
+}
+
+/// Encodes a snapshot of `view` (with `leases`) to `out`, asking `keys` for the store's keys
+/// piece by piece: `keys(after, buf)` appends the keys after `after` to `buf`
+/// (`mvcc::snapshot::encode_keys`), so a caller can read each piece under its lock and write it
+/// without (see `state_machine.rs`).
+pub fn encode_with(
+    out: impl Write,
+    meta: &SnapshotMeta,
+    view: mvcc::snapshot::View,
+    leases: &[(i64, i64)],
+    mut keys: impl FnMut(Option<&[u8]>, &mut Vec<u8>) -> io::Result<mvcc::snapshot::Chunk>,
+) -> io::Result<()> {
     let mut w = Crc::new(out);
     let meta_bytes = postcard::to_stdvec(meta).map_err(io::Error::other)?;
     w.write_all(&MAGIC)?;
     w.write_all(&FORMAT_VERSION.to_le_bytes())?;
     write_len(&mut w, meta_bytes.len(), META_BYTES_MAX, "meta")?;
     w.write_all(&meta_bytes)?;
-    mvcc::snapshot::encode(kv.store(), &mut w)?;
-    let leases = kv.leases();
+    let mut store = mvcc::snapshot::Encoder::new(&mut w, view)?;
+    let (mut buf, mut after) = (Vec::new(), None::<bytes::Bytes>);
+    loop {
+        buf.clear();
+        let chunk = keys(after.as_deref(), &mut buf)?;
+        store.write_keys(&buf, chunk.keys)?;
+        match chunk.next {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    store.finish()?;
     w.write_all(&(leases.len() as u64).to_le_bytes())?;
-    for (id, ttl) in leases.all() {
+    for (id, ttl) in leases {
         w.write_all(&id.to_le_bytes())?;
         w.write_all(&ttl.to_le_bytes())?;
     }
@@ -233,12 +263,26 @@ fn read_bytes(r: &mut impl Read, max: usize, file: &str, what: &str) -> io::Resu
 
 /// Writes the snapshot of `map` at `meta` durably into `dir`; returns the final path.
 pub fn write_snapshot(dir: &Path, meta: &SnapshotMeta, map: &KvState) -> io::Result<PathBuf> {
+    write_snapshot_with(dir, meta, |out| encode(out, meta, map))
+}
+
+/// Writes a snapshot at `meta` durably into `dir`, its bytes produced by `encode` (e.g.
+/// [`encode_with`]); returns the final path. A failed `encode` leaves no file.
+pub fn write_snapshot_with(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    encode: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<PathBuf> {
     let name = file_name(meta.last_log_id.as_ref());
     // 1. Every byte must be written to a temp file in `dir` (same filesystem, so step 3 is a
     //    rename) and flushed from the BufWriter before the file is synced.
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
     let mut out = BufWriter::with_capacity(BUFFER_BYTES, File::create(&tmp)?);
-    encode(&mut out, meta, map)?;
+    if let Err(e) = encode(&mut out) {
+        drop(out);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     publish(dir, &tmp, file, &name)
 }

@@ -30,6 +30,8 @@ use std::sync::MutexGuard;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use futures::Stream;
 use futures::TryStreamExt;
@@ -41,8 +43,11 @@ use openraft::storage::RaftStateMachine;
 
 use crate::metrics::MvccMetrics;
 use crate::metrics::storage::SnapshotMetrics;
+use crate::mvcc;
 use crate::mvcc::Change;
 use crate::mvcc::KeyValue;
+use crate::mvcc::snapshot::Chunk;
+use crate::mvcc::snapshot::KEYS_PER_CHUNK;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::Response;
@@ -76,6 +81,9 @@ struct Inner {
     /// them).
     snapshot_metrics: SnapshotMetrics,
     mvcc: MvccMetrics,
+    /// Incremented (under the state's write lock) each time an installed snapshot replaces the
+    /// store: a snapshot writer's view belongs to the store of one generation.
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -90,12 +98,85 @@ struct Current {
     meta: SnapshotMeta,
 }
 
-/// Builds one snapshot from a copy of the state taken when the builder was created.
+/// Builds one snapshot of the state as it was when the builder was created, read piece by
+/// piece while `apply` goes on (see [`Held`]).
 pub struct SnapshotBuilder {
     inner: Arc<Inner>,
-    meta: SnapshotMeta,
-    map: Arc<KvState>,
+    held: Option<Held>,
 }
+
+/// A snapshot writer's view of the store: taken in O(1) (plus the leases) under the write lock,
+/// with compaction's removal of old entries held until it is dropped (`mvcc::Store::
+/// hold_compaction`), so the keys can be encoded a few at a time under short read locks while
+/// writes are applied: writes only add entries newer than the view.
+struct Held {
+    inner: Arc<Inner>,
+    generation: u64,
+    meta: SnapshotMeta,
+    view: mvcc::snapshot::View,
+    leases: Vec<(i64, i64)>,
+    live_keys: usize,
+}
+
+impl Held {
+    fn take(inner: &Arc<Inner>) -> Held {
+        let mut state = inner
+            .state
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let view = state.map.hold_compaction();
+        Held {
+            inner: inner.clone(),
+            generation: inner.generation.load(Ordering::Acquire),
+            meta: state.applied.clone(),
+            view,
+            leases: state.map.leases().all().collect(),
+            live_keys: state.map.len(),
+        }
+    }
+
+    /// Encodes the keys after `after` into `buf`, under a read lock held only for this piece.
+    fn encode_keys(&self, after: Option<&[u8]>, buf: &mut Vec<u8>) -> io::Result<Chunk> {
+        let state = self.inner.read_state();
+        // Must check under the lock: an installed snapshot replaces the store the view is of.
+        if self.inner.generation.load(Ordering::Acquire) != self.generation {
+            return Err(io::Error::other(Replaced));
+        }
+        mvcc::snapshot::encode_keys(state.map.store(), &self.view, after, KEYS_PER_CHUNK, buf)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut state = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        // A store replaced by an installed snapshot holds nothing of ours.
+        if self.inner.generation.load(Ordering::Acquire) == self.generation {
+            state.map.release_compaction();
+        }
+    }
+}
+
+/// What [`StateMachineStore::encode_now`] wrote: the state at `meta`.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub meta: SnapshotMeta,
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Keys live at `revision`.
+    pub live_keys: usize,
+}
+
+/// A snapshot was installed while another was being written from the store it replaced.
+#[derive(Debug, thiserror::Error)]
+#[error("the store was replaced by an installed snapshot while a snapshot of it was written")]
+struct Replaced;
+
+/// Attempts at building a snapshot when installed snapshots keep replacing the store.
+const BUILD_ATTEMPTS_MAX: usize = 3;
 
 fn poisoned(what: &str) -> io::Error {
     io::Error::other(format!("state machine {what} lock poisoned by a panic"))
@@ -152,6 +233,7 @@ impl StateMachineStore {
                 feed,
                 snapshot_metrics: SnapshotMetrics::default(),
                 mvcc: MvccMetrics::default(),
+                generation: AtomicU64::new(0),
             }),
         })
     }
@@ -253,9 +335,30 @@ impl StateMachineStore {
         (index, state.map.digest(), state.map.len())
     }
 
+    /// Encodes a snapshot of the state as it is now to `out` (the snapshot file format),
+    /// reading the store a piece at a time under short read locks: no copy, and `apply` goes on
+    /// meanwhile (see [`Held`]). Blocking. Answers what it holds. Backups (`GET /snapshot`,
+    /// `Maintenance.Snapshot`) are written this way.
+    pub fn encode_now(&self, out: impl io::Write) -> io::Result<Encoded> {
+        let held = Held::take(&self.inner);
+        snapshot::encode_with(
+            out,
+            &held.meta,
+            held.view.clone(),
+            &held.leases,
+            |after, buf| held.encode_keys(after, buf),
+        )?;
+        Ok(Encoded {
+            meta: held.meta.clone(),
+            revision: held.view.revision,
+            compact_revision: held.view.compacted,
+            live_keys: held.live_keys,
+        })
+    }
+
     /// A copy of the state with its meta (last applied log id and membership), taken under one
-    /// read lock so they match: what a snapshot built now would hold. O(keys), like the copy a
-    /// snapshot build takes (backups: `GET /snapshot`, `Maintenance.Snapshot`).
+    /// read lock so they match: what a snapshot built now would hold. O(keys) under the lock
+    /// (`apply` waits): for tests and tools; snapshots and backups use [`Held`] views.
     pub fn copy_state(&self) -> (SnapshotMeta, KvState) {
         let state = self.inner.read_state();
         (state.applied.clone(), state.map.clone())
@@ -351,27 +454,53 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (inner, meta, map) = (self.inner.clone(), self.meta.clone(), self.map.clone());
-        let task_meta = meta.clone();
-        let snapshot = tokio::task::spawn_blocking(move || -> io::Result<File> {
+        let inner = self.inner.clone();
+        let first = self.held.take();
+        let (meta, snapshot) = tokio::task::spawn_blocking(move || {
             let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
-            let started = std::time::Instant::now();
-            tracing::info!(keys = map.len(), last_log_id = ?task_meta.last_log_id, "building snapshot");
-            let path = snapshot::write_snapshot(&inner.dir, &task_meta, &map)?;
-            // Must open the file before publishing: if a newer snapshot was installed meanwhile,
-            // publishing deletes this one, and the open handle keeps it readable.
-            let file = File::open(&path)?;
-            let bytes = file.metadata().map_or(0, |m| m.len());
-            inner.snapshot_metrics.built(bytes, started.elapsed());
-            tracing::info!(path = %path.display(), keys = map.len(), bytes,
-                took_ms = started.elapsed().as_millis() as u64, "built snapshot");
-            inner.publish(path, task_meta)?;
-            Ok(file)
+            let mut held = first.unwrap_or_else(|| Held::take(&inner));
+            let mut attempt = 1;
+            loop {
+                match write_held(&inner, &held) {
+                    Err(e) if e.get_ref().is_some_and(|e| e.is::<Replaced>())
+                        && attempt < BUILD_ATTEMPTS_MAX =>
+                    {
+                        tracing::info!(attempt, "snapshot build: an installed snapshot replaced the store; building again");
+                        drop(held);
+                        held = Held::take(&inner);
+                        attempt += 1;
+                    }
+                    result => return result.map(|file| (held.meta.clone(), file)),
+                }
+            }
         })
         .await
         .map_err(join_error)??;
         Ok(Snapshot { meta, snapshot })
     }
+}
+
+/// Writes the snapshot of `held` durably, publishes it, and answers it opened. Blocking; call
+/// with the `files` lock held.
+fn write_held(inner: &Inner, held: &Held) -> io::Result<File> {
+    let (meta, keys) = (&held.meta, held.view.key_count);
+    let started = std::time::Instant::now();
+    tracing::info!(keys, last_log_id = ?meta.last_log_id, "building snapshot");
+    let path = snapshot::write_snapshot_with(&inner.dir, meta, |out| {
+        let view = held.view.clone();
+        snapshot::encode_with(out, meta, view, &held.leases, |after, buf| {
+            held.encode_keys(after, buf)
+        })
+    })?;
+    // Must open the file before publishing: if a newer snapshot was installed meanwhile,
+    // publishing deletes this one, and the open handle keeps it readable.
+    let file = File::open(&path)?;
+    let bytes = file.metadata().map_or(0, |m| m.len());
+    inner.snapshot_metrics.built(bytes, started.elapsed());
+    tracing::info!(path = %path.display(), keys, bytes,
+        took_ms = started.elapsed().as_millis() as u64, "built snapshot");
+    inner.publish(path, meta.clone())?;
+    Ok(file)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -407,12 +536,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // A consistent view: the map and its log id are copied under one read lock. The copy is
-        // O(keys) and blocks `apply` meanwhile; see the report on persistent maps.
-        let state = self.inner.read_state();
-        let (meta, map) = (state.applied.clone(), Arc::new(state.map.clone()));
+        // A consistent view in O(1): the store's revision, its log id and membership, taken
+        // under one lock, with compaction's removals held until the snapshot is written.
+        let held = Held::take(&self.inner);
         let inner = self.inner.clone();
-        SnapshotBuilder { inner, meta, map }
+        SnapshotBuilder {
+            inner,
+            held: Some(held),
+        }
     }
 
     async fn install_snapshot(
@@ -445,7 +576,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied: meta.clone(),
         };
         let revision = new_state.map.revision();
-        let old_state = std::mem::replace(&mut *self.inner.write_state()?, new_state);
+        let old_state = {
+            let mut state = self.inner.write_state()?;
+            // Must move under the write lock: a snapshot writer checks it under its read lock.
+            self.inner.generation.fetch_add(1, Ordering::AcqRel);
+            std::mem::replace(&mut *state, new_state)
+        };
         // Must reset the feed after the new store is in place: watchers below the snapshot's
         // revision then catch up from the new store's history.
         self.inner.feed.reset(revision);

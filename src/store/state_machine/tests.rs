@@ -138,3 +138,53 @@ async fn install_snapshot_from_another_store() {
         other => panic!("expected Corrupt, got {:?}", other.err()),
     }
 }
+
+/// A snapshot holds the state of the moment its builder was made, although entries (new keys,
+/// overwrites, a delete and a compaction that would drop history the snapshot holds) are applied
+/// between that moment and the build, and `apply` is never blocked for the copy.
+#[tokio::test]
+async fn a_snapshot_holds_its_moment_while_apply_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = StateMachineStore::open(&dir.path().join("snapshots")).expect("open");
+    populate(&mut sm).await;
+    let (at_builder_meta, at_builder) = sm.copy_state();
+    let mut builder = sm.get_snapshot_builder().await;
+
+    let mut later: Vec<Entry> = (0..300)
+        .map(|i| set(1005 + i, &format!("k{:04}", i * 3)))
+        .collect();
+    later.push(set(1305, "0-new-first"));
+    later.push(set(1306, "zz-new-last"));
+    let key = "k0010".to_string();
+    later.push(entry(1307, EntryPayload::Normal(Command::Delete { key })));
+    let revision = sm.revision();
+    later.push(entry(
+        1308,
+        EntryPayload::Normal(Command::Compact { revision }),
+    ));
+    sm.apply(stream_of(later)).await.expect("apply");
+    assert_eq!(
+        sm.compact_revision(),
+        revision,
+        "the compaction took effect for reads"
+    );
+
+    let snap = builder.build_snapshot().await.expect("build");
+    assert_eq!(snap.meta, at_builder_meta);
+    let path = dir
+        .path()
+        .join("snapshots")
+        .join(snapshot::file_name(snap.meta.last_log_id.as_ref()));
+    let (meta, map) = snapshot::read_snapshot(&path).expect("read the built snapshot");
+    assert_eq!(meta, at_builder_meta);
+    assert_eq!(map.store().hash_kv(0), at_builder.store().hash_kv(0));
+    assert_eq!(map.live(), at_builder.live());
+    assert_eq!(map.revision(), at_builder.revision());
+
+    // The removal the compaction owed ran when the build ended: history below it is gone.
+    let (_, now) = sm.copy_state();
+    assert!(!now.store().compaction_owed());
+    now.store()
+        .check_invariants()
+        .expect("no history below the compacted revision");
+}
