@@ -18,8 +18,27 @@ pub struct HashKv {
 impl Store {
     /// Drop every entry no read at a revision ≥ `rev` can see. Errors as etcd's
     /// `updateCompactRev`: at or below the last compaction → Compacted; above the current
-    /// revision → FutureRevision. Answers the current revision (the response header's).
+    /// revision → FutureRevision. Answers the current revision (the response header's). The
+    /// removal runs at once (O(keys)) unless held; see [`Store::compact_later`].
     pub fn compact(&mut self, rev: i64) -> Result<i64, MvccError> {
+        let current = self.compact_later(rev)?;
+        if self.compaction_holds == 0 {
+            self.keys.retain(|_, h| !h.compact(rev));
+            self.compaction_owed = false;
+            self.compaction_cursor = None;
+        }
+        Ok(current)
+    }
+
+    /// [`Store::compact`] whose removal of old entries is owed, done later a few keys at a time
+    /// by [`Store::compact_step`]: the compaction takes effect at once for every answer (reads
+    /// below `rev` fail; hashes and snapshots see history through
+    /// [`KeyHistory::retained_at`], which skips what is owed), only the memory is freed later.
+    /// The state machine compacts this way, so applying a compaction of a million keys does not
+    /// stop the world for the whole pass.
+    ///
+    /// [`KeyHistory::retained_at`]: crate::mvcc::history::KeyHistory::retained_at
+    pub fn compact_later(&mut self, rev: i64) -> Result<i64, MvccError> {
         if rev <= self.compacted {
             return Err(MvccError::Compacted {
                 compact_revision: self.compacted,
@@ -31,22 +50,39 @@ impl Store {
             });
         }
         self.compacted = rev;
-        if self.compaction_holds > 0 {
-            // Must not remove entries while a snapshot writer reads them (see
-            // `hold_compaction`); every read already answers as compacted at `rev`.
-            self.compaction_owed = true;
-        } else {
-            self.keys.retain(|_, h| !h.compact(rev));
-        }
+        // A newer compaction subsumes an unfinished one: its pass starts over, at `rev`.
+        self.compaction_owed = true;
+        self.compaction_cursor = None;
         Ok(self.current)
+    }
+
+    /// Removes what a compaction owes from at most `keys_max` keys (in key order, after the
+    /// last key the previous step looked at). Nothing while a snapshot writer holds compaction.
+    /// Answers whether more is owed.
+    pub fn compact_step(&mut self, keys_max: usize) -> bool {
+        if !self.compaction_owed || self.compaction_holds > 0 {
+            return self.compaction_owed;
+        }
+        let at = self.compacted;
+        let cursor = self.compaction_cursor.take();
+        let (last, looked) = self
+            .keys
+            .update_after(cursor.as_deref(), keys_max, |h| h.compact(at));
+        if looked < keys_max {
+            self.compaction_owed = false;
+        } else {
+            self.compaction_cursor = last;
+        }
+        self.compaction_owed
     }
 
     /// Holds compaction's removal of old entries until [`Store::release_compaction`], so a
     /// snapshot of the store as it is now can be written piece by piece while writes go on:
     /// writes only append entries (newer than the view), and only compaction removes entries.
     /// A compaction meanwhile moves the compacted revision (reads, hashes and snapshots answer
-    /// as compacted: they see entries through [`KeyHistory::retained_at`]) and owes its removal
-    /// to the release. Answers what a snapshot taken now holds.
+    /// as compacted: they see entries through [`KeyHistory::retained_at`]) and owes its removal,
+    /// which [`Store::compact_step`] does after the release. Answers what a snapshot taken now
+    /// holds. O(1).
     ///
     /// [`KeyHistory::retained_at`]: crate::mvcc::history::KeyHistory::retained_at
     pub fn hold_compaction(&mut self) -> crate::mvcc::snapshot::View {
@@ -54,20 +90,20 @@ impl Store {
         crate::mvcc::snapshot::View::of(self)
     }
 
-    /// Ends one [`Store::hold_compaction`]; the last one runs an owed removal. O(keys) when a
-    /// compaction ran meanwhile (what that compaction would have cost), else O(1).
+    /// Ends one [`Store::hold_compaction`]. O(1): an owed removal goes on in
+    /// [`Store::compact_step`].
     pub fn release_compaction(&mut self) {
         self.compaction_holds = self.compaction_holds.saturating_sub(1);
-        if self.compaction_holds == 0 && self.compaction_owed {
-            self.compaction_owed = false;
-            let at = self.compacted;
-            self.keys.retain(|_, h| !h.compact(at));
-        }
     }
 
-    /// Whether a compaction's removal is owed (test and metrics use).
+    /// Whether a compaction's removal is owed.
     pub fn compaction_owed(&self) -> bool {
         self.compaction_owed
+    }
+
+    /// Whether a snapshot writer holds compaction's removal.
+    pub fn compaction_held(&self) -> bool {
+        self.compaction_holds > 0
     }
 
     /// etcd's HashKV: a hash of the key space's retained history up to `rev` (0 = current),

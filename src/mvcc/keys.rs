@@ -84,6 +84,38 @@ impl Keys {
         self.in_order(self.order.range::<[u8], _>((lower, Bound::Unbounded)))
     }
 
+    /// Calls `f` on the histories of at most `keys_max` keys after `after` (from the first when
+    /// `None`), ascending, and removes the keys whose history `f` emptied (answers true).
+    /// Answers the last key looked at (`None`: none was) and how many were.
+    pub fn update_after(
+        &mut self,
+        after: Option<&[u8]>,
+        keys_max: usize,
+        mut f: impl FnMut(&mut KeyHistory) -> bool,
+    ) -> (Option<Bytes>, usize) {
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let (mut emptied, mut last, mut looked) = (Vec::new(), None, 0);
+        for key in self
+            .order
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .take(keys_max)
+        {
+            looked += 1;
+            if self.map.get_mut(&key[..]).is_some_and(&mut f) {
+                emptied.push(key.clone());
+            }
+            last = Some(key);
+        }
+        let last = last.cloned();
+        for key in emptied {
+            self.remove(&key);
+        }
+        (last, looked)
+    }
+
     /// Every key with its history, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyHistory)> + '_ {
         self.in_order(self.order.iter())

@@ -100,8 +100,10 @@ pub struct Store {
     /// Snapshot writers holding compaction's removal of old entries (see
     /// [`Store::hold_compaction`]); while > 0 a compaction only moves `compacted`.
     compaction_holds: u32,
-    /// A compaction's removal is owed (it ran while held).
+    /// A compaction's removal is owed (held, or deferred: [`Store::compact_later`]).
     compaction_owed: bool,
+    /// The last key [`Store::compact_step`] looked at in the owed pass (`None`: from the start).
+    compaction_cursor: Option<Bytes>,
 }
 
 impl Default for Store {
@@ -121,6 +123,7 @@ impl Store {
             txn_ops_max,
             compaction_holds: 0,
             compaction_owed: false,
+            compaction_cursor: None,
         }
     }
 

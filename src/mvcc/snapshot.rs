@@ -1,18 +1,24 @@
 //! The store's snapshot format: the whole retained state, streamed.
 //!
 //! ```text
-//! magic "RAFTKVMV" | version u8 (= 1) | current_revision i64 | compact_revision i64 | key_count u64
-//! key_count × ( key_len u32 | key | entry_count u32 | entry_count × entry )   -- keys ascending
+//! version 2 (written):
+//! magic "RAFTKVMV" | version u8 (= 2) | current_revision i64 | compact_revision i64
+//! ( key_len u32 (≥ 1) | key | entry_count u32 | entry_count × entry )*   -- keys ascending
+//! end: key_len u32 = 0
+//! crc32 u32 (IEEE, of every byte before it)
+//!
+//! version 1 (still read): the header then key_count u64, then key_count keys (no end mark)
+//!
 //! entry = main i64 | sub i64 | kind u8 (0 tombstone, 1 put)
 //!         [put: create i64 | version i64 | lease i64 | value_len u32 | value]
-//! crc32 u32 (IEEE, of every byte before it)
 //! ```
 //! Integers little-endian. Every length is bounded before anything is allocated
 //! ([`KEY_BYTES_MAX`], [`VALUE_BYTES_MAX`]), and decoding re-checks the store's invariants
 //! (ascending keys and revisions, well-formed generations, revisions within the header's), so a
 //! damaged or truncated stream is an error, never a different store. [`decode`] reads exactly
 //! the encoded bytes (no read-ahead): pass a buffered reader, and embed the stream in a larger
-//! file if you like.
+//! file if you like. Version 2 ends with a mark instead of starting with a count, so a writer
+//! need not count the keys first (an O(keys) pass while a compaction's removal is owed).
 
 use std::io;
 use std::io::Read;
@@ -29,7 +35,10 @@ use crate::mvcc::history::KeyHistory;
 use crate::mvcc::revision::Revision;
 
 pub const MAGIC: [u8; 8] = *b"RAFTKVMV";
-pub const FORMAT_VERSION: u8 = 1;
+/// The version written. 2: keys end with a zero length.
+pub const FORMAT_VERSION: u8 = 2;
+/// The first version: a key count before the keys. Still read.
+const FORMAT_VERSION_COUNTED: u8 = 1;
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
 /// Entries are preallocated up to this many; a larger (claimed) count grows as it is read.
 const ENTRIES_PREALLOC_MAX: usize = 1024;
@@ -42,33 +51,21 @@ pub enum SnapshotError {
     Corrupt { offset: u64, detail: String },
 }
 
-/// What a snapshot holds: the store at `revision`, compacted at `compacted`, with `key_count`
-/// keys. Taken under the store's lock; the keys may then be encoded later, in pieces, while the
-/// store takes writes, as long as compaction is held meanwhile (`Store::hold_compaction`).
+/// What a snapshot holds: the store at `revision`, compacted at `compacted`. Taken under the
+/// store's lock in O(1); the keys may then be encoded later, in pieces, while the store takes
+/// writes, as long as compaction is held meanwhile (`Store::hold_compaction`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub revision: i64,
     pub compacted: i64,
-    pub key_count: u64,
 }
 
 impl View {
-    /// The view of `store` now. O(1) unless a compaction's removal is owed (then O(keys)).
+    /// The view of `store` now.
     pub fn of(store: &Store) -> View {
-        let key_count = if store.compaction_owed {
-            let (c, r) = (store.compacted, store.current);
-            store
-                .keys
-                .iter()
-                .filter(|(_, h)| !h.retained_at(c, r).is_empty())
-                .count()
-        } else {
-            store.keys.len()
-        };
         View {
             revision: store.current,
             compacted: store.compacted,
-            key_count: key_count as u64,
         }
     }
 }
@@ -97,10 +94,9 @@ pub fn encode(store: &Store, out: impl Write) -> io::Result<()> {
 pub const KEYS_PER_CHUNK: usize = 1024;
 
 /// Writes one snapshot stream: the header, then the keys as encoded by [`encode_keys`] (in
-/// order, each piece after the last), then the checksum.
+/// order, each piece after the last), then the end mark and the checksum.
 pub struct Encoder<W: Write> {
     w: CrcWriter<io::BufWriter<W>>,
-    view: View,
     written: u64,
 }
 
@@ -114,12 +110,7 @@ impl<W: Write> Encoder<W> {
         w.write_all(&[FORMAT_VERSION])?;
         w.write_all(&view.revision.to_le_bytes())?;
         w.write_all(&view.compacted.to_le_bytes())?;
-        w.write_all(&view.key_count.to_le_bytes())?;
-        Ok(Encoder {
-            w,
-            view,
-            written: 0,
-        })
+        Ok(Encoder { w, written: 0 })
     }
 
     /// Appends `keys` keys encoded by [`encode_keys`].
@@ -128,15 +119,14 @@ impl<W: Write> Encoder<W> {
         self.w.write_all(encoded)
     }
 
-    /// Writes the checksum; refuses a stream whose key count differs from the header's (the
-    /// store changed in a way the view does not allow: never written as a snapshot).
+    /// Keys written so far.
+    pub fn keys(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes the end mark and the checksum; answers the writer.
     pub fn finish(mut self) -> io::Result<W> {
-        if self.written != self.view.key_count {
-            return Err(io::Error::other(format!(
-                "snapshot wrote {} keys, its view has {}: the store changed under the writer",
-                self.written, self.view.key_count
-            )));
-        }
+        self.w.write_all(&0u32.to_le_bytes())?;
         let crc = self.w.crc.clone().finalize();
         self.w.inner.write_all(&crc.to_le_bytes())?;
         self.w.inner.flush()?;
@@ -223,9 +213,9 @@ pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotErr
         return Err(r.corrupt("not an mvcc snapshot (bad magic)"));
     }
     let [version] = r.array::<1>()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_COUNTED {
         return Err(r.corrupt(format!(
-            "format version {version}, this build reads {FORMAT_VERSION}"
+            "format version {version}, this build reads {FORMAT_VERSION_COUNTED} and {FORMAT_VERSION}"
         )));
     }
     let current = r.i64()?;
@@ -235,13 +225,26 @@ pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotErr
             "bad revisions: current {current}, compacted {compacted}"
         )));
     }
-    let key_count = r.u64()?;
+    // Version 1 counts its keys; version 2 ends them with an empty key.
+    let mut counted = match version {
+        FORMAT_VERSION_COUNTED => Some(r.u64()?),
+        _ => None,
+    };
     let mut store = Store::new(txn_ops_max);
     store.current = current;
     store.compacted = compacted;
     let mut last_key: Option<Bytes> = None;
-    for _ in 0..key_count {
+    loop {
+        if let Some(left) = counted.as_mut() {
+            if *left == 0 {
+                break;
+            }
+            *left -= 1;
+        }
         let key = r.bytes(KEY_BYTES_MAX, "key")?;
+        if key.is_empty() && counted.is_none() {
+            break;
+        }
         if key.is_empty() || last_key.as_ref().is_some_and(|last| key <= *last) {
             return Err(r.corrupt("keys empty or not ascending"));
         }

@@ -72,6 +72,11 @@ impl KvState {
         self.store.release_compaction()
     }
 
+    /// See [`mvcc::Store::compact_step`].
+    pub fn compact_step(&mut self, keys_max: usize) -> bool {
+        self.store.compact_step(keys_max)
+    }
+
     pub fn leases(&self) -> &Leases {
         &self.leases
     }
@@ -118,7 +123,9 @@ impl KvState {
             Command::Put(req) => etcd(self.store.put(req, &exists), Outcome::Put),
             Command::DeleteRange(req) => etcd(self.store.delete_range(&req), Outcome::DeleteRange),
             Command::Txn(req) => etcd(self.store.txn(req, &exists), Outcome::Txn),
-            Command::Compact { revision } => match self.store.compact(revision) {
+            // The removal of old entries is owed and done off the apply path
+            // (`state_machine.rs`, the compactor), a piece at a time.
+            Command::Compact { revision } => match self.store.compact_later(revision) {
                 Ok(_) => (Ok(Vec::new()), Some(Outcome::Compact)),
                 Err(e) => (Err(e.clone()), Some(Outcome::Refused(e))),
             },

@@ -129,20 +129,21 @@ pub fn encode(out: impl Write, meta: &SnapshotMeta, kv: &KvState) -> io::Result<
     let keys_view = view.clone();
     encode_with(out, meta, view, &leases, |after, buf| {
         mvcc::snapshot::encode_keys(kv.store(), &keys_view, after, KEYS_PER_CHUNK, buf)
-    })
+    })?;
+    Ok(())
 }
 
 /// Encodes a snapshot of `view` (with `leases`) to `out`, asking `keys` for the store's keys
 /// piece by piece: `keys(after, buf)` appends the keys after `after` to `buf`
 /// (`mvcc::snapshot::encode_keys`), so a caller can read each piece under its lock and write it
-/// without (see `state_machine.rs`).
+/// without (see `state_machine.rs`). Answers the number of keys written.
 pub fn encode_with(
     out: impl Write,
     meta: &SnapshotMeta,
     view: mvcc::snapshot::View,
     leases: &[(i64, i64)],
     mut keys: impl FnMut(Option<&[u8]>, &mut Vec<u8>) -> io::Result<mvcc::snapshot::Chunk>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut w = Crc::new(out);
     let meta_bytes = postcard::to_stdvec(meta).map_err(io::Error::other)?;
     w.write_all(&MAGIC)?;
@@ -160,6 +161,7 @@ pub fn encode_with(
             None => break,
         }
     }
+    let written = store.keys();
     store.finish()?;
     w.write_all(&(leases.len() as u64).to_le_bytes())?;
     for (id, ttl) in leases {
@@ -168,7 +170,8 @@ pub fn encode_with(
     }
     let crc = w.crc.finalize();
     w.inner.write_all(&crc.to_le_bytes())?;
-    w.inner.flush()
+    w.inner.flush()?;
+    Ok(written)
 }
 
 fn write_len(w: &mut impl Write, len: usize, max: usize, what: &str) -> io::Result<()> {
