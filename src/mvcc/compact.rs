@@ -23,9 +23,11 @@ impl Store {
     pub fn compact(&mut self, rev: i64) -> Result<i64, MvccError> {
         let current = self.compact_later(rev)?;
         if self.compaction_holds == 0 {
-            self.keys.retain(|_, h| !h.compact(rev));
+            let owed: Vec<bytes::Bytes> = std::mem::take(&mut self.compaction_pending)
+                .into_iter()
+                .collect();
+            self.keys.compact_keys(&owed, rev);
             self.compaction_owed = false;
-            self.compaction_cursor = None;
         }
         Ok(current)
     }
@@ -50,29 +52,32 @@ impl Store {
             });
         }
         self.compacted = rev;
-        // A newer compaction subsumes an unfinished one: its pass starts over, at `rev`.
+        // A newer compaction subsumes an unfinished one: its pass goes on at `rev`, over the
+        // keys left and those with history now (a key that gets some later has none at or
+        // below `rev` to remove). O(1) unless a pass was unfinished.
         self.compaction_owed = true;
-        self.compaction_cursor = None;
+        let more = self.keys.take_with_history();
+        if self.compaction_pending.is_empty() {
+            self.compaction_pending = more; // O(1)
+        } else {
+            self.compaction_pending.extend(more);
+        }
         Ok(self.current)
     }
 
-    /// Removes what a compaction owes from at most `keys_max` keys (in key order, after the
-    /// last key the previous step looked at). Nothing while a snapshot writer holds compaction.
-    /// Answers whether more is owed.
+    /// Removes what a compaction owes from at most `keys_max` of the keys it has left. Nothing
+    /// while a snapshot writer holds compaction. Answers whether more is owed.
     pub fn compact_step(&mut self, keys_max: usize) -> bool {
         if !self.compaction_owed || self.compaction_holds > 0 {
             return self.compaction_owed;
         }
-        let at = self.compacted;
-        let cursor = self.compaction_cursor.take();
-        let (last, looked) = self
-            .keys
-            .update_after(cursor.as_deref(), keys_max, |h| h.compact(at));
-        if looked < keys_max {
-            self.compaction_owed = false;
-        } else {
-            self.compaction_cursor = last;
-        }
+        let batch: Vec<bytes::Bytes> = self
+            .compaction_pending
+            .extract_if(|_| true)
+            .take(keys_max)
+            .collect();
+        self.keys.compact_keys(&batch, self.compacted);
+        self.compaction_owed = !self.compaction_pending.is_empty();
         self.compaction_owed
     }
 

@@ -2,12 +2,17 @@
 //! is one hash and one compare, where a B-tree walk was ~40 key compares at 100k keys), and the
 //! keys in order beside it for ranges, snapshots and hashes.
 //!
-//! Invariant: `order` holds exactly the keys of `map`. Anything whose result depends on order
-//! (a range, a snapshot, `hash_kv`) iterates `order`: the hash map's own order is random per
-//! process and must never reach a response, the disk or a hash.
+//! Invariants: `order` holds exactly the keys of `map`; `multi` holds exactly the keys whose
+//! history has more than one entry (the only ones a compaction can shrink: a history never
+//! starts with a tombstone), so a compaction visits those, not every key — except while a
+//! compaction is owed: the keys it has yet to visit are then held by the store
+//! (`take_with_history`), and visiting puts them back. Anything whose result
+//! depends on order (a range, a snapshot, `hash_kv`) iterates `order`: the hash maps' own order
+//! is random per process and must never reach a response, the disk or a hash.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::collections::hash_map;
 use std::ops::Bound;
 
@@ -19,6 +24,7 @@ use crate::mvcc::history::KeyHistory;
 pub(crate) struct Keys {
     map: HashMap<Bytes, KeyHistory>,
     order: BTreeSet<Bytes>,
+    multi: HashSet<Bytes>,
 }
 
 impl Keys {
@@ -51,25 +57,57 @@ impl Keys {
 
     /// Inserts a key's whole history (snapshot load); answers the one it replaced.
     pub fn insert(&mut self, key: Bytes, history: KeyHistory) -> Option<KeyHistory> {
+        self.note_len(&key, history.entries.len());
         self.order.insert(key.clone());
         self.map.insert(key, history)
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyHistory> {
         self.order.remove(key);
+        self.multi.remove(key);
         self.map.remove(key)
     }
 
-    /// Keeps the keys for which `keep` answers true.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Bytes, &mut KeyHistory) -> bool) {
-        let order = &mut self.order;
-        self.map.retain(|k, h| {
-            let kept = keep(k, h);
-            if !kept {
-                order.remove(k);
+    /// Must be called after `key`'s history changed length to `len` through [`Keys::entry`] or
+    /// [`Keys::get_mut`] (an append, or an aborted one), to keep `multi` exact.
+    pub fn note_len(&mut self, key: &Bytes, len: usize) {
+        if len > 1 {
+            if len == 2 || !self.multi.contains(&key[..]) {
+                self.multi.insert(key.clone());
             }
-            kept
-        });
+        } else {
+            self.multi.remove(&key[..]);
+        }
+    }
+
+    /// The keys a compaction may shrink (more than one entry), in no particular order.
+    #[cfg(test)]
+    pub fn with_history(&self) -> Vec<Bytes> {
+        self.multi.iter().cloned().collect()
+    }
+
+    /// Takes the set of keys with history (O(1)), for a compaction to visit: until each is
+    /// visited by [`Keys::compact_keys`] (which puts it back if it still has history) it may be
+    /// missing from the set, so the set is exact again only once the compaction is done.
+    pub fn take_with_history(&mut self) -> HashSet<Bytes> {
+        std::mem::take(&mut self.multi)
+    }
+
+    /// Compacts the histories of `keys` at `at` ([`KeyHistory::compact`]), removing the keys
+    /// whose history it emptied.
+    pub fn compact_keys(&mut self, keys: &[Bytes], at: i64) {
+        for key in keys {
+            let Some(h) = self.map.get_mut(&key[..]) else {
+                continue;
+            };
+            let emptied = h.compact(at);
+            let len = h.entries.len();
+            if emptied {
+                self.remove(key);
+            } else {
+                self.note_len(key, len);
+            }
+        }
     }
 
     /// The keys after `after` (all when `None`) with their histories, ascending.
@@ -82,38 +120,6 @@ impl Keys {
             None => Bound::Unbounded,
         };
         self.in_order(self.order.range::<[u8], _>((lower, Bound::Unbounded)))
-    }
-
-    /// Calls `f` on the histories of at most `keys_max` keys after `after` (from the first when
-    /// `None`), ascending, and removes the keys whose history `f` emptied (answers true).
-    /// Answers the last key looked at (`None`: none was) and how many were.
-    pub fn update_after(
-        &mut self,
-        after: Option<&[u8]>,
-        keys_max: usize,
-        mut f: impl FnMut(&mut KeyHistory) -> bool,
-    ) -> (Option<Bytes>, usize) {
-        let lower = match after {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Unbounded,
-        };
-        let (mut emptied, mut last, mut looked) = (Vec::new(), None, 0);
-        for key in self
-            .order
-            .range::<[u8], _>((lower, Bound::Unbounded))
-            .take(keys_max)
-        {
-            looked += 1;
-            if self.map.get_mut(&key[..]).is_some_and(&mut f) {
-                emptied.push(key.clone());
-            }
-            last = Some(key);
-        }
-        let last = last.cloned();
-        for key in emptied {
-            self.remove(&key);
-        }
-        (last, looked)
     }
 
     /// Every key with its history, ascending.
@@ -176,14 +182,33 @@ mod tests {
     }
 
     #[test]
-    fn remove_and_retain_keep_order_and_map_equal() {
+    fn remove_and_compaction_keep_order_map_and_history_set_exact() {
+        use crate::mvcc::revision::Revision;
         let mut k = keys(&["a", "b", "c", "d"]);
+        let mut main = 1;
+        let mut put = |k: &mut Keys, name: &'static str| {
+            main += 1;
+            let key = Bytes::from_static(name.as_bytes());
+            let h = k.entry(&key);
+            h.put(Revision { main, sub: 0 }, Bytes::from_static(b"v"), 0);
+            let len = h.entries.len();
+            k.note_len(&key, len);
+        };
+        for name in ["a", "b", "c", "d", "c", "d", "d"] {
+            put(&mut k, name);
+        }
+        let mut multi = k.with_history();
+        multi.sort();
+        assert_eq!(
+            multi,
+            vec![Bytes::from_static(b"c"), Bytes::from_static(b"d")]
+        );
         assert!(k.remove(b"b").is_some());
         assert!(k.remove(b"b").is_none());
-        k.retain(|key, _| &key[..] != b"c");
-        assert_eq!(names(k.iter()), vec![&b"a"[..], b"d"]);
-        assert_eq!(k.len(), 2);
-        assert_eq!(k.order.len(), 2);
-        assert!(k.get(b"c").is_none());
+        // Compacting at the newest revision leaves one entry per key: no key has history left.
+        k.compact_keys(&k.with_history(), main);
+        assert!(k.with_history().is_empty());
+        assert_eq!(names(k.iter()), vec![&b"a"[..], b"c", b"d"]);
+        assert_eq!((k.len(), k.order.len()), (3, 3));
     }
 }

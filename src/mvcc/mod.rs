@@ -102,8 +102,8 @@ pub struct Store {
     compaction_holds: u32,
     /// A compaction's removal is owed (held, or deferred: [`Store::compact_later`]).
     compaction_owed: bool,
-    /// The last key [`Store::compact_step`] looked at in the owed pass (`None`: from the start).
-    compaction_cursor: Option<Bytes>,
+    /// The keys an owed compaction has still to visit ([`Store::compact_step`]).
+    compaction_pending: std::collections::HashSet<Bytes>,
 }
 
 impl Default for Store {
@@ -123,7 +123,7 @@ impl Store {
             txn_ops_max,
             compaction_holds: 0,
             compaction_owed: false,
-            compaction_cursor: None,
+            compaction_pending: Default::default(),
         }
     }
 

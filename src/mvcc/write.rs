@@ -87,6 +87,8 @@ impl<'a> WriteTxn<'a> {
             .put(rev, value, lease)
             .to_kv(&req.key)
             .unwrap_or_default();
+        let len = history.entries.len();
+        self.store.keys.note_len(&req.key, len);
         self.changes.push(Change {
             kind: ChangeKind::Put,
             revision: rev,
@@ -111,6 +113,8 @@ impl<'a> WriteTxn<'a> {
             let rev = self.next_rev();
             if let Some(h) = self.store.keys.get_mut(&prev.key) {
                 h.tombstone(rev);
+                let len = h.entries.len();
+                self.store.keys.note_len(&prev.key, len);
             }
             let kv = KeyValue {
                 key: prev.key.clone(),
@@ -147,8 +151,11 @@ impl<'a> WriteTxn<'a> {
             if h.entries.last().is_some_and(|e| e.rev == c.revision) {
                 h.entries.pop();
             }
-            if h.entries.is_empty() {
+            let len = h.entries.len();
+            if len == 0 {
                 self.store.keys.remove(&c.kv.key);
+            } else {
+                self.store.keys.note_len(&c.kv.key, len);
             }
         }
     }
