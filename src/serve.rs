@@ -177,7 +177,7 @@ async fn dispatch<S: Io>(
     limits: ServeLimits,
 ) {
     let Some(links) = links else {
-        return serve_connection(stream, info, router, limits).await;
+        return serve_connection(stream, Prefix::default(), info, router, limits).await;
     };
     use crate::peer::wire::MAGIC;
     use crate::peer::wire::Sniff;
@@ -200,81 +200,40 @@ async fn dispatch<S: Io>(
     match sniffed {
         Ok(Ok(Some(Sniff::Link))) => links(Box::new(stream), info, limits).await,
         Ok(Ok(Some(_))) => {
-            let stream = Prefixed {
-                prefix: first,
+            let prefix = Prefix {
+                bytes: first,
                 start: 0,
                 end: seen,
-                inner: stream,
             };
-            serve_connection(stream, info, router, limits).await;
+            serve_connection(stream, prefix, info, router, limits).await;
         }
         Ok(Ok(None) | Err(_)) | Err(_) => {}
     }
 }
 
-/// A stream with bytes already read from it put back in front.
-struct Prefixed<S> {
-    prefix: [u8; crate::peer::wire::MAGIC.len()],
+/// Bytes already read from a connection (while looking for the link magic), to be read again
+/// first.
+#[derive(Default)]
+struct Prefix {
+    bytes: [u8; crate::peer::wire::MAGIC.len()],
     start: usize,
     end: usize,
-    inner: S,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.start < self.end {
-            let n = (self.end - self.start).min(buf.remaining());
-            let start = self.start;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.start += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-async fn serve_connection<S>(stream: S, info: ConnInfo, router: Router, limits: ServeLimits)
-where
+async fn serve_connection<S>(
+    stream: S,
+    prefix: Prefix,
+    info: ConnInfo,
+    router: Router,
+    limits: ServeLimits,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
     let start = Instant::now();
     let io = TokioIo::new(Watched {
         inner: stream,
+        prefix,
         activity: activity.clone(),
         start,
     });
@@ -360,9 +319,10 @@ impl Drop for InFlight {
     }
 }
 
-/// An I/O stream that records when bytes last moved.
+/// An I/O stream that records when bytes last moved, read after its `prefix`.
 struct Watched<S> {
     inner: S,
+    prefix: Prefix,
     activity: Arc<Activity>,
     start: Instant,
 }
@@ -373,6 +333,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let p = &mut self.prefix;
+        if p.start < p.end {
+            let n = (p.end - p.start).min(buf.remaining());
+            buf.put_slice(&p.bytes[p.start..p.start + n]);
+            p.start += n;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

@@ -2,6 +2,8 @@ use futures::stream;
 use openraft::Membership;
 use openraft::impls::leader_id_adv::LeaderId;
 
+use openraft::RaftSnapshotBuilder;
+
 use super::*;
 use crate::raft::types::Command;
 
