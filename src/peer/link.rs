@@ -119,11 +119,10 @@ impl Links {
     /// The link to node `to` at `addr` on `lane`; a node now at another address gets a new one.
     pub fn get(&self, to: NodeId, addr: &str, lane: Lane) -> Arc<Link> {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(link) = links.get(&(to, lane)).filter(|l| l.addr == addr) {
+        if let Some(link) = links.get(&(to, lane)).filter(|l| l.peer.addr == addr) {
             return link.clone();
         }
         let link = Arc::new(Link {
-            addr: addr.to_string(),
             peer: Arc::new(Peer {
                 addr: addr.to_string(),
                 to,
@@ -138,7 +137,6 @@ impl Links {
 
 /// The link to one peer on one lane.
 pub struct Link {
-    addr: String,
     peer: Arc<Peer>,
     /// The open connection, if any (replaced when it closes or idles). Held locked while a
     /// connection is being opened, so callers wait for that one instead of opening their own.
@@ -155,7 +153,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Resp, LinkError> {
         let body = postcard::to_stdvec(req).map_err(|e| LinkError::Rejected {
-            addr: self.addr.clone(),
+            addr: self.peer.addr.clone(),
             text: format!("encode: {e}"),
         })?;
         self.call_encoded(rpc, &body, timeout).await
@@ -171,11 +169,11 @@ impl Link {
         let answer = self.call_raw(rpc, body, timeout).await?;
         let decoded: Result<Resp, String> =
             postcard::from_bytes(&answer).map_err(|e| LinkError::Remote {
-                addr: self.addr.clone(),
+                addr: self.peer.addr.clone(),
                 text: format!("decode answer to {}: {e}", rpc.name()),
             })?;
         decoded.map_err(|text| LinkError::Remote {
-            addr: self.addr.clone(),
+            addr: self.peer.addr.clone(),
             text,
         })
     }
@@ -191,7 +189,7 @@ impl Link {
         let len = wire::HEAD_BYTES + body.len();
         if len > wire::FRAME_BYTES_MAX {
             return Err(LinkError::Rejected {
-                addr: self.addr.clone(),
+                addr: self.peer.addr.clone(),
                 text: format!(
                     "request of {len} bytes is over the limit of {}",
                     wire::FRAME_BYTES_MAX
@@ -241,22 +239,19 @@ impl Link {
             Ok(answer)
         } else {
             Err(LinkError::Rejected {
-                addr: self.addr.clone(),
+                addr: self.peer.addr.clone(),
                 text: String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned(),
             })
         }
     }
 
     fn unreachable(&self, why: impl Into<String>) -> LinkError {
-        LinkError::Unreachable {
-            addr: self.addr.clone(),
-            why: why.into(),
-        }
+        self.peer.unreachable(why)
     }
 
     fn lost(&self, why: String) -> LinkError {
         LinkError::Lost {
-            addr: self.addr.clone(),
+            addr: self.peer.addr.clone(),
             why,
         }
     }

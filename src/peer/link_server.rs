@@ -33,6 +33,7 @@ use crate::peer::wire::Hello;
 use crate::peer::wire::HelloRefusal;
 use crate::peer::wire::Rpc;
 use crate::peer::wire::Status;
+use crate::raft::types::NodeId;
 use crate::serve::ConnInfo;
 use crate::serve::ServeLimits;
 
@@ -67,7 +68,7 @@ pub async fn serve(app: SharedApp, io: Io, conn: ConnInfo, limits: ServeLimits) 
         }
     };
     let verdict = check_hello(&app, &conn, &hello);
-    let answer = match postcard::to_stdvec(&verdict) {
+    let answer = match postcard::to_stdvec(&verdict.clone().map(|_| ())) {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(error = %e, "peer link: cannot encode the hello answer");
@@ -78,20 +79,17 @@ pub async fn serve(app: SharedApp, io: Io, conn: ConnInfo, limits: ServeLimits) 
         writer.write_all(&wire::plain_frame(&answer)).await?;
         writer.flush().await
     };
-    if tokio::time::timeout(limits.header_timeout, answered)
-        .await
-        .map_or(true, |r| r.is_err())
-        || verdict.is_err()
-    {
+    let answered = tokio::time::timeout(limits.header_timeout, answered).await;
+    let (Ok(Ok(())), Ok(from)) = (answered, verdict) else {
         return;
-    }
-    let from = postcard::from_bytes::<Hello>(&hello).map_or(0, |h| h.from);
+    };
     tracing::debug!(remote = %conn.remote, from, "peer link accepted");
     serve_requests(app, reader, writer, limits).await;
 }
 
-/// The hello's verdict: `Ok` for an authenticated peer naming this node and its cluster.
-fn check_hello(app: &SharedApp, conn: &ConnInfo, hello: &[u8]) -> Result<(), HelloRefusal> {
+/// The hello's verdict: the sender's node id for an authenticated peer naming this node and
+/// its cluster.
+fn check_hello(app: &SharedApp, conn: &ConnInfo, hello: &[u8]) -> Result<NodeId, HelloRefusal> {
     static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
     let refuse = |status: u16, text: String| {
         if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
@@ -110,7 +108,7 @@ fn check_hello(app: &SharedApp, conn: &ConnInfo, hello: &[u8]) -> Result<(), Hel
         .identity()
         .check_ids(hello.to, hello.from, &hello.cluster_id, false)
     {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(hello.from),
         Err(e) => refuse(421, e.to_string()),
     }
 }
@@ -179,7 +177,7 @@ async fn serve_requests(
         }
         // Appends are answered on the reader's own task (one hand-off less per replicated
         // write): a leader keeps one append in flight per link, so nothing waits behind it.
-        if payload.get(wire::HEAD_BYTES - 1) == Some(&(Rpc::Append as u8)) {
+        if wire::split(&payload).is_ok_and(|(_, rpc, _)| rpc == Rpc::Append as u8) {
             answer(&app, &payload, &writer, &closing, &limits).await;
             drop((request_permit, kib_permit));
             continue;

@@ -33,7 +33,6 @@ use axum::routing::post;
 use futures::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::mpsc;
 
@@ -159,12 +158,6 @@ pub fn postcard_reply<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Resp
         Ok(bytes) => ([(header::CONTENT_TYPE, POSTCARD)], bytes).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encode: {e}")).into_response(),
     }
-}
-
-/// Reads and decodes a postcard request body, or answers 400 (413 over the body limit).
-pub async fn decode_body<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
-    let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
-    rpc::decode(&bytes).map_err(IntoResponse::into_response)
 }
 
 /// Reads a request body of at most `RPC_BODY_BYTES_MAX`.
