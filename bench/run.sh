@@ -65,52 +65,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# Ports: raftkv 24001-24003; etcd clients 24101-24103, peers 24201-24203.
-RK_PORTS=(24001 24002 24003)
-ET_CPORTS=(24101 24102 24103)
-ET_PPORTS=(24201 24202 24203)
-
-# ------------------------------------------------------------------------------------------------
-# process bookkeeping and cleanup
-LIVE=()          # PIDs of server processes we started and have not stopped yet
-WORK=""          # temp dir (data dirs, fio file); removed on exit
-
-stop_pids() {    # stop_pids PID...: SIGTERM, up to 10 s, then SIGKILL; reaps them
-  local p
-  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "$@"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  local keep=() q
-  for q in "${LIVE[@]}"; do
-    local gone=0
-    for p in "$@"; do [ "$p" = "$q" ] && gone=1; done
-    [ $gone = 1 ] || keep+=("$q")
-  done
-  LIVE=("${keep[@]}")
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ ${#LIVE[@]} -gt 0 ]; then log "stopping ${#LIVE[@]} server process(es)"; stop_pids "${LIVE[@]}"; fi
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then rm -rf "$WORK"; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-check_ports_free() {
-  local p
-  for p in "$@"; do port_busy "$p" && die "port 127.0.0.1:$p is already in use (another benchmark running?)"; done
-  return 0
-}
+NODES=3   # the table is of 3-node clusters (bench/curve.sh also runs 5)
+# log, die, the cleanup trap, start_raftkv/start_etcd/stop_cluster, scenario, preload, idle_now
+# shellcheck source=bench/cluster.sh
+source "$BENCH/cluster.sh"
 
 # ------------------------------------------------------------------------------------------------
 # 1. install
@@ -177,86 +135,10 @@ timeout 60 "$LOADGEN" rtt --seconds 2 >> "$RESULTS/floor.txt"
 cat "$RESULTS/floor.txt" >&2
 
 # ------------------------------------------------------------------------------------------------
-# clusters. Each start_* sets LEADER, FOLLOWERS (array), ALL (comma list), PIDS (array), PID_OF (assoc addr->pid)
-declare -A PID_OF
-declare -A CMD_OF
-
-spawn() {   # spawn ADDR LOGFILE CMD...: starts a server in the background, records its PID
-  local addr="$1" logf="$2"; shift 2
-  "$@" >>"$logf" 2>&1 &
-  local pid=$!
-  LIVE+=("$pid"); PIDS+=("$pid"); PID_OF[$addr]=$pid
-}
-
-start_raftkv() {   # start_raftkv DIR EXTRA_ARGS
-  local dir="$1" extra="$2" i
-  check_ports_free "${RK_PORTS[@]}"
-  PIDS=(); PID_OF=(); CMD_OF=()
-  mkdir -p "$dir"
-  for i in 0 1 2; do
-    local addr="127.0.0.1:${RK_PORTS[$i]}"
-    local join=()
-    [ $i -gt 0 ] && join=(-join "127.0.0.1:${RK_PORTS[0]}")
-    # shellcheck disable=SC2206
-    local cmd=("$RAFTKV" -haddr "$addr" -id "n$i" ${extra} $RAFTKV_ARGS "$dir/n$i")
-    CMD_OF[$addr]="${cmd[*]}"
-    spawn "$addr" "$dir/n$i.log" "${cmd[@]:0:${#cmd[@]}-1}" "${join[@]}" "$dir/n$i"
-    timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${RK_PORTS[0]}" --voters $((i + 1)) --timeout 60 >/dev/null \
-      || { tail -20 "$dir"/n*.log >&2; die "raftkv node n$i did not join"; }
-  done
-  local ready
-  ready="$(timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${RK_PORTS[0]}" --voters 3 --timeout 60)"
-  read -r LEADER F1 F2 <<<"$ready"
-  FOLLOWERS=("$F1" "$F2")
-  ALL="127.0.0.1:${RK_PORTS[0]},127.0.0.1:${RK_PORTS[1]},127.0.0.1:${RK_PORTS[2]}"
-  log "raftkv up: leader $LEADER, followers ${FOLLOWERS[*]} (pids ${PIDS[*]})"
-}
-
-start_etcd() {   # start_etcd DIR
-  local dir="$1" i cluster=""
-  check_ports_free "${ET_CPORTS[@]}" "${ET_PPORTS[@]}"
-  PIDS=(); PID_OF=(); CMD_OF=()
-  mkdir -p "$dir"
-  for i in 0 1 2; do cluster+="${cluster:+,}e$i=http://127.0.0.1:${ET_PPORTS[$i]}"; done
-  for i in 0 1 2; do
-    local addr="127.0.0.1:${ET_CPORTS[$i]}"
-    local cmd=(etcd --name "e$i" --data-dir "$dir/e$i"
-      --listen-client-urls "http://$addr" --advertise-client-urls "http://$addr"
-      --listen-peer-urls "http://127.0.0.1:${ET_PPORTS[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ET_PPORTS[$i]}"
-      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token raftkv-bench
-      --logger zap --log-level warn --quota-backend-bytes 8589934592)
-    CMD_OF[$addr]="${cmd[*]}"
-    spawn "$addr" "$dir/e$i.log" "${cmd[@]}"
-  done
-  local ready
-  ready="$(timeout 90 "$LOADGEN" etcd-ready --target "127.0.0.1:${ET_CPORTS[0]},127.0.0.1:${ET_CPORTS[1]},127.0.0.1:${ET_CPORTS[2]}" --timeout 60)" \
-    || { tail -20 "$dir"/e*.log >&2; die "etcd cluster did not start"; }
-  read -r LEADER F1 F2 <<<"$ready"
-  FOLLOWERS=("$F1" "$F2")
-  ALL="127.0.0.1:${ET_CPORTS[0]},127.0.0.1:${ET_CPORTS[1]},127.0.0.1:${ET_CPORTS[2]}"
-  log "etcd up: leader $LEADER, followers ${FOLLOWERS[*]} (pids ${PIDS[*]})"
-}
-
-stop_cluster() { stop_pids "${PIDS[@]}"; PIDS=(); sleep 2; }   # let the page cache settle
-
-pidlist() { local IFS=,; echo "${PIDS[*]}"; }
-
-scenario() {   # scenario SYSTEM NAME OUTFILE loadgen-run-args...
-  local sys="$1" name="$2" out="$3"; shift 3
-  local bound=$(( ${DURATION%.*} + ${WARMUP%.*} + 60 + ${EXTRA_BOUND:-0} ))
-  log "$sys $name"
-  timeout "$bound" "$LOADGEN" run --system "$sys" --duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" \
-    --pids "$(pidlist)" --out "$out" "$@" >/dev/null || log "warning: $sys $name: loadgen failed (rc=$?)"
-  [ -f "$out" ] && log "  $(grep -E '^(ops_per_s|p50_us|p99_us|errors|cpu_s_per_1k)=' "$out" | tr '\n' ' ')"
-  return 0
-}
-
 drive() {   # drive SYSTEM RUNDIR: preload, then scenarios a-f
   local sys="$1" rd="$2" rt="$LEADER"
   [ "$READS_TO" = all ] && rt="$ALL"
-  log "$sys: preloading $KEYS keys"
-  timeout 1800 "$LOADGEN" load --system "$sys" --target "$LEADER" --keys "$KEYS" --clients 64 > "$rd/${sys}_preload.txt" \
-    || log "warning: $sys preload incomplete: $(tr '\n' ' ' < "$rd/${sys}_preload.txt")"
+  preload "$sys" "$KEYS" "$rd/${sys}_preload.txt"
   if [ $DO_HTTP = 1 ]; then
   scenario "$sys" "a. sequential write, 1 client" "$rd/${sys}_a.txt" --op write --clients 1 --target "$rt"
   scenario "$sys" "b. write, $CLIENTS clients" "$rd/${sys}_b.txt" --op write --clients "$CLIENTS" --target "$rt"
@@ -288,8 +170,6 @@ drive() {   # drive SYSTEM RUNDIR: preload, then scenarios a-f
   fi
   fi
 }
-
-idle_now() { "$LOADGEN" idle --ms 1000; }
 
 # ------------------------------------------------------------------------------------------------
 # 4. runs

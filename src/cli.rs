@@ -36,6 +36,7 @@ const GO_STYLE_FLAGS: &[&str] = &[
     "advertise-haddr",
     "advertise-raddr",
     "join-timeout-ms",
+    "max-connections",
     "insecure-peers",
     "auto-compaction-mode",
     "auto-compaction-retention",
@@ -98,6 +99,10 @@ pub struct Args {
     /// Local IP address to dial peers from (e.g. 127.0.0.12, so a test proxy can tell nodes apart).
     #[arg(long)]
     pub source_ip: Option<std::net::IpAddr>,
+    /// Connections each listener serves at once (clients and peers alike); more are closed on
+    /// accept, with a warning in the log. At most 65536.
+    #[arg(long, default_value_t = config::DEFAULT_CONNECTIONS_MAX)]
+    pub max_connections: usize,
     /// Bound in ms on a whole join: handshake, learner catch-up, promotion.
     #[arg(long, default_value_t = config::DEFAULT_JOIN_TIMEOUT_MS)]
     pub join_timeout_ms: u64,
@@ -205,9 +210,10 @@ impl Args {
             || self.timeout_ms == 0
             || self.heartbeat_ms == 0
             || self.join_timeout_ms == 0
+            || self.max_connections == 0
         {
             return Err(CliError::Invalid(
-                "--snapshot-every, --max-value-bytes, --timeout-ms, --heartbeat-ms and --join-timeout-ms must be positive".into(),
+                "--snapshot-every, --max-value-bytes, --timeout-ms, --heartbeat-ms, --join-timeout-ms and --max-connections must be positive".into(),
             ));
         }
         let (peer_tls, client_tls) = self.tls.files(raft.is_none())?;
@@ -223,6 +229,13 @@ impl Args {
                 "--max-value-bytes {} is over the maximum of {VALUE_BYTES_MAX_CEILING} (32 MiB): \
                  one log entry must fit one replication request and the snapshot format",
                 self.max_value_bytes
+            )));
+        }
+        if self.max_connections > config::CONNECTIONS_MAX_CEILING {
+            return Err(CliError::Invalid(format!(
+                "--max-connections {} is over the maximum of {}",
+                self.max_connections,
+                config::CONNECTIONS_MAX_CEILING
             )));
         }
         let auto_compaction = crate::compaction::AutoCompaction::parse(
@@ -260,6 +273,7 @@ impl Args {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             source_ip: self.source_ip,
             join_timeout: Duration::from_millis(self.join_timeout_ms),
+            connections_max: self.max_connections,
             insecure_peers: self.insecure_peers,
             peer_tls,
             client_tls,
@@ -329,6 +343,30 @@ mod tests {
         assert_eq!(c.http.bind, "127.0.0.11:5000");
         assert_eq!(c.http.advertise, "127.0.0.11:5100");
         assert_eq!(c.raft_advertise(), "127.0.0.11:6100");
+    }
+
+    #[test]
+    fn max_connections_is_bounded() {
+        assert_eq!(
+            parse(&["raftkv", "d"]).connections_max,
+            config::DEFAULT_CONNECTIONS_MAX
+        );
+        assert_eq!(
+            parse(&["raftkv", "-max-connections", "4096", "d"]).connections_max,
+            4096
+        );
+        for bad in ["0", "65537"] {
+            let argv = normalize_go_flags(
+                ["raftkv", "--max-connections", bad, "d"]
+                    .iter()
+                    .map(OsString::from),
+            );
+            let err = Args::try_parse_from(argv)
+                .expect("flags parse")
+                .into_config()
+                .expect_err("out of bounds");
+            assert!(err.to_string().contains("--max-connections"), "{err}");
+        }
     }
 
     #[test]

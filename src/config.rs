@@ -7,6 +7,11 @@ use std::time::Duration;
 /// Default HTTP port (raftd's).
 pub const DEFAULT_PORT: u16 = 4001;
 /// Default largest accepted value (and `POST /key` body).
+/// Default `--max-connections`: connections each listener serves at once.
+pub const DEFAULT_CONNECTIONS_MAX: usize = 1024;
+/// The largest `--max-connections` accepted (each connection holds a file descriptor and
+/// buffers; the process's descriptor limit must allow it too).
+pub const CONNECTIONS_MAX_CEILING: usize = 65536;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = crate::limits::VALUE_BYTES_MAX_DEFAULT;
 /// Default bound on how long a write or linearizable read may wait before answering 503.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -47,6 +52,8 @@ pub struct Config {
     pub source_ip: Option<std::net::IpAddr>,
     /// Bound on a whole join (handshake, learner catch-up, promotion).
     pub join_timeout: Duration,
+    /// Connections each listener serves at once (`--max-connections`).
+    pub connections_max: usize,
     /// Serve the internal and membership routes to any address without peer TLS.
     pub insecure_peers: bool,
     /// Peer mutual TLS (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`).

@@ -127,7 +127,13 @@ pub async fn run(
     .map_err(|e| NodeError::RaftConfig(e.to_string()))?;
 
     let identity = Arc::new(Identity::open(data_dir, node_id, me.name.clone())?);
-    let peers = PeerClients::new(config.source_ip, identity.clone(), tls.peer_client());
+    let link_metrics = Arc::new(crate::metrics::peer::LinkMetrics::default());
+    let peers = PeerClients::new(
+        config.source_ip,
+        identity.clone(),
+        tls.peer_client(),
+        link_metrics.clone(),
+    );
     let peer_auth = peer_auth(&config, &tls);
     let (snapshot_metrics, mvcc_metrics) = state_machine.metrics();
     let wal_metrics = log_store.metrics();
@@ -148,6 +154,7 @@ pub async fn run(
         wal: wal_metrics,
         snapshots: snapshot_metrics,
         mvcc: mvcc_metrics,
+        links: link_metrics,
         log_dir: data_dir.join("raft-log"),
         snapshot_dir: data_dir.join("snapshots"),
     }));
@@ -218,6 +225,10 @@ pub async fn run(
             Some(links),
         ));
     }
+    let limits = ServeLimits {
+        connections_max: config.connections_max,
+        ..ServeLimits::default()
+    };
     for (kind, addr, router, acceptor, links) in endpoints {
         let listener = TcpListener::bind(&addr)
             .await
@@ -233,15 +244,8 @@ pub async fn run(
             let stopped = async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             };
-            let serving = crate::serve::serve(
-                kind,
-                listener,
-                router,
-                acceptor,
-                links,
-                ServeLimits::default(),
-                stopped,
-            );
+            let serving =
+                crate::serve::serve(kind, listener, router, acceptor, links, limits, stopped);
             // A listener is essential: its end (even by a panic) must stop the node.
             let outcome = std::panic::AssertUnwindSafe(serving).catch_unwind().await;
             let why = match outcome {

@@ -50,7 +50,7 @@ pub struct ServeLimits {
 impl Default for ServeLimits {
     fn default() -> Self {
         Self {
-            connections_max: 1024,
+            connections_max: crate::config::DEFAULT_CONNECTIONS_MAX,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
         }

@@ -5,7 +5,7 @@
 //! Owns: the one [`Registry`] and the [`Metrics`] struct (held in `App`, built in `node.rs`),
 //! the MVCC op and proposal counters. Submodules: [`http`] (request middleware and the scrape
 //! handler), [`grpc`] (the etcd API's call counts), [`raft`] (gauges read from openraft at
-//! scrape time, the leader-change watcher), [`storage`] (WAL and snapshot instruments, owned by
+//! scrape time, the leader-change watcher), [`peer`] (the peer links' counters), [`storage`] (WAL and snapshot instruments, owned by
 //! the stores), [`process`] (RSS, open fds), [`progress`] (progress logs of long work).
 //!
 //! Invariants: instruments are atomics (a family's label lookup takes a short read lock, never
@@ -15,6 +15,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod peer;
 pub mod process;
 pub mod progress;
 pub mod raft;
@@ -62,6 +63,8 @@ pub struct Sources {
     pub wal: WalMetrics,
     pub snapshots: SnapshotMetrics,
     pub mvcc: MvccMetrics,
+    /// The peer links' counters (updated by `peer::link`).
+    pub links: std::sync::Arc<peer::LinkMetrics>,
     pub log_dir: PathBuf,
     pub snapshot_dir: PathBuf,
 }
@@ -174,6 +177,10 @@ impl Metrics {
             m.leader_changes.clone(),
         );
         register_storage(r, &sources.wal, &sources.snapshots);
+        r.register_collector(Box::new(peer::LinkCollector {
+            links: sources.links,
+            raft: sources.raft.clone(),
+        }));
         r.register_collector(Box::new(raft::RaftCollector { raft: sources.raft }));
         r.register_collector(Box::new(DiskCollector {
             log_dir: sources.log_dir,

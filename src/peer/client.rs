@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::metrics::peer::LinkMetrics;
 use crate::peer::identity::HEADER_CLUSTER;
 use crate::peer::identity::HEADER_FROM;
 use crate::peer::identity::HEADER_TO;
@@ -44,12 +45,16 @@ impl PeerClients {
         source_ip: Option<std::net::IpAddr>,
         identity: Arc<Identity>,
         tls: Option<Arc<rustls::ClientConfig>>,
+        link_metrics: Arc<LinkMetrics>,
     ) -> Self {
-        let links = Links::new(Dialer {
-            source_ip,
-            identity: identity.clone(),
-            tls: tls.clone().map(tokio_rustls::TlsConnector::from),
-        });
+        let links = Links::new(
+            Dialer {
+                source_ip,
+                identity: identity.clone(),
+                tls: tls.clone().map(tokio_rustls::TlsConnector::from),
+            },
+            link_metrics,
+        );
         Self {
             clients: Arc::default(),
             source_ip,

@@ -36,6 +36,8 @@ use conn::Forget;
 use conn::Peer;
 pub use conn::read_frame;
 
+use crate::metrics::peer::Failure;
+use crate::metrics::peer::LinkMetrics;
 use crate::peer::identity::Identity;
 use crate::peer::wire;
 use crate::peer::wire::Rpc;
@@ -51,6 +53,20 @@ pub enum Lane {
     Heartbeat,
     /// Forwarded writes, read index and lease asks.
     Forward,
+    /// Snapshots (a long stream of chunks), never in the way of the others.
+    Snapshot,
+}
+
+impl Lane {
+    /// The lane's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Replication => "replication",
+            Lane::Heartbeat => "heartbeat",
+            Lane::Forward => "forward",
+            Lane::Snapshot => "snapshot",
+        }
+    }
 }
 
 /// Bound on opening a link (TCP connect, TLS handshake, hello and its answer).
@@ -93,6 +109,16 @@ impl LinkError {
             LinkError::Unreachable { .. } | LinkError::Refused { .. } | LinkError::Rejected { .. }
         )
     }
+
+    fn failure(&self) -> Failure {
+        match self {
+            LinkError::Unreachable { .. } => Failure::Unreachable,
+            LinkError::Refused { .. } => Failure::Refused,
+            LinkError::Rejected { .. } => Failure::Rejected,
+            LinkError::Lost { .. } => Failure::Lost,
+            LinkError::Remote { .. } => Failure::Remote,
+        }
+    }
 }
 
 /// What opening a link needs: this node's identity, where to dial from, TLS.
@@ -106,13 +132,15 @@ pub struct Dialer {
 pub struct Links {
     dialer: Arc<Dialer>,
     links: Mutex<HashMap<(NodeId, Lane), Arc<Link>>>,
+    metrics: Arc<LinkMetrics>,
 }
 
 impl Links {
-    pub fn new(dialer: Dialer) -> Self {
+    pub fn new(dialer: Dialer, metrics: Arc<LinkMetrics>) -> Self {
         Self {
             dialer: Arc::new(dialer),
             links: Mutex::default(),
+            metrics,
         }
     }
 
@@ -127,6 +155,7 @@ impl Links {
                 addr: addr.to_string(),
                 to,
                 dialer: self.dialer.clone(),
+                stats: self.metrics.link(to, lane.name()),
             }),
             conn: Arc::default(),
         });
@@ -167,24 +196,40 @@ impl Link {
         timeout: Duration,
     ) -> Result<Resp, LinkError> {
         let answer = self.call_raw(rpc, body, timeout).await?;
-        let decoded: Result<Resp, String> =
-            postcard::from_bytes(&answer).map_err(|e| LinkError::Remote {
+        let decoded = postcard::from_bytes::<Result<Resp, String>>(&answer)
+            .map_err(|e| format!("decode answer to {}: {e}", rpc.name()))
+            .and_then(|answer| answer);
+        decoded.map_err(|text| {
+            self.peer.stats.failed(Failure::Remote);
+            LinkError::Remote {
                 addr: self.peer.addr.clone(),
-                text: format!("decode answer to {}: {e}", rpc.name()),
-            })?;
-        decoded.map_err(|text| LinkError::Remote {
-            addr: self.peer.addr.clone(),
-            text,
+                text,
+            }
         })
     }
 
-    /// Sends one request and waits for its answer's body, all within `timeout`.
+    /// Sends one request and waits for its answer's body, all within `timeout`; counts it in
+    /// the link's metrics.
     pub async fn call_raw(
         &self,
         rpc: Rpc,
         body: &[u8],
         timeout: Duration,
     ) -> Result<Bytes, LinkError> {
+        let started = Instant::now();
+        let result = self.exchange(rpc, body, timeout).await;
+        match &result {
+            Ok(answer) => self.peer.stats.answered(
+                wire::HEAD_BYTES + body.len(),
+                wire::HEAD_BYTES + answer.len(),
+                started.elapsed().as_secs_f64(),
+            ),
+            Err(e) => self.peer.stats.failed(e.failure()),
+        }
+        result
+    }
+
+    async fn exchange(&self, rpc: Rpc, body: &[u8], timeout: Duration) -> Result<Bytes, LinkError> {
         let deadline = Instant::now() + timeout;
         let len = wire::HEAD_BYTES + body.len();
         if len > wire::FRAME_BYTES_MAX {
@@ -243,6 +288,11 @@ impl Link {
                 text: String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned(),
             })
         }
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> &str {
+        &self.peer.addr
     }
 
     fn unreachable(&self, why: impl Into<String>) -> LinkError {

@@ -1,7 +1,8 @@
 //! Inbound peer links (the sender's side is `link.rs`, the format `wire.rs`): the accept loop
 //! (`serve.rs`) hands over a connection that opened with `wire::MAGIC`; here its hello is
 //! checked once, then every request is handled concurrently (`rpc.rs`) and answered with its id
-//! (appends on the reader's own task: a leader keeps one in flight per link).
+//! (appends and snapshot chunks on the reader's own task: a leader keeps one append in flight per
+//! link, and a snapshot's chunks must be taken in order, `snapshot.rs`).
 //!
 //! The hello passes the same checks the HTTP routes make on every request: the caller must be an
 //! authenticated peer (`auth.rs`: 403) and name this node and its cluster (`identity.rs`: 421).
@@ -132,6 +133,8 @@ async fn serve_requests(
     let requests = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
     let kib = Arc::new(Semaphore::new(KIB_IN_FLIGHT_MAX));
     let closing = CancellationToken::new();
+    // The snapshot transfer in progress on this link, if any (dropped with the link).
+    let mut snapshot = crate::peer::snapshot::LinkSession::default();
     let why = loop {
         let Ok(request_permit) = requests.clone().acquire_owned().await else {
             break "closed";
@@ -175,10 +178,26 @@ async fn serve_requests(
         if !matches!(read.await, Ok(Ok(_))) {
             break "a frame did not arrive whole in time";
         }
+        let rpc = wire::split(&payload).ok().map(|(_, rpc, _)| rpc);
         // Appends are answered on the reader's own task (one hand-off less per replicated
         // write): a leader keeps one append in flight per link, so nothing waits behind it.
-        if wire::split(&payload).is_ok_and(|(_, rpc, _)| rpc == Rpc::Append as u8) {
+        if rpc == Some(Rpc::Append as u8) {
             answer(&app, &payload, &writer, &closing, &limits).await;
+            drop((request_permit, kib_permit));
+            continue;
+        }
+        // Snapshot chunks too, so they are taken in order; the sender waits for each answer,
+        // and the link is not read further until the chunk is queued for the spool.
+        if rpc == Some(Rpc::Snapshot as u8) {
+            let Ok((id, _, _)) = wire::split(&payload) else {
+                break "undecodable frame";
+            };
+            let body = bytes::Bytes::from(payload).slice(wire::HEAD_BYTES..);
+            let answered = match snapshot.chunk(&app, body).await {
+                Ok(answer) => (Status::Ok, answer),
+                Err((_, why)) => (Status::Refused, why.into_bytes()),
+            };
+            reply(&writer, &closing, &limits, id, answered).await;
             drop((request_permit, kib_permit));
             continue;
         }
@@ -203,13 +222,24 @@ async fn answer(
         closing.cancel();
         return;
     };
-    let (status, answer) = match Rpc::from_u8(code) {
+    let answered = match Rpc::from_u8(code) {
         None => (Status::Refused, format!("unknown rpc {code}").into_bytes()),
         Some(rpc) => match rpc::handle(app, rpc, body).await {
             Ok(answer) => (Status::Ok, answer),
             Err((_, why)) => (Status::Refused, why.into_bytes()),
         },
     };
+    reply(writer, closing, limits, id, answered).await;
+}
+
+/// Writes the answer to request `id`; a failed write closes the link.
+async fn reply(
+    writer: &Writer,
+    closing: &CancellationToken,
+    limits: &ServeLimits,
+    id: u64,
+    (status, answer): (Status, Vec<u8>),
+) {
     let head = wire::head(answer.len(), id, status as u8);
     let mut slot = writer.lock().await;
     let Some(out) = slot.as_mut() else {

@@ -1,7 +1,7 @@
 //! The node-to-node surface: identity (cluster id, who sends, who is meant), authentication
 //! (peer TLS or protected mode), the peer links (`wire` format, outbound `link`, inbound
-//! `link_server`), the pooled outbound HTTP clients, and the internal RPCs' handlers (`rpc`,
-//! carried by links and by the HTTP routes of `server`).
+//! `link_server`), the pooled outbound HTTP clients, the internal RPCs' handlers (`rpc`,
+//! carried by links and by the HTTP routes of `server`), and snapshot transfer (`snapshot`).
 //!
 //! Used by `raft/` (outbound RPC, forwarding, read index) and served by `node.rs`: on the Raft
 //! listener when `-raddr` is given, else on the one shared port.
@@ -12,6 +12,7 @@ pub mod link;
 pub mod link_server;
 pub mod rpc;
 pub mod server;
+pub mod snapshot;
 pub mod wire;
 
 /// Logs at most one line per `period` for a repeated warning (a misdirected heartbeat arrives

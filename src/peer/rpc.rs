@@ -60,6 +60,11 @@ pub async fn handle(app: &App, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, Refused
             let result = crate::service::lease::answer(app, ask).await;
             encode::<_, String>(&Ok(result))
         }
+        // A chunk continues its link's transfer: handled in order by the link (link_server.rs).
+        Rpc::Snapshot => Err((
+            StatusCode::BAD_REQUEST,
+            "snapshot chunks are taken on a peer link only".into(),
+        )),
     }
 }
 

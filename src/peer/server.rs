@@ -6,20 +6,14 @@
 //!
 //! Nodes send their RPCs over peer links (`link.rs`, `link_server.rs`); the HTTP routes carry the
 //! same RPCs (handled by `rpc.rs`, same bodies and answers) for the joining handshake
-//! (`/raft/hello`), snapshots (`/raft/snapshot`) and tools. Request body = postcard(request);
+//! (`/raft/hello`) and tools (snapshots go over links too, `snapshot.rs`; `/raft/snapshot` stays
+//! for tools). Request body = postcard(request);
 //! response body = postcard(`Result<response, String>`), where `Err` carries the remote node's
 //! error text. Snapshot request body = u32 BE length + postcard((vote, meta)) + the snapshot
 //! file's bytes.
 //!
 //! Limits (all in `limits.rs`): a body is at most `RPC_BODY_BYTES_MAX`, a snapshot at most
 //! `SNAPSHOT_BYTES_MAX` (the per-RPC limits are in `rpc.rs`).
-
-use std::cmp::Ordering;
-use std::fs::File;
-use std::io;
-use std::io::BufWriter;
-use std::io::Seek;
-use std::io::Write;
 
 use axum::Router;
 use axum::body::Body;
@@ -31,30 +25,21 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::post;
 use futures::StreamExt;
-use openraft::async_runtime::watch::WatchReceiver;
 use serde::Serialize;
 use std::sync::atomic::AtomicU64;
-use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::app::SharedApp;
 use crate::error::KvError;
 use crate::limits::RPC_BODY_BYTES_MAX;
-use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::limits::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::peer::auth::authorize_peer;
 use crate::peer::client::POSTCARD;
 use crate::peer::rpc;
 use crate::peer::rpc::Refused;
+use crate::peer::snapshot;
 use crate::peer::wire::Rpc;
-use crate::raft::types::SnapshotMeta;
 use crate::raft::types::TypeConfig;
-use crate::raft::types::Vote;
-
-/// Received snapshot chunks queued for the spooling thread (backpressure on the sender).
-const SPOOL_CHUNKS_QUEUED_MAX: usize = 16;
-/// Write buffer of the spooling thread.
-const SPOOL_BUFFER_BYTES: usize = 256 << 10;
 
 /// The peer router: internal routes plus `/join`, `/remove` and `/leader` (relayed by followers and sent
 /// by joiners), all behind [`guard`].
@@ -179,8 +164,9 @@ async fn read_body(body: Body) -> Result<Bytes, Refused> {
         })
 }
 
-/// Receives a streamed snapshot: header, then the file bytes, spooled to a file in
-/// the snapshot dir (unnamed, never held in memory whole), then installed by openraft.
+/// Receives a streamed snapshot (the same as over a link, `snapshot.rs`, in one body): header,
+/// then the file bytes, spooled to a file in the snapshot dir (unnamed, never held in memory
+/// whole), then installed by openraft.
 async fn snapshot(State(app): State<SharedApp>, body: Body) -> Response {
     let result = receive_snapshot(&app, body).await;
     if let Err(e) = &result {
@@ -189,10 +175,8 @@ async fn snapshot(State(app): State<SharedApp>, body: Body) -> Response {
     postcard_reply(&result)
 }
 
-/// Receives a snapshot: the header first; a sender whose vote is older than this node's is
-/// answered with this node's vote (as openraft itself answers it, so the stale leader steps
-/// down) before a byte is spooled; then the file bytes, at most `SNAPSHOT_BYTES_MAX`, are
-/// spooled by a blocking thread; then openraft installs it.
+/// Receives a snapshot: the header first (`snapshot::begin` refuses a sender whose vote is
+/// older before a byte is spooled), then the file bytes, then openraft installs it.
 async fn receive_snapshot(
     app: &SharedApp,
     body: Body,
@@ -219,119 +203,17 @@ async fn receive_snapshot(
             None => return Err("snapshot body ended inside its header".into()),
         }
     };
-    let (vote, meta): (Vote, SnapshotMeta) = postcard::from_bytes(&buffered[4..4 + header_len])
-        .map_err(|e| format!("decode snapshot header: {e}"))?;
-
-    // The metrics' vote may lag the core's, never lead it (votes only grow): this refuses only
-    // what openraft would refuse too, and openraft checks again on install.
-    let mine = app.raft.metrics().borrow_watched().vote;
-    if !sender_is_current(&vote, &mine) {
-        tracing::warn!(sender_vote = %vote, my_vote = %mine, last_log_id = ?meta.last_log_id,
-            "refused a snapshot from a leader of an older term; answering with this node's vote");
-        return Ok(openraft::raft::SnapshotResponse::new(mine));
-    }
-
-    let file = app.state_machine.clone();
-    let file = tokio::task::spawn_blocking(move || file.incoming_snapshot_file())
-        .await
-        .map_err(|e| format!("spool file: {e}"))?
-        .map_err(|e| format!("spool file: {e}"))?;
-    let (chunks, queued) = mpsc::channel::<Bytes>(SPOOL_CHUNKS_QUEUED_MAX);
-    let writer = tokio::task::spawn_blocking(move || spool(file, queued));
-    let first = Bytes::copy_from_slice(&buffered[4 + header_len..]);
-    drop(buffered);
-    let streamed = async {
-        let mut received: u64 = 0;
-        let mut next = Some(Ok(first));
-        while let Some(chunk) = next {
-            let chunk = chunk.map_err(|e| format!("read snapshot body: {e}"))?;
-            received += chunk.len() as u64;
-            if received > SNAPSHOT_BYTES_MAX {
-                return Err(format!(
-                    "snapshot is over the limit of {SNAPSHOT_BYTES_MAX} bytes; refused"
-                ));
-            }
-            if chunks.send(chunk).await.is_err() {
-                break; // the writer failed; its error is reported below
-            }
-            next = stream.next().await;
-        }
-        Ok(received)
-    }
-    .await;
-    drop(chunks); // ends the writer
-    let written = writer.await.map_err(|e| format!("spool: {e}"))?;
-    let received = streamed?;
-    let spooled = written.map_err(|e| format!("spool write: {e}"))?;
-    tracing::info!(last_log_id = ?meta.last_log_id, bytes = received, "received snapshot, installing");
-
-    let snapshot = openraft::Snapshot {
-        meta,
-        snapshot: spooled,
+    let mut receiving = match snapshot::begin(app, &buffered[4..4 + header_len]).await? {
+        snapshot::Begun::Refused(response) => return Ok(response),
+        snapshot::Begun::Receiving(receiving) => receiving,
     };
-    app.raft
-        .install_full_snapshot(vote, snapshot)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Whether a snapshot sent with `sender`'s vote may be installed by a node holding `mine`: the
-/// rule openraft applies (`sender >= mine`; votes are only partially ordered, so "not greater or
-/// equal" is not "less").
-fn sender_is_current(sender: &Vote, mine: &Vote) -> bool {
-    matches!(
-        sender.partial_cmp(mine),
-        Some(Ordering::Greater | Ordering::Equal)
-    )
-}
-
-/// Writes the queued chunks to `file` (blocking; runs on a blocking thread) until the channel
-/// closes, and returns the file rewound to its start.
-fn spool(file: File, mut queued: mpsc::Receiver<Bytes>) -> io::Result<File> {
-    let mut out = BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file);
-    while let Some(chunk) = queued.blocking_recv() {
-        out.write_all(&chunk)?;
+    receiving
+        .push(Bytes::copy_from_slice(&buffered[4 + header_len..]))
+        .await?;
+    drop(buffered);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("read snapshot body: {e}"))?;
+        receiving.push(chunk).await?;
     }
-    // Every byte must be flushed to the file before it is rewound and handed to
-    // install_full_snapshot: the store reads it back through this handle. (No fsync here: the
-    // store's import copies it to its own file and fsyncs that before it takes effect.)
-    let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.rewind()?;
-    Ok(file)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Read;
-
-    use super::*;
-
-    #[test]
-    fn only_snapshots_from_a_current_leader_are_accepted() {
-        let mine = Vote::new_committed(5, 1);
-        assert!(sender_is_current(&Vote::new_committed(5, 1), &mine));
-        assert!(sender_is_current(&Vote::new_committed(6, 2), &mine));
-        assert!(!sender_is_current(&Vote::new_committed(4, 1), &mine));
-        assert!(!sender_is_current(&Vote::new_committed(4, 9), &mine));
-        // The same leader id, not yet granted: older than the granted vote this node holds.
-        assert!(!sender_is_current(&Vote::new(5, 1), &mine));
-    }
-
-    #[tokio::test]
-    async fn spooling_writes_every_chunk_and_rewinds() {
-        let file = tempfile::tempfile().expect("temp file");
-        let (tx, rx) = mpsc::channel(SPOOL_CHUNKS_QUEUED_MAX);
-        let writer = tokio::task::spawn_blocking(move || spool(file, rx));
-        let mut expected = Vec::new();
-        for i in 0..100u8 {
-            let chunk = vec![i; 10_000];
-            expected.extend_from_slice(&chunk);
-            tx.send(Bytes::from(chunk)).await.expect("send");
-        }
-        drop(tx);
-        let mut file = writer.await.expect("join").expect("spool");
-        let mut read = Vec::new();
-        file.read_to_end(&mut read).expect("read");
-        assert_eq!(read, expected);
-    }
+    receiving.finish(app).await
 }

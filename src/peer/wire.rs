@@ -13,7 +13,8 @@
 //! ```
 //!
 //! A request body is the postcard encoding the same RPC has on the HTTP routes, and a response
-//! body with `Status::Ok` is the `Result<T, String>` the HTTP route answers. Numbers of [`Rpc`]
+//! body with `Status::Ok` is the `Result<T, String>` the HTTP route answers; `Rpc::Snapshot`, a
+//! link-only RPC, carries one chunk of a snapshot (format in `snapshot.rs`). Numbers of [`Rpc`]
 //! and [`Status`] are on the wire: never renumber them; a new version changes [`MAGIC`].
 
 use serde::Deserialize;
@@ -61,6 +62,8 @@ pub enum Rpc {
     WriteBatch = 5,
     ReadIndex = 6,
     Lease = 7,
+    /// A chunk of a snapshot (`snapshot.rs`); link only.
+    Snapshot = 8,
 }
 
 impl Rpc {
@@ -73,6 +76,7 @@ impl Rpc {
             5 => Rpc::WriteBatch,
             6 => Rpc::ReadIndex,
             7 => Rpc::Lease,
+            8 => Rpc::Snapshot,
             _ => return None,
         })
     }
@@ -87,6 +91,7 @@ impl Rpc {
             Rpc::WriteBatch => "write_batch",
             Rpc::ReadIndex => "read_index",
             Rpc::Lease => "lease",
+            Rpc::Snapshot => "snapshot",
         }
     }
 }
@@ -234,6 +239,7 @@ mod tests {
         assert_eq!(Rpc::from_u8(1), Some(Rpc::Append));
         assert_eq!(Rpc::from_u8(7), Some(Rpc::Lease));
         assert_eq!(Rpc::from_u8(0), None);
-        assert_eq!(Rpc::from_u8(8), None);
+        assert_eq!(Rpc::from_u8(8), Some(Rpc::Snapshot));
+        assert_eq!(Rpc::from_u8(9), None);
     }
 }

@@ -1,7 +1,7 @@
-//! Outbound Raft RPC: appends, votes and leadership transfer over the peer links
-//! (`peer/link.rs`, heartbeats on a lane of their own), a timeout on every call. Snapshots go
-//! over HTTP (`peer/server.rs`), streamed from their file, never loaded into memory whole:
-//! request body = u32 BE length + postcard((vote, meta)) + the snapshot file's bytes.
+//! Outbound Raft RPC over the peer links (`peer/link.rs`), a timeout on every call: appends,
+//! votes and leadership transfer on the replication lane, heartbeats on a lane of their own,
+//! snapshots on a third, streamed from their file in chunks (`peer/snapshot.rs`), never loaded
+//! into memory whole.
 //!
 //! An append request is at most `limits::APPEND_BYTES_MAX` encoded (the receiver accepts that
 //! plus slack): a longer one is cut to its longest fitting prefix, see [`cut_to_fit`].
@@ -78,14 +78,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-/// The Raft RPC client for one peer: its peer link (replication or heartbeat lane), and the
-/// pooled HTTP client for snapshots.
+/// The Raft RPC client for one peer: its peer link (replication or heartbeat lane); snapshots
+/// take the peer's snapshot lane.
 pub struct PeerConnection {
     target: NodeId,
     addr: String,
     peers: PeerClients,
     link: Arc<Link>,
-    heartbeat: bool,
     snapshots: SnapshotMetrics,
 }
 
@@ -101,14 +100,8 @@ impl PeerConnection {
             addr: node.raft_addr.clone(),
             link: peers.link(target, &node.raft_addr, lane),
             peers,
-            heartbeat,
             snapshots: SnapshotMetrics::default(),
         }
-    }
-
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.peers
-            .post_raft(&self.addr, self.target, path, self.heartbeat)
     }
 
     async fn call<Req, Resp>(
@@ -161,21 +154,6 @@ fn cut_to_fit(
     Ok((postcard::to_stdvec(&req)?, last))
 }
 
-fn to_rpc_error(target: NodeId, e: reqwest::Error) -> RPCError<TypeConfig> {
-    // The cause chain says why (refused, TLS: unknown CA, name mismatch, ...); reqwest's own
-    // text is only "error sending request". At most one line per 5 s: links retry constantly.
-    static LAST_LOG_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
-        let cause = crate::peer::client::error_chain(&e);
-        tracing::info!(target, error = %cause, "raft rpc to a peer failed");
-    }
-    if e.is_connect() {
-        RPCError::Unreachable(Unreachable::new(&e))
-    } else {
-        RPCError::Network(NetworkError::new(&e))
-    }
-}
-
 /// Why a peer request got no usable answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
@@ -220,21 +198,6 @@ pub async fn decode_response<Resp: DeserializeOwned>(
     let result: Result<Resp, String> = postcard::from_bytes(&bytes)
         .map_err(|e| PeerError::Failed(format!("decode answer from {url}: {e}")))?;
     result.map_err(|remote| PeerError::Failed(format!("remote error from {url}: {remote}")))
-}
-
-/// A refusal counts as unreachable (never as a vote or an acknowledgement), logged at most
-/// once per 5 s; other failures are network errors.
-fn peer_error_to_rpc(target: NodeId, addr: &str, e: PeerError) -> RPCError<TypeConfig> {
-    static LAST_LOG_MS: AtomicU64 = AtomicU64::new(0);
-    match e {
-        PeerError::Refused { .. } => {
-            if crate::peer::log_gate(&LAST_LOG_MS, 5000) {
-                tracing::warn!(target, addr, error = %e, "peer refused our request: treating it as unreachable");
-            }
-            RPCError::Unreachable(Unreachable::from_string(e.to_string()))
-        }
-        PeerError::Failed(text) => RPCError::Network(NetworkError::from_string(text)),
-    }
 }
 
 /// A link that could not be opened or was refused counts as unreachable (a refusal is never a
@@ -328,22 +291,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let header =
             postcard::to_stdvec(&(&vote, &snapshot.meta)).map_err(|e| NetworkError::new(&e))?;
-        let header_len = u32::try_from(header.len()).map_err(|e| NetworkError::new(&e))?;
-        let mut prefix = header_len.to_be_bytes().to_vec();
-        prefix.extend_from_slice(&header);
-
-        // The file is streamed as the rest of the body, chunk by chunk.
         let total = snapshot.snapshot.metadata().map_or(0, |m| m.len());
-        let file = tokio::fs::File::from_std(snapshot.snapshot);
-        let prefix_stream =
-            futures::stream::once(
-                async move { Ok::<_, std::io::Error>(bytes::Bytes::from(prefix)) },
-            );
-        let file_stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
         let (target, started) = (self.target, std::time::Instant::now());
-        let (mut sent, mut gate) = (0u64, crate::metrics::progress::Gate::new());
-        let file_stream = futures::StreamExt::inspect(file_stream, move |chunk| {
-            sent += chunk.as_ref().map_or(0, |c| c.len() as u64);
+        let mut gate = crate::metrics::progress::Gate::new();
+        let progress = move |sent: u64| {
             if gate.due() {
                 let percent = crate::metrics::progress::percent(sent, total);
                 tracing::info!(
@@ -355,29 +306,23 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     "sending snapshot"
                 );
             }
-        });
-        let body =
-            reqwest::Body::wrap_stream(futures::StreamExt::chain(prefix_stream, file_stream));
-
+        };
         tracing::info!(target = self.target, last_log_id = ?snapshot.meta.last_log_id,
             bytes = total, "sending snapshot");
+        let link = self.peers.link(self.target, &self.addr, Lane::Snapshot);
         let send = async {
-            let response = self
-                .post("snapshot")
-                .timeout(option.hard_ttl())
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| match to_rpc_error(self.target, e) {
-                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                    other => StreamingError::Network(NetworkError::from_string(other.to_string())),
-                })?;
-            decode_response::<SnapshotResponse<TypeConfig>>(response)
-                .await
-                .map_err(|e| match peer_error_to_rpc(self.target, &self.addr, e) {
-                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                    other => StreamingError::Network(NetworkError::from_string(other.to_string())),
-                })
+            crate::peer::snapshot::send(
+                &link,
+                header,
+                snapshot.snapshot,
+                option.hard_ttl(),
+                progress,
+            )
+            .await
+            .map_err(|e| match link_error_to_rpc(self.target, e) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+            })
         };
         let result = tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -4,7 +4,8 @@
 //! Raft gauges agree with `/status` (one leader, everyone knows it), and the values move as the
 //! story writes through both APIs: the request counter of the put route, the applied index, the
 //! WAL fsync histogram, the MVCC and gRPC counters, snapshot builds. The leader reports a lag
-//! gauge per peer; unknown URLs share one placeholder route label. A restarted follower logs its
+//! gauge per peer and counts its peer links' requests, bytes and round trips per member and lane
+//! (and their failures while a follower is down); unknown URLs share one placeholder route label. A restarted follower logs its
 //! recovery in steps.
 
 use std::collections::HashMap;
@@ -206,6 +207,35 @@ fn metrics_parse_and_move_as_the_cluster_works() {
         assert_eq!(matched, last, "peer {p}");
     }
 
+    c.phase(
+        "the leader's peer links: answered requests, bytes and round trips per member and lane",
+    );
+    let s = scrape(&c, leader);
+    for p in &peers {
+        for lane in ["replication", "heartbeat"] {
+            let at = [("peer", p.as_str()), ("lane", lane)];
+            let requests = s.value("raftkv_network_peer_requests_total", &at);
+            assert!(requests >= 1.0, "{p} {lane}: {requests} requests");
+            assert!(s.value("raftkv_network_peer_sent_bytes_total", &at) > requests);
+            assert!(s.value("raftkv_network_peer_received_bytes_total", &at) > requests);
+            let round_trips = s.value("raftkv_network_peer_round_trip_time_seconds_count", &at);
+            assert!(
+                round_trips >= requests,
+                "{p} {lane}: {round_trips} round trips"
+            );
+            assert_eq!(
+                s.value("raftkv_network_peer_links_open", &at),
+                1.0,
+                "{p} {lane}"
+            );
+            assert!(s.value("raftkv_network_peer_link_opens_total", &at) >= 1.0);
+        }
+    }
+    assert_eq!(
+        s.label_values("raftkv_network_peer_sent_failures_total", "reason"),
+        ["lost", "refused", "rejected", "remote", "unreachable"]
+    );
+
     c.phase("unknown URLs get 404 and share the placeholder route label");
     for path in ["/no/such/thing/1", "/no/such/thing/2", "/x?y=z"] {
         c.request(leader, Method::GET, path, None)
@@ -272,7 +302,24 @@ fn metrics_parse_and_move_as_the_cluster_works() {
 
     c.phase("kill -9 a follower and restart it: its log shows the recovery in steps");
     let f = c.followers(leader)[1];
+    let name = c.id(f);
+    let failures = "raftkv_network_peer_sent_failures_total";
+    let failed_before = scrape(&c, leader).value(failures, &[("peer", &name)]);
     c.kill9(f);
+    wait_until_with(
+        CONVERGE_TIMEOUT,
+        "the leader's links to the killed follower close and its requests fail",
+        || {
+            let s = scrape(&c, leader);
+            let open = s.value("raftkv_network_peer_links_open", &[("peer", &name)]);
+            let failed = s.value(failures, &[("peer", &name)]) - failed_before;
+            if open == 0.0 && failed >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{open} links open, {failed} more failures"))
+            }
+        },
+    );
     c.restart(f);
     let log_has_all = |f: usize| {
         let log = std::fs::read_to_string(&c.node(f).log_path).unwrap_or_default();
@@ -319,5 +366,13 @@ fn metrics_parse_and_move_as_the_cluster_works() {
         CONVERGE_TIMEOUT,
         "the restarted follower knows the leader again",
         || scrape(&c, f).get("raftkv_server_has_leader", &[]) == Some(1.0),
+    );
+    wait_until(
+        CONVERGE_TIMEOUT,
+        "the leader's heartbeat link to the restarted follower is open again",
+        || {
+            let at = [("peer", name.as_str()), ("lane", "heartbeat")];
+            scrape(&c, leader).get("raftkv_network_peer_links_open", &at) == Some(1.0)
+        },
     );
 }

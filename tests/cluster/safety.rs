@@ -222,6 +222,8 @@ fn peer_requests_meant_for_another_node_or_cluster_are_refused() {
         (8, raftkv::peer::wire::Status::Refused as u8),
         "{text}"
     );
+    c.phase("a snapshot chunk of no transfer in progress is refused, not installed");
+    snapshot_chunks_are_checked(&mut link, me + 100, frame);
     c.phase("a frame over the limit closes the link");
     link.write_all(&u32::MAX.to_le_bytes()).expect("write");
     let mut rest = Vec::new();
@@ -233,6 +235,54 @@ fn peer_requests_meant_for_another_node_or_cluster_are_refused() {
 
     c.phase("the cluster is unharmed");
     c.put_db(leader, "still", "fine").expect_status(200);
+}
+
+/// On an accepted link from `from`: a chunk that continues no transfer is answered with an
+/// error; a snapshot whose sender's vote is older than the receiver's is answered at once with
+/// the receiver's (newer) vote, so the stale leader steps down.
+fn snapshot_chunks_are_checked(
+    link: &mut std::net::TcpStream,
+    from: u64,
+    frame: impl Fn(u64, u8, &[u8]) -> Vec<u8>,
+) {
+    use raftkv::peer::snapshot::{ChunkAnswer, ChunkHead};
+    use raftkv::peer::wire::{Rpc, Status};
+    let mut ask = |id: u64, head: ChunkHead, data: &[u8]| {
+        let mut body = postcard::to_stdvec(&head).expect("encode");
+        body.extend_from_slice(data);
+        link.write_all(&frame(id, Rpc::Snapshot as u8, &body))
+            .expect("write");
+        let payload = read_payload(link);
+        let (got, status, answer) = raftkv::peer::wire::split(&payload).expect("answer");
+        assert_eq!((got, status), (id, Status::Ok as u8));
+        postcard::from_bytes::<Result<ChunkAnswer, String>>(answer).expect("decode")
+    };
+    let out_of_turn = ChunkHead {
+        session: 1,
+        offset: 4096,
+        header: None,
+        last: false,
+    };
+    let err = ask(9, out_of_turn, b"bytes").expect_err("no transfer in progress");
+    assert!(err.contains("not in progress"), "{err}");
+    let stale = raftkv::raft::types::Vote::new_committed(0, from);
+    let meta = raftkv::raft::types::SnapshotMeta::default();
+    let header = postcard::to_stdvec(&(&stale, &meta)).expect("encode");
+    let from_a_stale_leader = ChunkHead {
+        session: 2,
+        offset: 0,
+        header: Some(header),
+        last: true,
+    };
+    match ask(10, from_a_stale_leader, b"") {
+        Ok(ChunkAnswer::Done(response)) => assert_eq!(
+            response.vote.partial_cmp(&stale),
+            Some(std::cmp::Ordering::Greater),
+            "the receiver's vote {} answers the stale {stale}",
+            response.vote
+        ),
+        other => panic!("a stale leader's snapshot: {other:?}"),
+    }
 }
 
 /// Opens a peer link to `addr` saying hello as `from` of `cluster`, meant for `to`: the

@@ -1,10 +1,31 @@
 //! Story: a node that joins after the log was compacted must be brought up to date by a snapshot
-//! (Raft §7: InstallSnapshot), then serve every key.
+//! (Raft §7: InstallSnapshot), then serve every key. The snapshot (~2.4 MB) travels over the
+//! leader's snapshot link in 1 MiB chunks, as its metrics show.
+
+use reqwest::Method;
 
 use crate::harness::{Cluster, Level};
 
 const KEYS: usize = 300;
 const SNAP: &str = "--snapshot-every 50";
+/// Padding of every value: 300 keys make a snapshot of several chunks.
+const PAD_BYTES: usize = 8000;
+
+fn value(n: usize) -> String {
+    format!("value-{n}-{}", "p".repeat(PAD_BYTES))
+}
+
+/// The sum of `raftkv_network_peer_requests_total` samples of node `i` with `labels`.
+fn link_requests(c: &Cluster, i: usize, labels: &[&str]) -> f64 {
+    let r = c.request(i, Method::GET, "/metrics", None);
+    r.expect_status(200);
+    r.body
+        .lines()
+        .filter(|l| l.starts_with("raftkv_network_peer_requests_total{"))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 
 #[test]
 fn late_joiners_catch_up_from_a_snapshot() {
@@ -18,7 +39,7 @@ fn late_joiners_catch_up_from_a_snapshot() {
         "write {KEYS} keys to A, so its log is compacted several times"
     ));
     for n in 0..KEYS {
-        c.put_db(a, &format!("s{n:03}"), &format!("value-{n}"))
+        c.put_db(a, &format!("s{n:03}"), &value(n))
             .expect_status(200);
     }
     let applied = c.status(a)["applied_index"]
@@ -46,11 +67,18 @@ fn late_joiners_catch_up_from_a_snapshot() {
     }
     c.wait_digests_agree(&[a, b, d], KEYS as u64);
     for i in [b, d] {
-        c.wait_db_value(i, "s299", "value-299", Level::Stale);
+        c.wait_db_value(i, "s299", &value(299), Level::Stale);
         for n in 0..KEYS {
             c.get_db(i, &format!("s{n:03}"), Level::Stale)
-                .expect_body(&format!("value-{n}"));
+                .expect_body(&value(n));
         }
+    }
+
+    c.phase("the snapshots went over A's snapshot links, several chunks each");
+    for i in [b, d] {
+        let peer = format!("peer=\"{}\"", c.id(i));
+        let chunks = link_requests(&c, a, &[&peer, "lane=\"snapshot\""]);
+        assert!(chunks >= 3.0, "{chunks} snapshot chunks to node {i}");
     }
 
     c.phase("the cluster keeps replicating (and snapshotting) after the catch-up");
@@ -64,7 +92,7 @@ fn late_joiners_catch_up_from_a_snapshot() {
     c.phase("a joiner restarted after the snapshot still has everything");
     c.kill9(b);
     c.restart(b);
-    c.wait_db_value(b, "s000", "value-0", Level::Stale);
+    c.wait_db_value(b, "s000", &value(0), Level::Stale);
     c.wait_db_value(b, "t59", "more", Level::Stale);
     c.wait_digests_agree(&[a, b, d], KEYS as u64 + 60);
 }

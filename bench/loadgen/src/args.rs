@@ -44,6 +44,11 @@ pub enum Cmd {
     },
     /// The summary of a `fio --output-format=json` run.
     Fio { file: String },
+    /// The scale-curve pictures (SVG) and table of a `bench/curve.sh` results directory.
+    Plot {
+        #[arg(long)]
+        dir: String,
+    },
     /// The BENCHMARKS table (medians over runs) of a results directory.
     Report {
         #[arg(long)]

@@ -21,16 +21,18 @@
 //!   wait-read --system S --target H:P --key K --value V [--timeout S]  (stale read; prints ms)
 //!   fio      FILE.json              summary of a fio --output-format=json run
 //!   report   --dir RESULTS          the table (medians over runs)
+//!   plot     --dir RESULTS          the scale curve of bench/curve.sh: curve_<op>.svg and a table
 //!
 //! Modules: `args` (the command line), `wire` (HTTP requests and outcomes), `run` (the
 //! measurement), `grpc` (etcd's gRPC API, both systems), `watch` (w1 and l1), `load`, `ready`
-//! (cluster readiness, markers), `floor` (round trips, idle CPU, fio), `cpu` (/proc), `report`.
+//! (cluster readiness, markers), `floor` (round trips, idle CPU, fio), `cpu` (/proc), `report`, `plot` (the scale curve, SVG).
 
 mod args;
 mod cpu;
 mod floor;
 mod grpc;
 mod load;
+mod plot;
 mod ready;
 mod report;
 mod run;
@@ -62,5 +64,6 @@ fn main() {
         Cmd::WaitRead { key, timeout } => ready::cmd_wait_read(&key, timeout),
         Cmd::Fio { file } => floor::cmd_fio(&file),
         Cmd::Report { dir } => report::cmd_report(&dir),
+        Cmd::Plot { dir } => plot::cmd_plot(&dir),
     }
 }

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::Dialer;
 use super::LinkError;
+use crate::metrics::peer::LinkStats;
 use crate::peer::wire;
 use crate::peer::wire::Hello;
 use crate::peer::wire::HelloRefusal;
@@ -36,6 +37,7 @@ pub(super) struct Peer {
     pub(super) addr: String,
     pub(super) to: NodeId,
     pub(super) dialer: Arc<Dialer>,
+    pub(super) stats: Arc<LinkStats>,
 }
 
 pub(super) type Reader = Box<dyn AsyncRead + Send + Unpin>;
@@ -50,12 +52,20 @@ pub(super) struct Conn {
     _reader: AbortOnDrop,
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.close("the link was dropped");
+    }
+}
+
 /// What the callers and the reader task share.
 pub(super) struct Shared {
     state: Mutex<State>,
     opened: Instant,
     /// Milliseconds after `opened` of the last request sent.
     last_used_ms: AtomicU64,
+    /// Counts this connection open until it closes.
+    stats: Arc<LinkStats>,
 }
 
 struct State {
@@ -105,6 +115,7 @@ impl Shared {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if state.closed.is_none() {
                 state.closed = Some(why.to_string());
+                self.stats.closed();
             }
             std::mem::take(&mut state.waiting)
         };
@@ -219,7 +230,9 @@ impl Peer {
             }),
             opened: Instant::now(),
             last_used_ms: AtomicU64::new(0),
+            stats: self.stats.clone(),
         });
+        self.stats.opened();
         let reading = tokio::spawn(read_answers(reader, shared.clone()));
         Ok(Conn {
             writer: tokio::sync::Mutex::new(writer),
