@@ -46,6 +46,7 @@ use crate::store::kv::KvState;
 use crate::store::snapshot;
 use crate::store::snapshot::CorruptSnapshot;
 use crate::store::snapshot::OldFormat;
+use crate::store::state_machine::retry_if_replaced;
 
 pub const MAGIC: [u8; 8] = *b"RAFTKVBK";
 pub const FORMAT_VERSION: u32 = 1;
@@ -158,20 +159,25 @@ pub async fn take(app: &App, level: ReadLevel) -> Result<Backup, KvError> {
     let sm = app.state_machine.clone();
     let started = std::time::Instant::now();
     let written = tokio::task::spawn_blocking(move || -> io::Result<_> {
-        let file = sm.incoming_snapshot_file()?;
-        let mut held = None;
-        let (file, bytes, sha256) = write(file, |out| {
-            held = Some(sm.encode_now(out)?);
-            Ok(())
-        })?;
-        let held = held.ok_or_else(|| io::Error::other("the backup encoded nothing"))?;
-        let info = (
-            held.compact_revision,
-            held.revision,
-            held.live_keys,
-            held.meta,
-        );
-        Ok((file, bytes, sha256, info))
+        // A snapshot installed meanwhile (on a follower) replaces the store being read: write
+        // the backup again, from the new store, into a new file. It is still at or past the
+        // read barrier's index.
+        retry_if_replaced("backup", |_| {
+            let file = sm.incoming_snapshot_file()?;
+            let mut held = None;
+            let (file, bytes, sha256) = write(file, |out| {
+                held = Some(sm.encode_now(out)?);
+                Ok(())
+            })?;
+            let held = held.ok_or_else(|| io::Error::other("the backup encoded nothing"))?;
+            let info = (
+                held.compact_revision,
+                held.revision,
+                held.live_keys,
+                held.meta,
+            );
+            Ok((file, bytes, sha256, info))
+        })
     })
     .await
     .map_err(|e| KvError::Internal(format!("backup task failed: {e}")))?

@@ -62,6 +62,7 @@ use crate::store::snapshot::SnapshotData;
 pub use held::Encoded;
 use held::Held;
 pub use held::SnapshotBuilder;
+pub use held::retry_if_replaced;
 
 /// The state machine handle; clones share one state.
 #[derive(Clone)]
@@ -262,7 +263,8 @@ impl StateMachineStore {
     /// Encodes a snapshot of the state as it is now to `out` (the snapshot file format),
     /// reading the store a piece at a time under short read locks: no copy, and `apply` goes on
     /// meanwhile (see [`Held`]). Blocking. Answers what it holds. Backups (`GET /snapshot`,
-    /// `Maintenance.Snapshot`) are written this way.
+    /// `Maintenance.Snapshot`) are written this way. Fails with an error that
+    /// [`retry_if_replaced`] retries if a snapshot installed meanwhile replaced the store.
     pub fn encode_now(&self, out: impl io::Write) -> io::Result<Encoded> {
         Held::take(&self.inner).encode(out)
     }

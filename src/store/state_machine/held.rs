@@ -126,8 +126,33 @@ pub struct Encoded {
 #[error("the store was replaced by an installed snapshot while a snapshot of it was written")]
 struct Replaced;
 
-/// Attempts at building a snapshot when installed snapshots keep replacing the store.
-const BUILD_ATTEMPTS_MAX: usize = 3;
+/// Attempts at writing a snapshot or a backup when installed snapshots keep replacing the store.
+const WRITE_ATTEMPTS_MAX: usize = 3;
+
+/// Runs `write` (attempt 1, 2, …) again while it fails because an installed snapshot replaced
+/// the store it was writing from, at most [`WRITE_ATTEMPTS_MAX`] times; answers the last result.
+/// Each attempt must start from scratch (a new view, a new file): what it wrote is discarded.
+pub fn retry_if_replaced<T>(
+    what: &str,
+    mut write: impl FnMut(usize) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut attempt = 1;
+    loop {
+        match write(attempt) {
+            Err(e)
+                if e.get_ref().is_some_and(|e| e.is::<Replaced>())
+                    && attempt < WRITE_ATTEMPTS_MAX =>
+            {
+                tracing::info!(
+                    attempt,
+                    "{what}: an installed snapshot replaced the store; writing again"
+                );
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
 
 impl Inner {
     /// Starts the compactor unless it runs: a thread that frees what a compaction owes
@@ -190,21 +215,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let first = self.held.take();
         let (meta, snapshot) = tokio::task::spawn_blocking(move || {
             let _files = inner.files.lock().map_err(|_| poisoned("files"))?;
-            let mut held = first.unwrap_or_else(|| Held::take(&inner));
-            let mut attempt = 1;
-            loop {
-                match write_held(&inner, &held) {
-                    Err(e) if e.get_ref().is_some_and(|e| e.is::<Replaced>())
-                        && attempt < BUILD_ATTEMPTS_MAX =>
-                    {
-                        tracing::info!(attempt, "snapshot build: an installed snapshot replaced the store; building again");
-                        drop(held);
-                        held = Held::take(&inner);
-                        attempt += 1;
-                    }
-                    result => return result.map(|file| (held.meta.clone(), file)),
-                }
-            }
+            let mut first = first;
+            retry_if_replaced("snapshot build", |_| {
+                // The builder's own view first (the state when it was made), then a new one.
+                let held = first.take().unwrap_or_else(|| Held::take(&inner));
+                let file = write_held(&inner, &held)?;
+                Ok((held.meta.clone(), file))
+            })
         })
         .await
         .map_err(join_error)??;
@@ -232,4 +249,41 @@ fn write_held(inner: &Inner, held: &Held) -> io::Result<File> {
         took_ms = started.elapsed().as_millis() as u64, "built snapshot");
     inner.publish(path, meta.clone())?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_replaced_by_an_install_is_tried_again_at_most_three_times() {
+        let replaced = || io::Error::other(Replaced);
+        let mut attempts = Vec::new();
+        let twice_then_ok = retry_if_replaced("test", |attempt| {
+            attempts.push(attempt);
+            if attempt < 3 {
+                Err(replaced())
+            } else {
+                Ok(attempt)
+            }
+        });
+        assert_eq!(twice_then_ok.expect("third attempt"), 3);
+        assert_eq!(attempts, [1, 2, 3]);
+
+        let mut tries = 0;
+        let always = retry_if_replaced("test", |_| -> io::Result<()> {
+            tries += 1;
+            Err(replaced())
+        });
+        assert!(always.is_err());
+        assert_eq!(tries, WRITE_ATTEMPTS_MAX);
+
+        let mut tries = 0;
+        let other = retry_if_replaced("test", |_| -> io::Result<()> {
+            tries += 1;
+            Err(io::Error::other("disk full"))
+        });
+        assert_eq!(other.expect_err("not retried").to_string(), "disk full");
+        assert_eq!(tries, 1, "other errors are not retried");
+    }
 }

@@ -141,6 +141,37 @@ async fn install_snapshot_from_another_store() {
     }
 }
 
+/// A builder made before a snapshot from the leader was installed builds again from the
+/// installed state: its own view is of a store that no longer exists.
+#[tokio::test]
+async fn a_build_whose_store_was_replaced_by_an_install_builds_the_new_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut leader = StateMachineStore::open(&dir.path().join("a")).expect("open a");
+    populate(&mut leader).await;
+    let snap = build(&mut leader).await;
+    let mut follower = StateMachineStore::open(&dir.path().join("b")).expect("open b");
+    follower
+        .apply(stream_of(vec![set(1, "old")]))
+        .await
+        .expect("apply");
+    let mut builder = follower.get_snapshot_builder().await;
+    follower
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+
+    let rebuilt = builder.build_snapshot().await.expect("built again");
+    assert_eq!(rebuilt.meta, snap.meta);
+    let path = dir
+        .path()
+        .join("b")
+        .join(snapshot::file_name(rebuilt.meta.last_log_id.as_ref()));
+    let (_, map) = snapshot::read_snapshot(&path).expect("read the built snapshot");
+    let (_, leader_state) = leader.copy_state();
+    assert_eq!(map.store().hash_kv(0), leader_state.store().hash_kv(0));
+    assert_eq!(current_meta(&mut follower).await, Some(snap.meta));
+}
+
 /// A snapshot holds the state of the moment its builder was made, although entries (new keys,
 /// overwrites, a delete and a compaction that would drop history the snapshot holds) are applied
 /// between that moment and the build, and `apply` is never blocked for the copy.
