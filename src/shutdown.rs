@@ -53,6 +53,8 @@ pub struct Lifecycle {
     phase: AtomicU8,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Woken when shutdown begins.
+    stop: Notify,
 }
 
 /// A public request being served; dropping it ends the request.
@@ -88,6 +90,23 @@ impl Lifecycle {
             Phase::Draining => 2,
         };
         self.phase.fetch_max(value, Ordering::SeqCst);
+        if value > 0 {
+            self.stop.notify_waiters();
+        }
+    }
+
+    /// Returns once shutdown has begun (at once if it has).
+    pub async fn stopping(&self) {
+        loop {
+            let notified = self.stop.notified();
+            tokio::pin!(notified);
+            // Registered before the phase is read, so a shutdown in between is not missed.
+            notified.as_mut().enable();
+            if self.is_stopping() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Admits a public request, or `None` once draining (the caller answers 503).
@@ -224,5 +243,29 @@ mod tests {
         // Phases never go back.
         life.enter_phase(Phase::Serving);
         assert_eq!(life.phase(), Phase::Draining);
+    }
+
+    #[tokio::test]
+    async fn waiters_learn_at_once_that_shutdown_began() {
+        let life = std::sync::Arc::new(Lifecycle::default());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let life = life.clone();
+                tokio::spawn(async move { life.stopping().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(waiters.iter().all(|w| !w.is_finished()), "still serving");
+        life.enter_phase(Phase::Stopping);
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .expect("join");
+        }
+        // Once stopping, it returns at once.
+        tokio::time::timeout(Duration::from_millis(100), life.stopping())
+            .await
+            .expect("at once");
     }
 }

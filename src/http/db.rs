@@ -51,7 +51,23 @@ pub async fn put(
             crate::service::lease::grant(&app, 0, secs).await?.0
         }
     };
-    let mut response = versions::guarded_write(&app, key, Some(value.to_vec()), pre, lease).await?;
+    let written = versions::guarded_write(&app, key, Some(value.to_vec()), pre, lease).await;
+    // The lease was granted for this write alone: a write that certainly did not happen (its
+    // If-Match / If-None-Match failed, or the store refused it) must not leave the lease behind
+    // until its TTL runs out. A write whose outcome is unknown (a timeout) keeps it: revoking
+    // would delete the key if the write did happen. Best effort: a lease whose revoke fails
+    // still expires on its own.
+    let nothing_written = match &written {
+        Ok(response) => response.status() == axum::http::StatusCode::PRECONDITION_FAILED,
+        Err(ApiError(e)) => matches!(e, KvError::Store(_)),
+    };
+    if lease != 0
+        && nothing_written
+        && let Err(e) = crate::service::lease::revoke(&app, lease).await
+    {
+        tracing::debug!(lease, error = %e, "could not revoke the lease of a write that did not happen");
+    }
+    let mut response = written?;
     if let Some(v) = (lease != 0)
         .then(|| axum::http::HeaderValue::from_str(&format!("{lease:x}")).ok())
         .flatten()

@@ -24,7 +24,6 @@
 //!   nobody keeps alive: the lock ends with it unless released first.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -43,8 +42,6 @@ use crate::service::watch::Watcher;
 /// The TTL of the lease granted for a lock or campaign asked with lease 0 (etcd's
 /// `concurrency` session default).
 pub const SESSION_TTL: i64 = 60;
-/// How often a wait looks whether this node began shutting down.
-pub const STOP_POLL: Duration = Duration::from_millis(250);
 
 /// Why a lock or election call did not succeed (etcd's texts, word for word).
 #[derive(Debug, thiserror::Error)]
@@ -273,23 +270,14 @@ pub(crate) async fn wait_turn(
     }
 }
 
-/// `wait`'s outcome, or `ShuttingDown` once this node begins to shut down (looked at every
-/// [`STOP_POLL`]).
+/// `wait`'s outcome, or `ShuttingDown` as soon as this node begins to shut down.
 pub(crate) async fn until_stopping<T>(
     app: &App,
     wait: impl std::future::Future<Output = T>,
 ) -> Result<T, LockError> {
-    let mut stop = tokio::time::interval_at(tokio::time::Instant::now() + STOP_POLL, STOP_POLL);
-    tokio::pin!(wait);
-    loop {
-        tokio::select! {
-            done = &mut wait => return Ok(done),
-            _ = stop.tick() => {
-                if app.lifecycle.is_stopping() {
-                    return Err(KvError::ShuttingDown.into());
-                }
-            }
-        }
+    tokio::select! {
+        done = wait => Ok(done),
+        () = app.lifecycle.stopping() => Err(KvError::ShuttingDown.into()),
     }
 }
 

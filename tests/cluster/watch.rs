@@ -246,6 +246,20 @@ fn http_long_poll_and_event_stream() {
     )
     .expect_error(&[400], &["bad_request"]);
 
+    c.phase("a ?ttl= write whose If-Match fails writes nothing and leaves no lease behind");
+    let leases_before = etcd_lease_ids(&c, leader);
+    c.request_with(
+        leader,
+        reqwest::Method::PUT,
+        "/db/never/written?ttl=60s",
+        &[("If-Match", "1")],
+        Some((b"v".to_vec(), "text/plain")),
+    )
+    .expect_error(&[412], &["precondition_failed"]);
+    assert_eq!(etcd_lease_ids(&c, leader), leases_before);
+    c.get_db(leader, "never/written", Level::Linearizable)
+        .expect_error(&[404], &["not_found"]);
+
     c.phase("a watch needs a key or a prefix");
     let r = c.request(follower, reqwest::Method::GET, "/watch", None);
     r.expect_error(&[400], &["bad_request"]);
@@ -263,4 +277,21 @@ fn etcd_compact(c: &Cluster, i: usize, revision: i64) {
             .expect("connect");
         client.compact(revision, None).await.expect("compact");
     });
+}
+
+/// The ids of the leases alive now (etcd's `LeaseLeases`, as `etcdctl lease list`), sorted.
+fn etcd_lease_ids(c: &Cluster, i: usize) -> Vec<i64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut client = etcd_client::Client::connect([c.node(i).http_addr()], None)
+            .await
+            .expect("connect");
+        let leases = client.leases().await.expect("lease list");
+        let mut ids: Vec<i64> = leases.leases().iter().map(|l| l.id()).collect();
+        ids.sort_unstable();
+        ids
+    })
 }
