@@ -221,6 +221,34 @@ fn snapshot_pause() {
 }
 
 #[test]
+#[ignore = "measurement: run alone with --release --ignored --nocapture"]
+fn snapshot_decode() {
+    let value = vec![b'v'; VALUE_BYTES];
+    let mut store = Store::default();
+    for i in 0..KEYS {
+        let req = PutRequest {
+            key: key(i),
+            value: Bytes::copy_from_slice(&value),
+            ..Default::default()
+        };
+        store.put(req, &NoLeases).expect("put");
+    }
+    let mut encoded = Vec::new();
+    crate::mvcc::snapshot::encode(&store, &mut encoded).expect("encode");
+    for round in 1..=3 {
+        let started = std::time::Instant::now();
+        let decoded = crate::mvcc::snapshot::decode(&encoded[..], 128).expect("decode");
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(decoded.keys.len(), KEYS);
+        eprintln!(
+            "decode {} MiB, {KEYS} keys: {ms:.0} ms ({:.2} µs a key), round {round}",
+            encoded.len() >> 20,
+            ms * 1e3 / KEYS as f64
+        );
+    }
+}
+
+#[test]
 fn a_key_with_one_revision_holds_one_entry() {
     let mut s = Store::default();
     let req = PutRequest {
