@@ -112,7 +112,8 @@ pub async fn run(
         election_timeout_max: heartbeat_ms * 10,
         // A whole snapshot is streamed in one RPC: allow it time.
         install_snapshot_timeout: 120_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        // Snapshots are triggered by `raft::snapshot_policy` (entries and store size).
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
         enable_pre_vote: Some(true),
         // A restarted leader must win a new election (in a new term) before serving. A leader
@@ -258,6 +259,10 @@ pub async fn run(
 
     recovery.serving();
     let compactor = tokio::spawn(crate::compaction::run(app.clone(), config.auto_compaction));
+    let snapshots = tokio::spawn(crate::raft::snapshot_policy::run(
+        app.clone(),
+        config.snapshot_every,
+    ));
     let lease_expiry = tokio::spawn(crate::service::lease::run_expiry(app.clone()));
     let bootstrap_app = app.clone();
     let join = config.join.clone();
@@ -286,6 +291,7 @@ pub async fn run(
     };
     bootstrap.abort();
     compactor.abort();
+    snapshots.abort();
     lease_expiry.abort();
     leader_watch.abort();
     let graceful = outcome.is_ok();

@@ -119,9 +119,8 @@ fn bytes_per_key_and_per_retained_revision() {
 /// (`hold_compaction`) and then for each piece of `KEYS_PER_CHUNK` keys encoded; `Store::clone`
 /// (what a build held the lock for before) for comparison. Run in release:
 /// `cargo test --release --lib mvcc::mem_tests::snapshot_pause -- --ignored --nocapture`
-#[test]
-#[ignore = "measurement: run alone with --release --ignored --nocapture"]
-fn snapshot_pause() {
+/// A store holding `KEYS` keys with one `VALUE_BYTES` value each.
+fn loaded() -> Store {
     let value = vec![b'v'; VALUE_BYTES];
     let mut store = Store::default();
     for i in 0..KEYS {
@@ -132,6 +131,14 @@ fn snapshot_pause() {
         };
         store.put(req, &NoLeases).expect("put");
     }
+    store
+}
+
+#[test]
+#[ignore = "measurement: run alone with --release --ignored --nocapture"]
+fn snapshot_pause() {
+    let mut store = loaded();
+    let value = vec![b'v'; VALUE_BYTES];
     let started = std::time::Instant::now();
     let copy = store.clone();
     let clone_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -223,16 +230,7 @@ fn snapshot_pause() {
 #[test]
 #[ignore = "measurement: run alone with --release --ignored --nocapture"]
 fn snapshot_decode() {
-    let value = vec![b'v'; VALUE_BYTES];
-    let mut store = Store::default();
-    for i in 0..KEYS {
-        let req = PutRequest {
-            key: key(i),
-            value: Bytes::copy_from_slice(&value),
-            ..Default::default()
-        };
-        store.put(req, &NoLeases).expect("put");
-    }
+    let store = loaded();
     let mut encoded = Vec::new();
     crate::mvcc::snapshot::encode(&store, &mut encoded).expect("encode");
     for round in 1..=3 {

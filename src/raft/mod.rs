@@ -3,4 +3,5 @@ pub mod forward;
 pub mod forward_batch;
 pub mod network;
 pub mod read;
+pub mod snapshot_policy;
 pub mod types;

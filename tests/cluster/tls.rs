@@ -64,11 +64,14 @@ fn tls_peer_mtls_and_client_tls_hraftd_style() {
         let a = send(&client, Method::POST, &url, Some((b"x", FORM))).expect("POST");
         assert_eq!(a.status, 200, "{a:?}");
     }
-    let snap = c.try_status(n0).expect("status")["snapshot_index"].as_u64();
-    assert!(
-        snap.is_some_and(|s| s >= 5),
-        "node0 built no snapshot: {snap:?}"
-    );
+    // Snapshots are built in the background once due (`raft::snapshot_policy`).
+    crate::harness::wait_until_with(WAIT, "node0 built a snapshot", || {
+        let snap = c.try_status(n0).expect("status")["snapshot_index"].as_u64();
+        match snap {
+            Some(s) if s >= 5 => Ok(()),
+            other => Err(format!("snapshot_index {other:?}")),
+        }
+    });
 
     c.phase("node1 joins via node0's public https port, node2 via its peer port; both catch up by snapshot");
     let t1 = tls(2);

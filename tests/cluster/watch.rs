@@ -265,8 +265,8 @@ fn http_long_poll_and_event_stream() {
     r.expect_error(&[400], &["bad_request"]);
 }
 
-/// Compacts at `revision` through etcd's gRPC API (the HTTP API has no compaction route).
-fn etcd_compact(c: &Cluster, i: usize, revision: i64) {
+/// Runs `call` with an etcd client connected to node `i` (on a runtime of its own).
+fn with_etcd<T>(c: &Cluster, i: usize, call: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -275,20 +275,20 @@ fn etcd_compact(c: &Cluster, i: usize, revision: i64) {
         let mut client = etcd_client::Client::connect([c.node(i).http_addr()], None)
             .await
             .expect("connect");
+        call(&mut client).await
+    })
+}
+
+/// Compacts at `revision` through etcd's gRPC API (the HTTP API has no compaction route).
+fn etcd_compact(c: &Cluster, i: usize, revision: i64) {
+    with_etcd(c, i, async |client| {
         client.compact(revision, None).await.expect("compact");
     });
 }
 
 /// The ids of the leases alive now (etcd's `LeaseLeases`, as `etcdctl lease list`), sorted.
 fn etcd_lease_ids(c: &Cluster, i: usize) -> Vec<i64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let mut client = etcd_client::Client::connect([c.node(i).http_addr()], None)
-            .await
-            .expect("connect");
+    with_etcd(c, i, async |client| {
         let leases = client.leases().await.expect("lease list");
         let mut ids: Vec<i64> = leases.leases().iter().map(|l| l.id()).collect();
         ids.sort_unstable();

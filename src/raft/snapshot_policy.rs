@@ -1,0 +1,66 @@
+//! When this node builds a snapshot (and so compacts its log): once `--snapshot-every` entries
+//! were applied since the last one, or — for a store of more than `ENTRIES_PER_KEY_INVERSE` ×
+//! that many keys — once a quarter as many entries as the store holds keys. A snapshot rewrites
+//! the whole store, so at 5M keys a build every 100,000 writes never ended before the next was
+//! due: the node was always writing 850 MB and writes slowed 5× (BENCHMARKS.md, "The scale
+//! curve"). With the bound, a build's cost per applied entry stays at most that of rewriting 4
+//! keys; the price is a longer log to replay at a restart (at most keys / 4 entries).
+//!
+//! openraft's own policy counts entries only, so it is off (`SnapshotPolicy::Never`) and this
+//! task triggers the builds; openraft drops a trigger while a build runs, and the next look
+//! triggers again.
+
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+
+use crate::app::SharedApp;
+
+/// A snapshot is due after at least keys / this many applied entries.
+pub const ENTRIES_PER_KEY_INVERSE: u64 = 4;
+/// How often the node looks whether a snapshot is due.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// Applied entries after which a snapshot is due, for a store of `keys` keys.
+pub fn threshold(snapshot_every: u64, keys: u64) -> u64 {
+    snapshot_every.max(keys / ENTRIES_PER_KEY_INVERSE)
+}
+
+/// Triggers a snapshot whenever one is due, until the Raft core stops.
+pub async fn run(app: SharedApp, snapshot_every: u64) {
+    let mut look = tokio::time::interval(LOOK_EVERY);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        look.tick().await;
+        let (applied, snapshot) = {
+            let m = app.raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.last_applied.map_or(0, |l| l.index),
+                m.snapshot.map_or(0, |l| l.index),
+            )
+        };
+        let (_, _, keys) = app.state_machine.digest();
+        let since = applied.saturating_sub(snapshot);
+        if since >= threshold(snapshot_every, keys as u64)
+            && app.raft.trigger().snapshot().await.is_err()
+        {
+            return; // the Raft core stopped
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_stores_snapshot_after_a_quarter_of_their_keys() {
+        assert_eq!(threshold(100_000, 0), 100_000);
+        assert_eq!(threshold(100_000, 400_000), 100_000);
+        assert_eq!(threshold(100_000, 1_000_000), 250_000);
+        assert_eq!(threshold(100_000, 5_000_000), 1_250_000);
+        assert_eq!(threshold(50, 300), 75);
+        assert_eq!(threshold(50, 100), 50);
+    }
+}
