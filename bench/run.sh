@@ -213,8 +213,7 @@ big() {   # big SYSTEM
   local out="$RESULTS/big_$sys.txt" dir="$WORK/big-$sys"
   log "big: $sys, loading $BIG_KEYS keys (idle CPU $(idle_now)%)"
   if [ "$sys" = raftkv ]; then start_raftkv "$dir" ""; else start_etcd "$dir"; fi
-  timeout 3600 "$LOADGEN" load --system "$sys" --target "$LEADER" --keys "$BIG_KEYS" --clients 64 --max-seconds 3000 > "$out" \
-    || log "warning: $sys big load incomplete"
+  preload "$sys" "$BIG_KEYS" "$out"
   sleep 3
   local rss="" p
   for p in "${PIDS[@]}"; do rss+="${rss:+ / }$(rss_mib "$p")"; done

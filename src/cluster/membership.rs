@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::cluster::HelloReply;
 use crate::error::KvError;
-use crate::raft::network::PeerError;
-use crate::raft::network::decode_response;
+use crate::peer::client::PeerError;
+use crate::peer::client::decode_response;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
 use crate::raft::types::TypeConfig;
@@ -180,7 +180,7 @@ async fn handshake(app: &App, id: NodeId, node: &Node) -> Result<(), KvError> {
     }
     let sent = app
         .peers
-        .post_raft(&node.raft_addr, id, "hello", false)
+        .post_raft(&node.raft_addr, id, "hello")
         .timeout(HELLO_TIMEOUT)
         .send()
         .await

@@ -5,7 +5,7 @@
 //! current membership.
 //!
 //! Label cardinality: `peer` is a member's name (members no longer in the membership are not
-//! shown), `lane` one of three, `reason` one of five.
+//! shown), `lane` one of four, `reason` one of five.
 
 use std::collections::HashMap;
 use std::fmt;

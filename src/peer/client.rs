@@ -1,12 +1,14 @@
 //! Outbound node-to-node requests: the peer links (`link.rs`) that carry the Raft RPCs and the
-//! forwarded client traffic, and one pooled HTTP client per peer address for the rest (joining
-//! handshake, snapshots, membership and status routes): the identity headers on every HTTP
+//! forwarded client traffic (and snapshots), and one pooled HTTP client per peer address for the
+//! rest (joining handshake, membership and status routes): the identity headers on every HTTP
 //! request, and TLS with this node's peer certificate when peer TLS is configured.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use serde::de::DeserializeOwned;
 
 use crate::metrics::peer::LinkMetrics;
 use crate::peer::identity::HEADER_CLUSTER;
@@ -31,7 +33,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The pooled clients of this node, shared by Raft replication, forwarding and joining.
 #[derive(Clone)]
 pub struct PeerClients {
-    clients: Arc<Mutex<HashMap<(String, bool), reqwest::Client>>>,
+    clients: Arc<Mutex<HashMap<String, reqwest::Client>>>,
     source_ip: Option<std::net::IpAddr>,
     identity: Arc<Identity>,
     /// TLS for peer links (present our peer certificate, trust the peer CA); `None` = plain HTTP.
@@ -78,13 +80,13 @@ impl PeerClients {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
-    /// The pooled client for `addr`; `heartbeat` selects the separate heartbeat pool.
-    pub fn get(&self, addr: &str, heartbeat: bool) -> reqwest::Client {
+    /// The pooled client for `addr`.
+    pub fn get(&self, addr: &str) -> reqwest::Client {
         let mut map = self
             .clients
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.entry((addr.to_string(), heartbeat))
+        map.entry(addr.to_string())
             .or_insert_with(|| self.build())
             .clone()
     }
@@ -105,17 +107,11 @@ impl PeerClients {
         })
     }
 
-    /// A POST of the internal API `path` (e.g. `append`) to the node `to` at `addr`, carrying
+    /// A POST of the internal API `path` (e.g. `hello`) to the node `to` at `addr`, carrying
     /// the identity headers.
-    pub fn post_raft(
-        &self,
-        addr: &str,
-        to: NodeId,
-        path: &str,
-        heartbeat: bool,
-    ) -> reqwest::RequestBuilder {
+    pub fn post_raft(&self, addr: &str, to: NodeId, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}://{addr}{RAFT_PREFIX}/{path}", self.scheme());
-        self.get(addr, heartbeat)
+        self.get(addr)
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, POSTCARD)
             .header(
@@ -130,8 +126,54 @@ impl PeerClients {
     /// known (a `-join` target): authenticated by the connection (peer TLS or loopback).
     pub fn post_admin(&self, addr: &str, route: &str) -> reqwest::RequestBuilder {
         let url = format!("{}://{addr}/{route}", self.scheme());
-        self.get(addr, false).post(url)
+        self.get(addr).post(url)
     }
+}
+
+/// Why a peer request got no usable answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The receiver refused the request before handling it (not authenticated: 403; meant for
+    /// another node or cluster: 421). It was certainly not acted on.
+    #[error("refused by {url}: HTTP {status}: {text}")]
+    Refused {
+        url: String,
+        status: u16,
+        text: String,
+    },
+    /// Anything else: a bad status, an undecodable body, a remote error, a broken connection.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Decodes a `Result<Resp, String>` postcard body.
+pub async fn decode_response<Resp: DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<Resp, PeerError> {
+    let status = response.status();
+    let url = response.url().to_string();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| PeerError::Failed(format!("read answer from {url}: {e}")))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+        if status == reqwest::StatusCode::FORBIDDEN
+            || status == reqwest::StatusCode::MISDIRECTED_REQUEST
+        {
+            return Err(PeerError::Refused {
+                url,
+                status: status.as_u16(),
+                text,
+            });
+        }
+        return Err(PeerError::Failed(format!(
+            "HTTP {status} from {url}: {text}"
+        )));
+    }
+    let result: Result<Resp, String> = postcard::from_bytes(&bytes)
+        .map_err(|e| PeerError::Failed(format!("decode answer from {url}: {e}")))?;
+    result.map_err(|remote| PeerError::Failed(format!("remote error from {url}: {remote}")))
 }
 
 /// An error with its causes (`a: b: c`): reqwest's own message hides why a TLS connection

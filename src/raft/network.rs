@@ -154,52 +154,6 @@ fn cut_to_fit(
     Ok((postcard::to_stdvec(&req)?, last))
 }
 
-/// Why a peer request got no usable answer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PeerError {
-    /// The receiver refused the request before handling it (not authenticated: 403; meant for
-    /// another node or cluster: 421). It was certainly not acted on.
-    #[error("refused by {url}: HTTP {status}: {text}")]
-    Refused {
-        url: String,
-        status: u16,
-        text: String,
-    },
-    /// Anything else: a bad status, an undecodable body, a remote error, a broken connection.
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Decodes a `Result<Resp, String>` postcard body.
-pub async fn decode_response<Resp: DeserializeOwned>(
-    response: reqwest::Response,
-) -> Result<Resp, PeerError> {
-    let status = response.status();
-    let url = response.url().to_string();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| PeerError::Failed(format!("read answer from {url}: {e}")))?;
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
-        if status == reqwest::StatusCode::FORBIDDEN
-            || status == reqwest::StatusCode::MISDIRECTED_REQUEST
-        {
-            return Err(PeerError::Refused {
-                url,
-                status: status.as_u16(),
-                text,
-            });
-        }
-        return Err(PeerError::Failed(format!(
-            "HTTP {status} from {url}: {text}"
-        )));
-    }
-    let result: Result<Resp, String> = postcard::from_bytes(&bytes)
-        .map_err(|e| PeerError::Failed(format!("decode answer from {url}: {e}")))?;
-    result.map_err(|remote| PeerError::Failed(format!("remote error from {url}: {remote}")))
-}
-
 /// A link that could not be opened or was refused counts as unreachable (a refusal is never a
 /// vote or an acknowledgement; logged at most once per 5 s); other failures are network errors.
 fn link_error_to_rpc(target: NodeId, e: LinkError) -> RPCError<TypeConfig> {

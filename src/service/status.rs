@@ -280,7 +280,7 @@ pub async fn cluster(app: &App) -> Result<ClusterView, KvError> {
     }
     let asks = members.iter().filter(|m| m.id != app.node_id).map(|m| {
         let url = format!("{}://{}/status", app.api_scheme, m.node.api_addr);
-        let client = app.peers.get(&m.node.api_addr, false);
+        let client = app.peers.get(&m.node.api_addr);
         let id = m.id;
         async move {
             let t0 = Instant::now();

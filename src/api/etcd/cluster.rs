@@ -100,7 +100,7 @@ async fn identify(app: &App, addr: &str) -> Result<Identity, EtcdError> {
     };
     let answer = app
         .peers
-        .get(addr, false)
+        .get(addr)
         .get(&url)
         .timeout(IDENTIFY_TIMEOUT)
         .send()
