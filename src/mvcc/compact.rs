@@ -23,7 +23,7 @@ impl Store {
     pub fn compact(&mut self, rev: i64) -> Result<i64, MvccError> {
         let current = self.compact_later(rev)?;
         if self.compaction_holds == 0 {
-            let owed: Vec<bytes::Bytes> = std::mem::take(&mut self.compaction_pending)
+            let owed: Vec<crate::mvcc::keys::Shared> = std::mem::take(&mut self.compaction_pending)
                 .into_iter()
                 .collect();
             self.keys.compact_keys(&owed, rev);
@@ -71,7 +71,7 @@ impl Store {
         if !self.compaction_owed || self.compaction_holds > 0 {
             return self.compaction_owed;
         }
-        let batch: Vec<bytes::Bytes> = self
+        let batch: Vec<crate::mvcc::keys::Shared> = self
             .compaction_pending
             .extract_if(|_| true)
             .take(keys_max)

@@ -8,6 +8,8 @@
 
 use bytes::Bytes;
 
+use crate::mvcc::keys::Shared;
+use crate::mvcc::keys::to_bytes;
 use crate::mvcc::revision::Revision;
 use crate::mvcc::types::KeyValue;
 
@@ -19,7 +21,7 @@ pub(crate) struct Entry {
     pub create: i64,
     pub version: i64,
     pub lease: i64,
-    pub value: Option<Bytes>,
+    pub value: Option<Shared>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -28,14 +30,22 @@ pub(crate) struct KeyHistory {
 }
 
 impl Entry {
-    pub fn to_kv(&self, key: &Bytes) -> Option<KeyValue> {
+    /// The put as a `KeyValue` of the stored `key` (a tombstone: none); shares the key's and
+    /// the value's allocations.
+    pub fn to_kv(&self, key: &Shared) -> Option<KeyValue> {
+        self.value.as_ref()?;
+        self.to_kv_of(to_bytes(key))
+    }
+
+    /// [`Entry::to_kv`] with the key already as `Bytes`.
+    pub fn to_kv_of(&self, key: Bytes) -> Option<KeyValue> {
         let value = self.value.as_ref()?;
         Some(KeyValue {
-            key: key.clone(),
+            key,
             create_revision: self.create,
             mod_revision: self.rev.main,
             version: self.version,
-            value: value.clone(),
+            value: to_bytes(value),
             lease: self.lease,
         })
     }
@@ -55,7 +65,7 @@ impl KeyHistory {
     }
 
     /// Append a put at `rev`, continuing the live generation or starting a new one.
-    pub fn put(&mut self, rev: Revision, value: Bytes, lease: i64) -> &Entry {
+    pub fn put(&mut self, rev: Revision, value: Shared, lease: i64) -> &Entry {
         let (create, version) = match self.live() {
             Some(prev) => (prev.create, prev.version + 1),
             None => (rev.main, 1),
@@ -72,7 +82,7 @@ impl KeyHistory {
     }
 
     /// Most keys have one entry: grow by half (1, 2, 3, 4, 6, 9, …) instead of `Vec`'s
-    /// doubling from 4, which would cost four entries (288 bytes) per key with no history.
+    /// doubling from 4, which would cost four entries (224 bytes) per key with no history.
     fn push(&mut self, e: Entry) {
         if self.entries.len() == self.entries.capacity() {
             self.entries.reserve_exact((self.entries.len() / 2).max(1));

@@ -13,18 +13,30 @@
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::collections::HashSet;
-use std::collections::hash_map;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::mvcc::history::KeyHistory;
 
+/// A key or a value as the store holds it: one allocation with its count inside, shared by the
+/// hash map, the ordered set and the set of keys with history, behind a 16-byte handle. A
+/// `Bytes` handle is 32 bytes and adds a 32-byte shared header the first time it is cloned:
+/// ~130 bytes more per key at 1M keys (`src/mvcc/README.md`, "Memory").
+pub(crate) type Shared = Arc<[u8]>;
+
+/// `a` as `Bytes` for an answer or a change record: shares the allocation (one small owner
+/// box), never copies the bytes.
+pub(crate) fn to_bytes(a: &Shared) -> Bytes {
+    Bytes::from_owner(a.clone())
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Keys {
-    map: HashMap<Bytes, KeyHistory>,
-    order: BTreeSet<Bytes>,
-    multi: HashSet<Bytes>,
+    map: HashMap<Shared, KeyHistory>,
+    order: BTreeSet<Shared>,
+    multi: HashSet<Shared>,
 }
 
 impl Keys {
@@ -36,7 +48,7 @@ impl Keys {
         self.map.get(key)
     }
 
-    pub fn get_key_value(&self, key: &[u8]) -> Option<(&Bytes, &KeyHistory)> {
+    pub fn get_key_value(&self, key: &[u8]) -> Option<(&Shared, &KeyHistory)> {
         self.map.get_key_value(key)
     }
 
@@ -45,21 +57,29 @@ impl Keys {
     }
 
     /// `key`'s history, an empty one (inserted) if the key has none.
-    pub fn entry(&mut self, key: &Bytes) -> &mut KeyHistory {
-        match self.map.entry(key.clone()) {
-            hash_map::Entry::Occupied(e) => e.into_mut(),
-            hash_map::Entry::Vacant(e) => {
-                self.order.insert(key.clone());
-                e.insert(KeyHistory::default())
-            }
+    pub fn entry(&mut self, key: &[u8]) -> &mut KeyHistory {
+        // Look up by borrowed key first: an existing key (an overwrite) costs no allocation.
+        if !self.map.contains_key(key) {
+            let key: Shared = Arc::from(key);
+            self.order.insert(key.clone());
+            self.map.insert(key, KeyHistory::default());
         }
+        self.map.get_mut(key).expect("inserted above")
     }
 
-    /// Inserts a key's whole history (snapshot load); answers the one it replaced.
-    pub fn insert(&mut self, key: Bytes, history: KeyHistory) -> Option<KeyHistory> {
-        self.note_len(&key, history.entries.len());
-        self.order.insert(key.clone());
-        self.map.insert(key, history)
+    /// The keys of `sorted` (a snapshot's: strictly ascending, checked by its reader) with
+    /// their histories. The ordered set is built in one pass from the sorted keys instead of
+    /// one B-tree walk per key, and the map is sized once.
+    pub fn from_sorted(sorted: Vec<(Shared, KeyHistory)>) -> Keys {
+        let order: BTreeSet<Shared> = sorted.iter().map(|(k, _)| k.clone()).collect();
+        let multi: HashSet<Shared> = sorted
+            .iter()
+            .filter(|(_, h)| h.entries.len() > 1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut map = HashMap::with_capacity(sorted.len());
+        map.extend(sorted);
+        Keys { map, order, multi }
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyHistory> {
@@ -70,32 +90,34 @@ impl Keys {
 
     /// Must be called after `key`'s history changed length to `len` through [`Keys::entry`] or
     /// [`Keys::get_mut`] (an append, or an aborted one), to keep `multi` exact.
-    pub fn note_len(&mut self, key: &Bytes, len: usize) {
+    pub fn note_len(&mut self, key: &[u8], len: usize) {
         if len > 1 {
-            if len == 2 || !self.multi.contains(&key[..]) {
-                self.multi.insert(key.clone());
+            if !self.multi.contains(key)
+                && let Some((k, _)) = self.map.get_key_value(key)
+            {
+                self.multi.insert(k.clone());
             }
         } else {
-            self.multi.remove(&key[..]);
+            self.multi.remove(key);
         }
     }
 
     /// The keys a compaction may shrink (more than one entry), in no particular order.
     #[cfg(test)]
-    pub fn with_history(&self) -> Vec<Bytes> {
+    pub fn with_history(&self) -> Vec<Shared> {
         self.multi.iter().cloned().collect()
     }
 
     /// Takes the set of keys with history (O(1)), for a compaction to visit: until each is
     /// visited by [`Keys::compact_keys`] (which puts it back if it still has history) it may be
     /// missing from the set, so the set is exact again only once the compaction is done.
-    pub fn take_with_history(&mut self) -> HashSet<Bytes> {
+    pub fn take_with_history(&mut self) -> HashSet<Shared> {
         std::mem::take(&mut self.multi)
     }
 
     /// Compacts the histories of `keys` at `at` ([`KeyHistory::compact`]), removing the keys
     /// whose history it emptied.
-    pub fn compact_keys(&mut self, keys: &[Bytes], at: i64) {
+    pub fn compact_keys(&mut self, keys: &[Shared], at: i64) {
         for key in keys {
             let Some(h) = self.map.get_mut(&key[..]) else {
                 continue;
@@ -114,7 +136,7 @@ impl Keys {
     pub fn after<'a>(
         &'a self,
         after: Option<&[u8]>,
-    ) -> impl Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a {
+    ) -> impl Iterator<Item = (&'a Shared, &'a KeyHistory)> + 'a {
         let lower = match after {
             Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
@@ -123,7 +145,7 @@ impl Keys {
     }
 
     /// Every key with its history, ascending.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyHistory)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&Shared, &KeyHistory)> + '_ {
         self.in_order(self.order.iter())
     }
 
@@ -132,7 +154,7 @@ impl Keys {
         &'a self,
         lower: &'a [u8],
         upper: Bound<&'a [u8]>,
-    ) -> impl Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a {
+    ) -> impl Iterator<Item = (&'a Shared, &'a KeyHistory)> + 'a {
         self.in_order(self.order.range::<[u8], _>((Bound::Included(lower), upper)))
     }
 
@@ -141,10 +163,16 @@ impl Keys {
         self.map.values()
     }
 
+    /// Every key with its history in no particular order (for sums, counts and sets only):
+    /// one pass over the hash map, no B-tree walk and no lookup per key.
+    pub fn unordered(&self) -> impl Iterator<Item = (&Shared, &KeyHistory)> + '_ {
+        self.map.iter()
+    }
+
     fn in_order<'a>(
         &'a self,
-        keys: impl Iterator<Item = &'a Bytes> + 'a,
-    ) -> impl Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a {
+        keys: impl Iterator<Item = &'a Shared> + 'a,
+    ) -> impl Iterator<Item = (&'a Shared, &'a KeyHistory)> + 'a {
         // The invariant makes every lookup hit; a miss would be skipped, never a panic.
         keys.filter_map(|k| self.map.get_key_value(&k[..]))
     }
@@ -162,7 +190,7 @@ mod tests {
         k
     }
 
-    fn names<'a>(it: impl Iterator<Item = (&'a Bytes, &'a KeyHistory)>) -> Vec<&'a [u8]> {
+    fn names<'a>(it: impl Iterator<Item = (&'a Shared, &'a KeyHistory)>) -> Vec<&'a [u8]> {
         it.map(|(k, _)| &k[..]).collect()
     }
 
@@ -190,7 +218,7 @@ mod tests {
             main += 1;
             let key = Bytes::from_static(name.as_bytes());
             let h = k.entry(&key);
-            h.put(Revision { main, sub: 0 }, Bytes::from_static(b"v"), 0);
+            h.put(Revision { main, sub: 0 }, Shared::from(&b"v"[..]), 0);
             let len = h.entries.len();
             k.note_len(&key, len);
         };
@@ -201,7 +229,7 @@ mod tests {
         multi.sort();
         assert_eq!(
             multi,
-            vec![Bytes::from_static(b"c"), Bytes::from_static(b"d")]
+            vec![Shared::from(&b"c"[..]), Shared::from(&b"d"[..])]
         );
         assert!(k.remove(b"b").is_some());
         assert!(k.remove(b"b").is_none());

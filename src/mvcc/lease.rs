@@ -37,12 +37,21 @@ pub struct Leases {
 impl Leases {
     /// Leases with these `(id, ttl)`s, holding the keys `store` says they hold.
     pub fn rebuild(ttls: impl IntoIterator<Item = (i64, i64)>, store: &Store) -> Leases {
+        Leases::with_holders(ttls, store.live_with_lease())
+    }
+
+    /// Leases with these `(id, ttl)`s, holding the live keys `holders` lists as `(lease, key)`
+    /// (gathered while a snapshot was decoded, instead of a second pass over the store).
+    pub fn with_holders(
+        ttls: impl IntoIterator<Item = (i64, i64)>,
+        holders: impl IntoIterator<Item = (i64, Bytes)>,
+    ) -> Leases {
         let mut leases = Leases {
             ttls: ttls.into_iter().collect(),
             keys: BTreeMap::new(),
         };
-        for kv in store.live_with_lease() {
-            leases.keys.entry(kv.0).or_default().insert(kv.1);
+        for (lease, key) in holders {
+            leases.keys.entry(lease).or_default().insert(key);
         }
         leases
     }

@@ -89,6 +89,17 @@ impl<F: Fn(i64) -> bool> LeaseCheck for F {
     }
 }
 
+/// A live key as [`Store::live_unordered`] lends it: a `KeyValue`'s fields, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveRef<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
 /// The store. Reads take `&self`; writes take `&mut self` and apply one log entry each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
@@ -103,7 +114,7 @@ pub struct Store {
     /// A compaction's removal is owed (held, or deferred: [`Store::compact_later`]).
     compaction_owed: bool,
     /// The keys an owed compaction has still to visit ([`Store::compact_step`]).
-    compaction_pending: std::collections::HashSet<Bytes>,
+    compaction_pending: std::collections::HashSet<keys::Shared>,
 }
 
 impl Default for Store {
@@ -175,12 +186,28 @@ impl Store {
         Ok(Written { response, changes })
     }
 
-    /// Every live key holding a lease, as `(lease, key)`.
+    /// Every live key at the current revision, in no particular order, without building a
+    /// `KeyValue` (no allocation): for digests and counts over the whole store.
+    pub fn live_unordered(&self) -> impl Iterator<Item = LiveRef<'_>> + '_ {
+        self.keys.unordered().filter_map(|(k, h)| {
+            let e = h.live()?;
+            Some(LiveRef {
+                key: k,
+                value: e.value.as_deref()?,
+                create_revision: e.create,
+                mod_revision: e.rev.main,
+                version: e.version,
+                lease: e.lease,
+            })
+        })
+    }
+
+    /// Every live key holding a lease, as `(lease, key)`, in no particular order.
     pub fn live_with_lease(&self) -> impl Iterator<Item = (i64, Bytes)> + '_ {
-        self.keys.iter().filter_map(|(k, h)| {
+        self.keys.unordered().filter_map(|(k, h)| {
             h.live()
                 .filter(|e| e.lease != 0)
-                .map(|e| (e.lease, k.clone()))
+                .map(|e| (e.lease, keys::to_bytes(k)))
         })
     }
 

@@ -9,6 +9,8 @@ use crate::mvcc::Store;
 use crate::mvcc::error::MvccError;
 use crate::mvcc::history::Entry;
 use crate::mvcc::history::KeyHistory;
+use crate::mvcc::keys::Shared;
+use crate::mvcc::keys::to_bytes;
 use crate::mvcc::types::Change;
 use crate::mvcc::types::ChangeKind;
 use crate::mvcc::types::KeyValue;
@@ -47,7 +49,7 @@ impl Store {
         key: &'a [u8],
         range_end: &'a [u8],
         rev: i64,
-    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Entry)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a Shared, &'a Entry)> + 'a> {
         Box::new(
             self.histories_in_range(key, range_end)
                 .filter_map(move |(k, h)| Some((k, h.live_at(rev)?))),
@@ -190,7 +192,7 @@ impl Store {
                     Some(kv) => (ChangeKind::Put, kv),
                     None => {
                         let kv = KeyValue {
-                            key: key.clone(),
+                            key: to_bytes(key),
                             mod_revision: e.rev.main,
                             ..KeyValue::default()
                         };
@@ -214,7 +216,7 @@ impl Store {
         &'a self,
         key: &'a [u8],
         range_end: &'a [u8],
-    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a Shared, &'a KeyHistory)> + 'a> {
         let upper = match range_end {
             [] => return Box::new(self.keys.get_key_value(key).into_iter()),
             [0] => Bound::Unbounded,

@@ -27,11 +27,15 @@ use std::io::Write;
 use bytes::Bytes;
 
 use crate::mvcc::KEY_BYTES_MAX;
+use crate::mvcc::LiveRef;
 use crate::mvcc::NEVER_COMPACTED;
 use crate::mvcc::Store;
 use crate::mvcc::VALUE_BYTES_MAX;
 use crate::mvcc::history::Entry;
 use crate::mvcc::history::KeyHistory;
+use crate::mvcc::keys::Keys;
+use crate::mvcc::keys::Shared;
+use crate::mvcc::keys::to_bytes;
 use crate::mvcc::revision::Revision;
 
 pub const MAGIC: [u8; 8] = *b"RAFTKVMV";
@@ -162,7 +166,7 @@ pub fn encode_keys(
         if looked == keys_max {
             return Ok(chunk);
         }
-        chunk.next = Some(key.clone());
+        chunk.next = Some(to_bytes(key));
         let entries = history.retained_at(view.compacted, view.revision);
         if entries.is_empty() {
             continue;
@@ -204,10 +208,22 @@ fn write_len(w: &mut impl Write, len: usize, max: usize) -> io::Result<()> {
 
 /// Read a store written by [`encode`]; `txn_ops_max` as in [`Store::new`].
 pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotError> {
+    decode_with(input, txn_ops_max, |_| {})
+}
+
+/// [`decode`], lending every key live at the store's revision to `on_live` as it is read
+/// (while its bytes are in the cache): what a caller would otherwise gather in a second pass
+/// over the whole store. Keys come ascending; a store that fails to decode may have lent some.
+pub fn decode_with(
+    input: impl Read,
+    txn_ops_max: usize,
+    mut on_live: impl FnMut(LiveRef<'_>),
+) -> Result<Store, SnapshotError> {
     let mut r = CrcReader {
         inner: input,
         crc: crc32fast::Hasher::new(),
         offset: 0,
+        scratch: Vec::new(),
     };
     if r.array::<8>()? != MAGIC {
         return Err(r.corrupt("not an mvcc snapshot (bad magic)"));
@@ -233,7 +249,8 @@ pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotErr
     let mut store = Store::new(txn_ops_max);
     store.current = current;
     store.compacted = compacted;
-    let mut last_key: Option<Bytes> = None;
+    let mut last_key: Option<Shared> = None;
+    let mut sorted = Vec::new();
     loop {
         if let Some(left) = counted.as_mut() {
             if *left == 0 {
@@ -263,9 +280,22 @@ pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotErr
         {
             return Err(r.corrupt("history below the compacted revision"));
         }
-        store.keys.insert(key.clone(), history);
-        last_key = Some(key);
+        if let Some(e) = history.live()
+            && let Some(value) = e.value.as_deref()
+        {
+            on_live(LiveRef {
+                key: &key,
+                value,
+                create_revision: e.create,
+                mod_revision: e.rev.main,
+                version: e.version,
+                lease: e.lease,
+            });
+        }
+        last_key = Some(key.clone());
+        sorted.push((key, history));
     }
+    store.keys = Keys::from_sorted(sorted);
     let want = r.crc.clone().finalize();
     let mut crc = [0u8; 4];
     r.inner.read_exact(&mut crc).map_err(|e| r.io(e))?;
@@ -295,6 +325,8 @@ struct CrcReader<R: Read> {
     inner: R,
     crc: crc32fast::Hasher,
     offset: u64,
+    /// Reused by [`CrcReader::bytes`] (at most `WRITE_BUFFER_BYTES` kept).
+    scratch: Vec<u8>,
 }
 
 impl<R: Read> CrcReader<R> {
@@ -342,10 +374,13 @@ impl<R: Read> CrcReader<R> {
         Ok(n)
     }
 
-    fn bytes(&mut self, max: usize, what: &str) -> Result<Bytes, SnapshotError> {
+    fn bytes(&mut self, max: usize, what: &str) -> Result<Shared, SnapshotError> {
         let n = self.len(max, what)?;
         // Grow as bytes arrive: a damaged length costs no more memory than the stream holds.
-        let mut buf = Vec::with_capacity(n.min(WRITE_BUFFER_BYTES));
+        // The scratch buffer is reused; the store's copy is one allocation of exactly `n`.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.reserve(n.min(WRITE_BUFFER_BYTES));
         let got = (&mut self.inner)
             .take(n as u64)
             .read_to_end(&mut buf)
@@ -356,7 +391,11 @@ impl<R: Read> CrcReader<R> {
         }
         self.crc.update(&buf);
         self.offset += n as u64;
-        Ok(Bytes::from(buf))
+        let out = Shared::from(&buf[..]);
+        if buf.capacity() <= WRITE_BUFFER_BYTES {
+            self.scratch = buf;
+        }
+        Ok(out)
     }
 
     fn entry(&mut self) -> Result<Entry, SnapshotError> {

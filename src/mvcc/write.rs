@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::mvcc::Store;
 use crate::mvcc::error::MvccError;
+use crate::mvcc::keys::Shared;
 use crate::mvcc::revision::Revision;
 use crate::mvcc::types::Change;
 use crate::mvcc::types::ChangeKind;
@@ -64,13 +65,12 @@ impl<'a> WriteTxn<'a> {
         let history = self.store.keys.entry(&req.key);
         let prev = history
             .live()
-            .map(|e| (e.value.clone(), e.lease, e.to_kv(&req.key)));
+            .map(|e| (e.value.clone(), e.lease, e.to_kv_of(req.key.clone())));
         let (value, lease, prev_kv) = match prev {
             Some((v, l, kv)) => (
-                if req.ignore_value {
-                    v.unwrap_or_default()
-                } else {
-                    req.value
+                match v {
+                    Some(v) if req.ignore_value => v,
+                    _ => Shared::from(&req.value[..]),
                 },
                 if req.ignore_lease { l } else { req.lease },
                 kv,
@@ -81,11 +81,11 @@ impl<'a> WriteTxn<'a> {
                 }
                 return Err(MvccError::KeyNotFound);
             }
-            None => (req.value, req.lease, None),
+            None => (Shared::from(&req.value[..]), req.lease, None),
         };
         let kv = history
             .put(rev, value, lease)
-            .to_kv(&req.key)
+            .to_kv_of(req.key.clone())
             .unwrap_or_default();
         let len = history.entries.len();
         self.store.keys.note_len(&req.key, len);

@@ -21,8 +21,12 @@ use crate::mvcc::Change;
 
 /// Bytes of changes the ring keeps (keys and values counted), at most.
 pub const RING_BYTES_MAX: usize = 64 << 20;
-/// Revisions the ring keeps, at most.
-pub const RING_REVISIONS_MAX: usize = 100_000;
+/// Revisions the ring keeps, at most: about a second of writes at this machine's peak (~20k
+/// revisions/s). A watcher further behind catches up from the store's history (slower, same
+/// events). Each kept revision costs far more than its counted bytes (the `Change` records, the
+/// batch, the `Bytes` handles, and the log entry whose key it shares): 100,000 held ~80 MiB
+/// with 1M keys (BENCHMARKS.md, "Memory per key").
+pub const RING_REVISIONS_MAX: usize = 25_000;
 
 /// One applied revision's changes.
 #[derive(Debug)]

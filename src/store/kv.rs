@@ -44,18 +44,20 @@ impl KvState {
 
     /// [`KvState::from_store`] with the leases `(id, ttl)` a snapshot recorded.
     pub fn from_parts(store: mvcc::Store, leases: Vec<(i64, i64)>) -> Self {
-        let leases = Leases::rebuild(leases, &store);
-        let mut state = KvState {
+        let mut live = LiveSummary::default();
+        store.live_unordered().for_each(|kv| live.add(kv));
+        Self::from_summary(store, leases, live)
+    }
+
+    /// [`KvState::from_parts`] with the live keys' summary already gathered (while the store
+    /// was decoded: [`mvcc::snapshot::decode_with`]), so no pass over the store is needed.
+    pub fn from_summary(store: mvcc::Store, leases: Vec<(i64, i64)>, live: LiveSummary) -> Self {
+        KvState {
             store,
-            live_keys: 0,
-            digest_sum: 0,
-            leases,
-        };
-        for kv in state.live() {
-            state.live_keys += 1;
-            state.digest_sum = state.digest_sum.wrapping_add(kv_hash(&kv));
+            live_keys: live.live_keys,
+            digest_sum: live.digest_sum,
+            leases: Leases::with_holders(leases, live.leased),
         }
-        state
     }
 
     pub fn store(&self) -> &mvcc::Store {
@@ -213,6 +215,25 @@ impl KvState {
     }
 }
 
+/// What a [`KvState`] derives from its live keys, gathered one key at a time in any order:
+/// their count, their digest (a sum) and which lease holds which key.
+#[derive(Debug, Default)]
+pub struct LiveSummary {
+    live_keys: usize,
+    digest_sum: u64,
+    leased: Vec<(i64, Bytes)>,
+}
+
+impl LiveSummary {
+    pub fn add(&mut self, kv: mvcc::LiveRef<'_>) {
+        self.live_keys += 1;
+        self.digest_sum = self.digest_sum.wrapping_add(kv_hash_of(kv));
+        if kv.lease != 0 {
+            self.leased.push((kv.lease, Bytes::copy_from_slice(kv.key)));
+        }
+    }
+}
+
 /// An etcd write's changes (for the digest) and its answer for the client.
 fn etcd<R>(
     written: Result<mvcc::Written<R>, MvccError>,
@@ -236,11 +257,23 @@ fn refusal(e: &MvccError) -> String {
 
 /// The FNV-1a hash of one live kv (see [`KvState::digest`]).
 fn kv_hash(kv: &KeyValue) -> u64 {
+    kv_hash_of(mvcc::LiveRef {
+        key: &kv.key,
+        value: &kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        lease: kv.lease,
+    })
+}
+
+/// [`kv_hash`] of a borrowed live kv.
+fn kv_hash_of(kv: mvcc::LiveRef<'_>) -> u64 {
     let mut hash = Fnv1a::new();
     hash.write(&(kv.key.len() as u64).to_le_bytes());
-    hash.write(&kv.key);
+    hash.write(kv.key);
     hash.write(&(kv.value.len() as u64).to_le_bytes());
-    hash.write(&kv.value);
+    hash.write(kv.value);
     for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
         hash.write(&n.to_le_bytes());
     }

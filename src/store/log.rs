@@ -54,11 +54,13 @@ use crate::store::error::StoreError;
 
 /// WAL file size at which raft-log starts a new file. Purge deletes whole files only, and the
 /// payloads of the file being written stay cached in memory, so this bounds both the disk kept
-/// after a purge and that memory (raft-log's default is 1 GiB).
-const CHUNK_MAX_SIZE: usize = 64 << 20;
+/// after a purge and that memory (raft-log's default is 1 GiB; 64 MiB until 2026-12-05). 16 MiB
+/// is ~100k entries of 100-byte values: seconds of writes at peak.
+const CHUNK_MAX_SIZE: usize = 16 << 20;
 
 /// Bytes of already-persisted payloads kept in memory for replication reads (default 1 GiB).
-const LOG_CACHE_CAPACITY: usize = 64 << 20;
+/// A follower further behind is served from the files.
+const LOG_CACHE_CAPACITY: usize = 16 << 20;
 
 /// Recommended `flush_batch_wait`: a single append pays about this much extra latency, and
 /// appends arriving meanwhile share its fsync. Zero turns group commit off (raft-log then takes

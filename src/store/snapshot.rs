@@ -35,6 +35,7 @@ use crate::mvcc::snapshot::KEYS_PER_CHUNK;
 use crate::raft::types::LogId;
 use crate::raft::types::SnapshotMeta;
 use crate::store::kv::KvState;
+use crate::store::kv::LiveSummary;
 
 /// What openraft passes between the state machine and the network: an open snapshot file,
 /// positioned at offset 0.
@@ -211,7 +212,9 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState
     let meta_bytes = read_bytes(&mut r, META_BYTES_MAX, file, "meta").map_err(eof)?;
     let meta: SnapshotMeta = postcard::from_bytes(&meta_bytes)
         .map_err(|e| corrupt(file, format!("undecodable meta: {e}")))?;
-    let store = mvcc::snapshot::decode(&mut r, TXN_OPS_MAX).map_err(|e| match e {
+    let mut live = LiveSummary::default();
+    let store = mvcc::snapshot::decode_with(&mut r, TXN_OPS_MAX, |kv| live.add(kv));
+    let store = store.map_err(|e| match e {
         mvcc::snapshot::SnapshotError::Io(io) => eof(io),
         corrupt_store @ mvcc::snapshot::SnapshotError::Corrupt { .. } => {
             corrupt(file, corrupt_store.to_string())
@@ -245,7 +248,7 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState
     if r.inner.read(&mut [0u8; 1]).map_err(eof)? != 0 {
         return Err(corrupt(file, "trailing bytes after the checksum"));
     }
-    Ok((meta, KvState::from_parts(store, leases)))
+    Ok((meta, KvState::from_summary(store, leases, live)))
 }
 
 fn read_array<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {
@@ -264,6 +267,12 @@ fn read_bytes(r: &mut impl Read, max: usize, file: &str, what: &str) -> io::Resu
     Ok(buf)
 }
 
+pub use crate::store::snapshot::syncing::SYNC_EVERY_BYTES;
+pub use crate::store::snapshot::syncing::SyncingFile;
+
+/// What a snapshot's bytes are written into (see [`write_snapshot_with`]).
+pub type SnapshotWriter = BufWriter<SyncingFile>;
+
 /// Writes the snapshot of `map` at `meta` durably into `dir`; returns the final path.
 pub fn write_snapshot(dir: &Path, meta: &SnapshotMeta, map: &KvState) -> io::Result<PathBuf> {
     write_snapshot_with(dir, meta, |out| encode(out, meta, map))
@@ -274,20 +283,20 @@ pub fn write_snapshot(dir: &Path, meta: &SnapshotMeta, map: &KvState) -> io::Res
 pub fn write_snapshot_with(
     dir: &Path,
     meta: &SnapshotMeta,
-    encode: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+    encode: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
 ) -> io::Result<PathBuf> {
     let name = file_name(meta.last_log_id.as_ref());
     // 1. Every byte must be written to a temp file in `dir` (same filesystem, so step 3 is a
     //    rename) and flushed from the BufWriter before the file is synced.
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
-    let mut out = BufWriter::with_capacity(BUFFER_BYTES, File::create(&tmp)?);
+    let mut out = BufWriter::with_capacity(BUFFER_BYTES, SyncingFile::new(File::create(&tmp)?));
     if let Err(e) = encode(&mut out) {
         drop(out);
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    publish(dir, &tmp, file, &name)
+    publish(dir, &tmp, file.into_inner(), &name)
 }
 
 /// Steps 2–4 of every durable snapshot write. A failed fsync is returned, never retried.
@@ -334,7 +343,7 @@ pub fn import_snapshot(
     src.rewind()?;
     // 1. As in `write_snapshot`, but the bytes are validated while they are copied.
     let tmp = dir.join(INCOMING_TMP);
-    let out = BufWriter::with_capacity(BUFFER_BYTES, File::create(&tmp)?);
+    let out = BufWriter::with_capacity(BUFFER_BYTES, SyncingFile::new(File::create(&tmp)?));
     let src = BufReader::with_capacity(BUFFER_BYTES, src);
     let mut tee = Tee { src, out };
     let label = "received snapshot";
@@ -345,7 +354,12 @@ pub fn import_snapshot(
     // Best effort on failure: a leftover temp file is also deleted on the next startup.
     let map = decoded.inspect_err(|_| drop(fs::remove_file(&tmp)))?;
     let file = tee.out.into_inner().map_err(|e| e.into_error())?;
-    let path = publish(dir, &tmp, file, &file_name(expected.last_log_id.as_ref()))?;
+    let path = publish(
+        dir,
+        &tmp,
+        file.into_inner(),
+        &file_name(expected.last_log_id.as_ref()),
+    )?;
     Ok((path, map))
 }
 
@@ -443,5 +457,6 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
+mod syncing;
 #[cfg(test)]
 mod tests;

@@ -178,3 +178,34 @@ fn import_validates_before_publishing_and_latest_wins() {
     assert_eq!(remove_others(dir.path(), Some(&path)).expect("prune"), 3);
     assert_eq!(names(dir.path()), ["notes.txt", "snapshot-3-300.bin"]);
 }
+
+/// Measurement (ignored by default): how long a node's restart spends reading its snapshot.
+/// `cargo test --release --lib store::snapshot::tests::read_a_1m_key_snapshot -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement: run alone with --ignored --nocapture"]
+fn read_a_1m_key_snapshot() {
+    let keys = 1_000_000u64;
+    let mut map = KvState::new();
+    for i in 0..keys {
+        let (key, value) = (format!("key-{i:08}"), vec![b'v'; 100]);
+        map.apply_owned(Command::Set { key, value });
+    }
+    let members = Membership::<u64, Node>::new_with_defaults(vec![[1, 2, 3].into()], []);
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(3, keys)),
+        last_membership: StoredMembership::new(Some(log_id(1, 1)), members),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_snapshot(dir.path(), &meta, &map).expect("write");
+    drop(map);
+    for round in 1..=3 {
+        let started = std::time::Instant::now();
+        let (_, read) = read_snapshot(&path).expect("read");
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(read.store().key_count(), keys as usize);
+        eprintln!(
+            "read_snapshot of {keys} keys: {ms:.0} ms ({:.2} µs a key), round {round}",
+            ms * 1e3 / keys as f64
+        );
+    }
+}
