@@ -12,7 +12,8 @@
 #   PERF=1   also records the leader for 5 s of each OP with `perf record -g` (first round only)
 #            into $RESULTS/<A|B>-<op>.perf (read with `perf report -i FILE --no-children`)
 #   RESULTS [bench/results/ab-<date>]
-# Ports 127.0.0.1:25001-25003. Every process started here is stopped by PID on exit; data dirs removed.
+# Ports 127.0.0.1:25001-25003 (bench/cluster.sh's clusters, on other ports). Every process started
+# here is stopped by PID on exit; data dirs removed.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
@@ -23,68 +24,31 @@ ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-8}" WARMUP="${WARMUP:-2}" CLIENTS="$
 KEYS="${KEYS:-100000}" PERF="${PERF:-0}"
 RESULTS="${RESULTS:-$BENCH/results/ab-$(date +%Y%m%d-%H%M%S)}"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
-PORTS=(25001 25002 25003)
+RK_PORTS_LIST="25001 25002 25003" NODES=3 RAFTKV_ARGS=""
+# shellcheck source=bench/cluster.sh
+source "$BENCH/cluster.sh"   # log, die, the cleanup trap, start_raftkv, stop_cluster, preload
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 [ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
 [ -x "$BIN_A" ] && [ -x "$BIN_B" ] || die "both binaries must exist and be executable"
-for p in "${PORTS[@]}"; do
-  (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port 127.0.0.1:$p is in use"
-done
+check_ports_free "${RK_PORTS[@]}"
 mkdir -p "$RESULTS"
 WORK="$(mktemp -d "$BENCH/tmp.ab.XXXX")"
-PIDS=()
-
-stop_all() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  PIDS=()
-}
-cleanup() { local rc=$?; trap - EXIT; stop_all; rm -rf "$WORK"; exit $rc; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start() {   # start BIN DIR: a 3-node cluster; sets LEADER, FOLLOWER
-  local bin="$1" dir="$2" i
-  mkdir -p "$dir"
-  for i in 0 1 2; do
-    local join=()
-    [ $i -gt 0 ] && join=(-join "127.0.0.1:${PORTS[0]}")
-    "$bin" -haddr "127.0.0.1:${PORTS[$i]}" -id "n$i" "${join[@]}" "$dir/n$i" >>"$dir/n$i.log" 2>&1 &
-    PIDS+=("$!")
-    timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${PORTS[0]}" --voters $((i + 1)) --timeout 60 >/dev/null \
-      || { tail -20 "$dir"/n*.log >&2; die "node n$i did not join"; }
-  done
-  local f2
-  read -r LEADER FOLLOWER f2 <<<"$(timeout 90 "$LOADGEN" raftkv-ready --target "127.0.0.1:${PORTS[0]}" --voters 3 --timeout 60)"
-}
-
-leader_pid() {   # the PID of the node listening on $LEADER
-  local i
-  for i in 0 1 2; do [ "127.0.0.1:${PORTS[$i]}" = "$LEADER" ] && { echo "${PIDS[$i]}"; return; }; done
-}
 
 one() {   # one TAG BIN ROUND
   local tag="$1" bin="$2" round="$3" op
   local dir="$WORK/$tag$round"
-  start "$bin" "$dir"
-  timeout 600 "$LOADGEN" load --system raftkv --target "$LEADER" --keys "$KEYS" --clients 64 >/dev/null
-  local pids; pids="$(IFS=,; echo "${PIDS[*]}")"
+  RAFTKV="$bin" start_raftkv "$dir" ""
+  preload raftkv "$KEYS" "$dir/load.txt"
+  local pids; pids="$(pidlist)"
   for op in "${OPS[@]}"; do
     local args=(--op "$op") target="$LEADER"
     case "$op" in
-      fwrite) args=(--op write); target="$FOLLOWER" ;;
+      fwrite) args=(--op write); target="${FOLLOWERS[0]}" ;;
       mixed) args=(--op mixed --read-pct 90) ;;
     esac
     local out="$RESULTS/$tag-$op-$round.txt" perf_pid=""
     if [ "$PERF" = 1 ] && [ "$round" = 1 ]; then
-      (sleep "$((WARMUP + 1))"; perf record -q -g -p "$(leader_pid)" -o "$RESULTS/$tag-$op.perf" -- sleep 5 >/dev/null 2>&1) &
+      (sleep "$((WARMUP + 1))"; perf record -q -g -p "${PID_OF[$LEADER]}" -o "$RESULTS/$tag-$op.perf" -- sleep 5 >/dev/null 2>&1) &
       perf_pid=$!
     fi
     timeout $((DURATION + WARMUP + 60)) "$LOADGEN" run --system raftkv --duration "$DURATION" --warmup "$WARMUP" \
@@ -93,7 +57,7 @@ one() {   # one TAG BIN ROUND
     [ -n "$perf_pid" ] && wait "$perf_pid"
     log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')"
   done
-  stop_all
+  stop_cluster
   rm -rf "$dir"
 }
 

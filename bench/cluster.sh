@@ -3,7 +3,8 @@
 #
 # The sourcing script sets: LOADGEN, RAFTKV, RAFTKV_ARGS, WORK (temp dir removed on exit),
 # DURATION, WARMUP, KEYS. NODES (default 3, at most 5) is read at each start_*.
-# Ports: raftkv 24001-24005; etcd clients 24101-24105, peers 24201-24205.
+# Ports: raftkv 24001-24005 (RK_PORTS_LIST overrides: bench/ab.sh uses 25001-25003, so an A/B
+# can run beside another benchmark's clusters); etcd clients 24101-24105, peers 24201-24205.
 #
 # Every process started here is stopped by PID on exit (trap), and WORK is removed. Every wait
 # is bounded.
@@ -11,7 +12,7 @@
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-RK_PORTS=(24001 24002 24003 24004 24005)
+read -r -a RK_PORTS <<<"${RK_PORTS_LIST:-24001 24002 24003 24004 24005}"
 ET_CPORTS=(24101 24102 24103 24104 24105)
 ET_PPORTS=(24201 24202 24203 24204 24205)
 NODES="${NODES:-3}"
@@ -56,7 +57,10 @@ check_ports_free() {
   return 0
 }
 
-check_nodes() { case "$NODES" in 1|2|3|4|5) ;; *) die "NODES=$NODES: 1 to 5 nodes" ;; esac; }
+check_nodes() {
+  case "$NODES" in 1|2|3|4|5) ;; *) die "NODES=$NODES: 1 to 5 nodes" ;; esac
+  [ "$NODES" -le ${#RK_PORTS[@]} ] || die "NODES=$NODES but only ${#RK_PORTS[@]} raftkv ports"
+}
 
 # Each start_* sets LEADER, FOLLOWERS (array), ALL (comma list), PIDS (array), PID_OF (addr->pid),
 # CMD_OF (addr->command line).
