@@ -11,6 +11,11 @@
 
 use bytes::Bytes;
 
+mod digest;
+
+pub use digest::LiveSummary;
+use digest::kv_hash;
+
 use crate::mvcc;
 use crate::mvcc::Change;
 use crate::mvcc::ChangeKind;
@@ -52,11 +57,12 @@ impl KvState {
     /// [`KvState::from_parts`] with the live keys' summary already gathered (while the store
     /// was decoded: [`mvcc::snapshot::decode_with`]), so no pass over the store is needed.
     pub fn from_summary(store: mvcc::Store, leases: Vec<(i64, i64)>, live: LiveSummary) -> Self {
+        let (live_keys, digest_sum, leased) = live.finish();
         KvState {
             store,
-            live_keys: live.live_keys,
-            digest_sum: live.digest_sum,
-            leases: Leases::with_holders(leases, live.leased),
+            live_keys,
+            digest_sum,
+            leases: Leases::with_holders(leases, leased),
         }
     }
 
@@ -215,25 +221,6 @@ impl KvState {
     }
 }
 
-/// What a [`KvState`] derives from its live keys, gathered one key at a time in any order:
-/// their count, their digest (a sum) and which lease holds which key.
-#[derive(Debug, Default)]
-pub struct LiveSummary {
-    live_keys: usize,
-    digest_sum: u64,
-    leased: Vec<(i64, Bytes)>,
-}
-
-impl LiveSummary {
-    pub fn add(&mut self, kv: mvcc::LiveRef<'_>) {
-        self.live_keys += 1;
-        self.digest_sum = self.digest_sum.wrapping_add(kv_hash_of(kv));
-        if kv.lease != 0 {
-            self.leased.push((kv.lease, Bytes::copy_from_slice(kv.key)));
-        }
-    }
-}
-
 /// An etcd write's changes (for the digest) and its answer for the client.
 fn etcd<R>(
     written: Result<mvcc::Written<R>, MvccError>,
@@ -253,47 +240,6 @@ fn etcd<R>(
 
 fn refusal(e: &MvccError) -> String {
     format!("{e} ({e:?})")
-}
-
-/// The FNV-1a hash of one live kv (see [`KvState::digest`]).
-fn kv_hash(kv: &KeyValue) -> u64 {
-    kv_hash_of(mvcc::LiveRef {
-        key: &kv.key,
-        value: &kv.value,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        lease: kv.lease,
-    })
-}
-
-/// [`kv_hash`] of a borrowed live kv.
-fn kv_hash_of(kv: mvcc::LiveRef<'_>) -> u64 {
-    let mut hash = Fnv1a::new();
-    hash.write(&(kv.key.len() as u64).to_le_bytes());
-    hash.write(kv.key);
-    hash.write(&(kv.value.len() as u64).to_le_bytes());
-    hash.write(kv.value);
-    for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
-        hash.write(&n.to_le_bytes());
-    }
-    hash.0
-}
-
-/// 64-bit FNV-1a (same constants as `raft::types::node_id_from_name`).
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 #[cfg(test)]
