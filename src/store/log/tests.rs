@@ -18,6 +18,9 @@ use openraft::testing::log_id;
 use openraft::type_config::TypeConfigExt;
 use tempfile::TempDir;
 
+use std::io::Read;
+use std::io::Write;
+
 use super::*;
 use crate::raft::types::Command;
 use crate::raft::types::Response;
@@ -349,22 +352,6 @@ async fn many_files_purge_and_damage_before_the_last_file() {
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(entries[149].log_id));
     assert_eq!(read_all(&mut store).await, entries[150..].to_vec());
-}
-
-#[tokio::test]
-async fn frame_rejects_damaged_length() {
-    let mut buf = Vec::new();
-    write_frame(&mut buf, b"hello").unwrap();
-    assert_eq!(read_frame(&buf[..]).unwrap(), b"hello");
-    buf[3] ^= 0x40; // length now says 69 bytes: must not read on to EOF
-    assert_eq!(
-        read_frame(&buf[..]).unwrap_err().kind(),
-        io::ErrorKind::InvalidData
-    );
-    assert_eq!(
-        read_frame(&buf[..6]).unwrap_err().kind(),
-        io::ErrorKind::UnexpectedEof
-    );
 }
 
 /// Many outstanding appends complete, and share fsyncs.
