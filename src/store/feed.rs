@@ -24,8 +24,8 @@ pub const RING_BYTES_MAX: usize = 64 << 20;
 /// Revisions the ring keeps, at most: about a second of writes at this machine's peak (~20k
 /// revisions/s). A watcher further behind catches up from the store's history (slower, same
 /// events). Each kept revision costs far more than its counted bytes (the `Change` records, the
-/// batch, the `Bytes` handles, and the log entry whose key it shares): 100,000 held ~80 MiB
-/// with 1M keys (BENCHMARKS.md, "Memory per key").
+/// batch, the `Bytes` handles, and the log entry whose key it shares): at 1M keys a node's RSS
+/// was 529 MiB with 100,000 and 454 with 25,000 (BENCHMARKS.md, "Memory per key").
 pub const RING_REVISIONS_MAX: usize = 25_000;
 
 /// One applied revision's changes.
