@@ -23,7 +23,7 @@ use crate::mvcc::history::KeyHistory;
 /// A key or a value as the store holds it: one allocation with its count inside, shared by the
 /// hash map, the ordered set and the set of keys with history, behind a 16-byte handle. A
 /// `Bytes` handle is 32 bytes and adds a 32-byte shared header the first time it is cloned:
-/// ~130 bytes more per key at 1M keys (`src/mvcc/README.md`, "Memory").
+/// 110 bytes more per key with one revision (`src/mvcc/README.md`, "Memory").
 pub(crate) type Shared = Arc<[u8]>;
 
 /// `a` as `Bytes` for an answer or a change record: shares the allocation (one small owner
