@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use crate::mvcc::LiveRef;
 use crate::mvcc::keys::Shared;
 use crate::mvcc::keys::to_bytes;
 use crate::mvcc::revision::Revision;
@@ -35,6 +36,18 @@ impl Entry {
     pub fn to_kv(&self, key: &Shared) -> Option<KeyValue> {
         self.value.as_ref()?;
         self.to_kv_of(to_bytes(key))
+    }
+
+    /// The put as a borrowed [`LiveRef`] of `key` (a tombstone: none).
+    pub fn live_ref<'a>(&'a self, key: &'a [u8]) -> Option<LiveRef<'a>> {
+        Some(LiveRef {
+            key,
+            value: self.value.as_deref()?,
+            create_revision: self.create,
+            mod_revision: self.rev.main,
+            version: self.version,
+            lease: self.lease,
+        })
     }
 
     /// [`Entry::to_kv`] with the key already as `Bytes`.

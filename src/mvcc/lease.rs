@@ -37,7 +37,11 @@ pub struct Leases {
 impl Leases {
     /// Leases with these `(id, ttl)`s, holding the keys `store` says they hold.
     pub fn rebuild(ttls: impl IntoIterator<Item = (i64, i64)>, store: &Store) -> Leases {
-        Leases::with_holders(ttls, store.live_with_lease())
+        let holders = store
+            .live_unordered()
+            .filter(|kv| kv.lease != 0)
+            .map(|kv| (kv.lease, Bytes::copy_from_slice(kv.key)));
+        Leases::with_holders(ttls, holders)
     }
 
     /// Leases with these `(id, ttl)`s, holding the live keys `holders` lists as `(lease, key)`

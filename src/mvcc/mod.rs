@@ -45,8 +45,6 @@ mod tests;
 #[cfg(test)]
 mod txn_tests;
 
-use bytes::Bytes;
-
 pub use crate::mvcc::compact::HashKv;
 pub use crate::mvcc::error::GrpcCode;
 pub use crate::mvcc::error::MvccError;
@@ -189,26 +187,9 @@ impl Store {
     /// Every live key at the current revision, in no particular order, without building a
     /// `KeyValue` (no allocation): for digests and counts over the whole store.
     pub fn live_unordered(&self) -> impl Iterator<Item = LiveRef<'_>> + '_ {
-        self.keys.unordered().filter_map(|(k, h)| {
-            let e = h.live()?;
-            Some(LiveRef {
-                key: k,
-                value: e.value.as_deref()?,
-                create_revision: e.create,
-                mod_revision: e.rev.main,
-                version: e.version,
-                lease: e.lease,
-            })
-        })
-    }
-
-    /// Every live key holding a lease, as `(lease, key)`, in no particular order.
-    pub fn live_with_lease(&self) -> impl Iterator<Item = (i64, Bytes)> + '_ {
-        self.keys.unordered().filter_map(|(k, h)| {
-            h.live()
-                .filter(|e| e.lease != 0)
-                .map(|e| (e.lease, keys::to_bytes(k)))
-        })
+        self.keys
+            .unordered()
+            .filter_map(|(k, h)| h.live()?.live_ref(k))
     }
 
     /// etcd's DeleteRange: one new revision if any key was live in the range, else none.

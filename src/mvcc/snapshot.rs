@@ -280,17 +280,8 @@ pub fn decode_with(
         {
             return Err(r.corrupt("history below the compacted revision"));
         }
-        if let Some(e) = history.live()
-            && let Some(value) = e.value.as_deref()
-        {
-            on_live(LiveRef {
-                key: &key,
-                value,
-                create_revision: e.create,
-                mod_revision: e.rev.main,
-                version: e.version,
-                lease: e.lease,
-            });
+        if let Some(kv) = history.live().and_then(|e| e.live_ref(&key)) {
+            on_live(kv);
         }
         last_key = Some(key.clone());
         sorted.push((key, history));

@@ -267,7 +267,6 @@ fn read_bytes(r: &mut impl Read, max: usize, file: &str, what: &str) -> io::Resu
     Ok(buf)
 }
 
-pub use crate::store::snapshot::syncing::SYNC_EVERY_BYTES;
 pub use crate::store::snapshot::syncing::SyncingFile;
 
 /// What a snapshot's bytes are written into (see [`write_snapshot_with`]).
