@@ -1,8 +1,8 @@
 //! Inbound peer links (the sender's side is `link.rs`, the format `wire.rs`): the accept loop
 //! (`serve.rs`) hands over a connection that opened with `wire::MAGIC`; here its hello is
-//! checked once, then every request is handled concurrently (`rpc.rs`) and answered with its id,
-//! except appends, fed in order into the link's append stream (`append_stream.rs`), and snapshot
-//! chunks, taken in order on the reader's own task (`snapshot.rs`).
+//! checked once, then every request is handled concurrently (`rpc.rs`) and answered with its id
+//! (appends and snapshot chunks on the reader's own task: a leader keeps one append in flight per
+//! link, and a snapshot's chunks must be taken in order, `snapshot.rs`).
 //!
 //! The hello passes the same checks the HTTP routes make on every request: the caller must be an
 //! authenticated peer (`auth.rs`: 403) and name this node and its cluster (`identity.rs`: 421).
@@ -46,8 +46,6 @@ const KIB_IN_FLIGHT_MAX: usize = 2 * (wire::FRAME_BYTES_MAX >> 10) + 2;
 const BUFFER_BYTES: usize = 64 << 10;
 
 type Io = Box<dyn crate::serve::Io>;
-
-mod append_stream;
 
 /// Serves one peer link until it ends (closed by the peer, idle, or broken).
 pub async fn serve(app: SharedApp, io: Io, conn: ConnInfo, limits: ServeLimits) {
@@ -137,8 +135,6 @@ async fn serve_requests(
     let closing = CancellationToken::new();
     // The snapshot transfer in progress on this link, if any (dropped with the link).
     let mut snapshot = crate::peer::snapshot::LinkSession::default();
-    // The link's append stream, started by its first append (ends with the link).
-    let mut appends = None;
     let why = loop {
         let Ok(request_permit) = requests.clone().acquire_owned().await else {
             break "closed";
@@ -183,33 +179,11 @@ async fn serve_requests(
             break "a frame did not arrive whole in time";
         }
         let rpc = wire::split(&payload).ok().map(|(_, rpc, _)| rpc);
-        // Appends go to the link's append stream, in the order they arrive (`append_stream.rs`).
+        // Appends are answered on the reader's own task (one hand-off less per replicated
+        // write): a leader keeps one append in flight per link, so nothing waits behind it.
         if rpc == Some(Rpc::Append as u8) {
-            let Ok((id, _, body)) = wire::split(&payload) else {
-                break "undecodable frame";
-            };
-            let req = match rpc::decode(body) {
-                Ok(req) => req,
-                Err((_, why)) => {
-                    reply(
-                        &writer,
-                        &closing,
-                        &limits,
-                        id,
-                        (Status::Refused, why.into_bytes()),
-                    )
-                    .await;
-                    continue;
-                }
-            };
-            let appends = appends.get_or_insert_with(|| {
-                append_stream::start(app.clone(), writer.clone(), closing.clone(), limits)
-            });
-            let permits = Box::new((request_permit, kib_permit));
-            let queued = append_stream::Queued { id, req, permits };
-            if appends.send(queued).await.is_err() {
-                break "the append stream ended";
-            }
+            answer(&app, &payload, &writer, &closing, &limits).await;
+            drop((request_permit, kib_permit));
             continue;
         }
         // Snapshot chunks too, so they are taken in order; the sender waits for each answer,
