@@ -2,7 +2,8 @@
 # A/B of two raftkv builds on the same machine in the same sitting: the way to tell whether a change
 # made raftkv faster or slower (this machine's noise between sittings is larger than most changes).
 #
-#   bash bench/ab.sh BIN_A BIN_B [OPS...]        # OPS from: write lread sread fwrite mixed [write lread sread]
+#   bash bench/ab.sh BIN_A BIN_B [OPS...]        # OPS from: write lread sread fwrite mixed gwrite swrite
+#                                                 # [write lread sread]; gwrite = etcd gRPC puts, swrite = 1 client
 #
 # Each round starts a fresh 3-node cluster of A, preloads, runs every OP, stops it; then the same for
 # B; rounds alternate A B A B ... so drift of the machine hits both. The table shows every round's
@@ -41,10 +42,12 @@ one() {   # one TAG BIN ROUND
   preload raftkv "$KEYS" "$dir/load.txt"
   local pids; pids="$(pidlist)"
   for op in "${OPS[@]}"; do
-    local args=(--op "$op") target="$LEADER"
+    local args=(--op "$op") target="$LEADER" clients="$CLIENTS"
     case "$op" in
       fwrite) args=(--op write); target="${FOLLOWERS[0]}" ;;
       mixed) args=(--op mixed --read-pct 90) ;;
+      gwrite) args=(--api grpc --op write) ;;
+      swrite) args=(--op write); clients=1 ;;
     esac
     local out="$RESULTS/$tag-$op-$round.txt" perf_pid=""
     if [ "$PERF" = 1 ] && [ "$round" = 1 ]; then
@@ -52,7 +55,7 @@ one() {   # one TAG BIN ROUND
       perf_pid=$!
     fi
     timeout $((DURATION + WARMUP + 60)) "$LOADGEN" run --system raftkv --duration "$DURATION" --warmup "$WARMUP" \
-      --keys "$KEYS" --clients "$CLIENTS" --pids "$pids" --target "$target" --out "$out" "${args[@]}" >/dev/null \
+      --keys "$KEYS" --clients "$clients" --pids "$pids" --target "$target" --out "$out" "${args[@]}" >/dev/null \
       || log "warning: $tag $op: loadgen failed"
     [ -n "$perf_pid" ] && wait "$perf_pid"
     log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')"
