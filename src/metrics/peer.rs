@@ -180,7 +180,8 @@ impl Collector for LinkCollector {
         counters(
             e,
             "raftkv_network_peer_requests",
-            "Requests answered on the peer links, by member and lane",
+            "Requests answered on the peer links, by member and lane (an answer that is an \
+             error counts here and in sent_failures, reason remote)",
             &links,
             |s| s.requests.load(Ordering::Relaxed),
         )?;

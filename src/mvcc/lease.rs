@@ -35,7 +35,9 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Leases with these `(id, ttl)`s, holding the keys `store` says they hold.
+    /// Leases with these `(id, ttl)`s, holding the keys `store` says they hold: the tests'
+    /// oracle for the holders kept up to date write by write.
+    #[cfg(test)]
     pub fn rebuild(ttls: impl IntoIterator<Item = (i64, i64)>, store: &Store) -> Leases {
         let holders = store
             .live_unordered()

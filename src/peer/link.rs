@@ -362,6 +362,90 @@ mod tests {
         ));
     }
 
+    /// A peer that accepts links and answers every hello, then reads nothing; each accepted
+    /// connection is handed to the test.
+    async fn silent_peer() -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>,
+    ) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (accepted, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut magic = vec![0u8; wire::MAGIC.len()];
+                tcp.read_exact(&mut magic).await.expect("magic");
+                read_frame(&mut tcp, wire::HELLO_BYTES_MAX)
+                    .await
+                    .expect("hello");
+                let ok = postcard::to_stdvec(&Ok::<(), wire::HelloRefusal>(())).expect("encode");
+                tcp.write_all(&wire::plain_frame(&ok))
+                    .await
+                    .expect("answer");
+                if accepted.send(tcp).is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_closes_its_connection_and_the_next_request_opens_another() {
+        use tokio::io::AsyncReadExt;
+        let (addr, mut accepted) = silent_peer().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = Identity::open(dir.path(), 1, "n1".into()).expect("identity");
+        let dialer = Dialer {
+            source_ip: None,
+            identity: Arc::new(identity),
+            tls: None,
+        };
+        let links = Links::new(dialer, Arc::default());
+        let link = links.get(2, &addr, Lane::Replication);
+        // Far more than the socket buffers hold: the write stalls midway and times out.
+        let body = vec![7u8; 32 << 20];
+        let err = link
+            .call_raw(Rpc::Append, &body, Duration::from_millis(300))
+            .await
+            .expect_err("the peer reads nothing");
+        assert!(matches!(err, LinkError::Lost { .. }), "{err}");
+        let mut first = accepted.recv().await.expect("the first connection");
+
+        // The next request goes on a new connection ...
+        let err = link
+            .call_raw(Rpc::Vote, b"x", Duration::from_millis(300))
+            .await
+            .expect_err("the peer answers nothing");
+        assert!(matches!(err, LinkError::Lost { .. }), "{err}");
+        let mut second = tokio::time::timeout(Duration::from_secs(5), accepted.recv())
+            .await
+            .expect("the next request opened a second connection")
+            .expect("a second connection");
+
+        // ... and the first one ends after part of the frame: nothing followed the cut.
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut received))
+            .await
+            .expect("the first connection is closed")
+            .expect("read");
+        let whole = wire::LEN_BYTES + wire::HEAD_BYTES + body.len();
+        assert!(
+            received.len() < whole,
+            "{} of {whole} bytes",
+            received.len()
+        );
+        // The second connection carries the new request whole, as the first frame on it.
+        let frame = read_frame(&mut second, wire::FRAME_BYTES_MAX)
+            .await
+            .expect("a frame");
+        let (_, rpc, request) = wire::split(&frame).expect("split");
+        assert_eq!((rpc, request), (Rpc::Vote as u8, &b"x"[..]));
+    }
+
     #[test]
     fn only_failures_before_handling_count_as_not_handled() {
         let addr = "a:1".to_string();
