@@ -2,8 +2,8 @@
 # A/B of two raftkv builds on the same machine in the same sitting: the way to tell whether a change
 # made raftkv faster or slower (this machine's noise between sittings is larger than most changes).
 #
-#   bash bench/ab.sh BIN_A BIN_B [OPS...]        # OPS from: write lread sread fwrite mixed gwrite swrite
-#                                                 # [write lread sread]; gwrite = etcd gRPC puts, swrite = 1 client
+#   bash bench/ab.sh BIN_A BIN_B [OPS...]        # OPS from: write lread sread fwrite mixed gwrite glread
+#                                                 # gsread swrite [write lread sread]; g* = through etcd's gRPC API, swrite = 1 client
 #
 # Each round starts a fresh 3-node cluster of A, preloads, runs every OP, stops it; then the same for
 # B; rounds alternate A B A B ... so drift of the machine hits both. The table shows every round's
@@ -46,7 +46,7 @@ one() {   # one TAG BIN ROUND
     case "$op" in
       fwrite) args=(--op write); target="${FOLLOWERS[0]}" ;;
       mixed) args=(--op mixed --read-pct 90) ;;
-      gwrite) args=(--api grpc --op write) ;;
+      gwrite|glread|gsread) args=(--api grpc --op "${op#g}") ;;
       swrite) args=(--op write); clients=1 ;;
     esac
     local out="$RESULTS/$tag-$op-$round.txt" perf_pid=""
