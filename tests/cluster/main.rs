@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod allocator;
 mod backup;
 mod bad_input;
 mod crash_safety;
