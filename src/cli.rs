@@ -90,8 +90,9 @@ pub struct Args {
     /// How long a write or linearizable read may wait for the cluster before answering 503.
     #[arg(long, default_value_t = config::DEFAULT_TIMEOUT_MS)]
     pub timeout_ms: u64,
-    /// Microseconds the log waits to gather more writes into one fsync (latency vs. batching).
-    #[arg(long, default_value_t = 50)]
+    /// Microseconds the log waits to gather more writes into one fsync. 0: no wait; writes that
+    /// arrive during one fsync share the next.
+    #[arg(long, default_value_t = 0)]
     pub flush_wait_us: u64,
     /// Raft heartbeat interval in ms; election timeout is 5–10 heartbeats.
     #[arg(long, default_value_t = 100)]

@@ -110,19 +110,25 @@ impl RaftStateMachine<TypeConfig> for MemSm {
     }
 }
 
-struct Builder;
+/// Builds stores with the given flush wait (zero: the gate groups appends).
+struct Builder(Duration);
 
 impl StoreBuilder<TypeConfig, LogStore, MemSm, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, MemSm), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path(), Some(Duration::from_micros(50))).unwrap();
+        let store = LogStore::open(dir.path(), Some(self.0)).unwrap();
         Ok((dir, store, MemSm::default()))
     }
 }
 
 #[tokio::test]
 async fn openraft_conformance_suite() {
-    Suite::test_all(Builder).await.unwrap();
+    Suite::test_all(Builder(DEFAULT_FLUSH_BATCH_WAIT))
+        .await
+        .unwrap();
+    Suite::test_all(Builder(Duration::from_micros(50)))
+        .await
+        .unwrap();
 }
 
 fn ent(index: u64, value_len: usize) -> Entry {
@@ -354,27 +360,91 @@ async fn many_files_purge_and_damage_before_the_last_file() {
     assert_eq!(read_all(&mut store).await, entries[150..].to_vec());
 }
 
-/// Many outstanding appends complete, and share fsyncs.
+/// Many outstanding appends complete, share fsyncs, and are all there after a reopen: with the
+/// gate (no wait) and with raft-log's wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_group_commit() {
+    for wait in [Duration::ZERO, Duration::from_micros(50)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), Some(wait)).unwrap();
+        assert_eq!(store.gate.is_some(), wait.is_zero());
+        let mut waits = Vec::new();
+        for i in 1..=200 {
+            let (tx, rx) = TypeConfig::oneshot();
+            store
+                .append(vec![ent(i, 100)], IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.await.unwrap().unwrap();
+        }
+        let metrics = store.inner.lock().unwrap().stat().flush_metrics;
+        println!(
+            "wait {wait:?}: 200 appends, {} fsync batches",
+            metrics.sync_batch_count
+        );
+        if !wait.is_zero() {
+            // Timing-bound for the gate (a fast disk may finish each fsync before the next
+            // append); `gate_groups_appends_behind_a_flush` checks its grouping exactly.
+            assert!(metrics.sync_batch_count < 200, "{metrics:?}");
+        }
+        drop(store);
+        let mut store = LogStore::open(dir.path(), Some(wait)).unwrap();
+        assert_eq!(read_all(&mut store).await.len(), 200);
+    }
+}
+
+/// With the gate, a lone append is synced at once, and appends that arrive while a flush is in
+/// flight wait for it and then share one flush. The flush thread is stalled in the first
+/// callback, so the count of fsyncs is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the stall guard blocks raft-log's thread, not a task
+async fn gate_groups_appends_behind_a_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = LogStore::open(dir.path(), Some(Duration::from_micros(50))).unwrap();
+    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
+    let gate = store.gate.clone().unwrap();
+    append_durably(&mut store, vec![ent(1, 10)]).await;
+    assert_eq!(store_syncs(&store), 1);
+
+    let stall = gate.stall_for_test();
+    let (tx, first) = TypeConfig::oneshot();
+    store
+        .append(vec![ent(2, 10)], IOFlushed::signal(tx))
+        .await
+        .unwrap();
     let mut waits = Vec::new();
-    for i in 1..=200 {
+    for i in 3..=52 {
         let (tx, rx) = TypeConfig::oneshot();
         store
-            .append(vec![ent(i, 100)], IOFlushed::signal(tx))
+            .append(vec![ent(i, 10)], IOFlushed::signal(tx))
             .await
             .unwrap();
         waits.push(rx);
     }
+    assert_eq!(gate.waiting_for_test(), 50);
+    drop(stall);
+    first.await.unwrap().unwrap();
     for rx in waits {
         rx.await.unwrap().unwrap();
     }
-    let metrics = store.inner.lock().unwrap().stat().flush_metrics;
-    println!("200 appends: {} fsync batches", metrics.sync_batch_count);
-    assert!(metrics.sync_batch_count < 200, "{metrics:?}");
-    assert_eq!(read_all(&mut store).await.len(), 200);
+    // One fsync for entry 1, one for entry 2, one for the 50 that waited behind it.
+    assert_eq!(store_syncs(&store), 3);
+    assert_eq!(gate.waiting_for_test(), 0);
+    drop(store);
+    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
+    assert_eq!(read_all(&mut store).await.len(), 52);
+}
+
+fn store_syncs(store: &LogStore) -> u64 {
+    store
+        .inner
+        .lock()
+        .unwrap()
+        .stat()
+        .flush_metrics
+        .sync_batch_count
 }
 
 /// Not a test: prints the latency of one durable append for a few batch waits.
