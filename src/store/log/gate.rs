@@ -182,3 +182,42 @@ impl Drop for Batch {
         self.gate.fail_waiting(&e);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+    use crate::store::log::LogStore;
+
+    /// A batch raft-log drops unsent (its flush thread stopped) fails its appends and every
+    /// append waiting behind it, and opens the gate: none is left without an answer.
+    #[tokio::test]
+    async fn a_batch_dropped_unsent_fails_its_appends_and_the_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
+        let gate = store.gate.clone().unwrap();
+        let (tx_sent, rx_sent) = TypeConfig::oneshot();
+        let (tx_waiting, rx_waiting) = TypeConfig::oneshot();
+        {
+            let mut state = gate.state();
+            state.in_flight = true;
+            state
+                .waiting
+                .push((IOFlushed::signal(tx_waiting), store.metrics.fsync_timer()));
+        }
+        let batch = Batch::new(
+            gate.clone(),
+            store.inner.clone(),
+            vec![(IOFlushed::signal(tx_sent), store.metrics.fsync_timer())],
+        );
+        drop(batch);
+        assert!(rx_sent.await.unwrap().is_err());
+        assert!(rx_waiting.await.unwrap().is_err());
+        let state = gate.state();
+        assert!(!state.in_flight && state.waiting.is_empty());
+    }
+}
