@@ -450,6 +450,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok((WalLogId(e.log_id), WalPayload(Bytes::from(bytes))))
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let bytes = records.iter().map(|(_, p)| p.0.len()).sum();
         let started = std::time::Instant::now();
         self.metrics.entries.inc_by(records.len() as u64);
         let mut log = self.lock()?;
@@ -462,7 +463,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // queue up and share one fsync.
         let timer = self.metrics.fsync_timer();
         match &self.gate {
-            Some(gate) => gate.submit(&mut log, &self.inner, (callback, timer)),
+            Some(gate) => gate.submit(&mut log, &self.inner, (callback, timer), bytes),
             None => log.flush(true, Some(FlushDone::Append(callback, timer))),
         }
     }

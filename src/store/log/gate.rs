@@ -7,8 +7,13 @@
 //! costs a lone write nothing, and under load it batches as well: everything that arrives during
 //! one fsync shares the next.
 //!
+//! Bound: the appends waiting hold at most [`WAITING_BYTES_MAX`] of encoded entries (in
+//! raft-log's buffer, not yet handed to its flush thread). An append that would pass it is sent at
+//! once with everything waiting, as a second flush in flight, so a stalled disk meets raft-log's
+//! own bounded queue (`flush_queue_max_bytes`) instead of a growing buffer here.
+//!
 //! Lock order: the `RaftLog` mutex before the gate's. raft-log's flush thread (which runs
-//! [`Gate::synced`]) takes only the gate's lock and never the log's: a sender holding the log
+//! [`Batch::synced`]) takes only the gate's lock and never the log's: a sender holding the log
 //! lock may be blocked in raft-log on the flush thread's progress (its queue is bounded).
 
 use std::io;
@@ -25,16 +30,20 @@ use crate::raft::types::TypeConfig;
 use crate::store::log::FlushDone;
 use crate::store::log::WalTypes;
 
+/// Encoded entry bytes that may wait behind the flushes in flight (module docs).
+pub(crate) const WAITING_BYTES_MAX: usize = 16 << 20;
+
 /// An append's completion: openraft's callback and the timer of its fsync.
 pub(crate) type Waiting = (IOFlushed<TypeConfig>, FsyncTimer);
 
 #[derive(Default)]
 struct State {
-    /// A synced append flush has been sent and its callback has not run yet.
-    in_flight: bool,
-    /// Appends written to the log (in raft-log's pending buffer) after the in-flight flush was
-    /// sent, in append order.
+    /// Gated flushes sent whose callback has not run yet (one, unless the byte bound sent more).
+    in_flight: usize,
+    /// Appends written to the log (in raft-log's buffer) after the flushes in flight were sent,
+    /// in append order, and their encoded bytes.
     waiting: Vec<Waiting>,
+    waiting_bytes: usize,
     /// Where the next flush is sent from when the flush thread finds appends waiting.
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -52,49 +61,68 @@ type Log = Arc<Mutex<RaftLog<WalTypes>>>;
 
 impl Gate {
     fn state(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent across a panic (flags and a list), so a poisoned lock is
-        // taken over rather than turned into a second failure.
+        // The state stays consistent across a panic (counters and a list), so a poisoned lock
+        // is taken over rather than turned into a second failure.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Completes `waiting` after the entries just appended to `log` are durable. The caller
-    /// holds the log lock and has appended the entries.
+    /// Completes `append` after the entries just appended to `log` (`bytes` of them, encoded)
+    /// are durable. The caller holds the log lock and has appended the entries.
     pub(crate) fn submit(
         self: &Arc<Self>,
         log: &mut RaftLog<WalTypes>,
         shared: &Log,
-        waiting: Waiting,
+        append: Waiting,
+        bytes: usize,
     ) -> io::Result<()> {
-        {
+        let appends = {
             let mut state = self.state();
             if state.runtime.is_none() {
                 state.runtime = tokio::runtime::Handle::try_current().ok();
             }
-            if state.in_flight && state.runtime.is_some() {
+            let fits = state.waiting_bytes.saturating_add(bytes) <= WAITING_BYTES_MAX;
+            if state.in_flight > 0 && state.runtime.is_some() && fits {
                 // The entries are in raft-log's buffer, behind the flush in flight: the next
-                // flush (sent when that one completes) writes and syncs them.
-                state.waiting.push(waiting);
+                // flush (sent when the flushes in flight complete) writes and syncs them.
+                state.waiting.push(append);
+                state.waiting_bytes += bytes;
                 return Ok(());
             }
-            state.in_flight = true;
-        }
-        let batch = Batch::new(self.clone(), shared.clone(), vec![waiting]);
+            state.in_flight += 1;
+            state.waiting_bytes = 0;
+            let mut appends = std::mem::take(&mut state.waiting);
+            appends.push(append);
+            appends
+        };
+        let batch = Batch::new(self.clone(), shared.clone(), appends);
         // On an error raft-log drops the request, and `Batch::drop` fails its appends.
         log.flush(true, Some(FlushDone::Gated(batch)))
     }
 
-    /// Sends one synced flush for every append waiting.
+    /// Sends one synced flush for every append waiting (its `in_flight` slot is taken).
     async fn send_waiting(self: Arc<Self>, log: Log) {
         let mut guard = match log.lock() {
             Ok(guard) => guard,
             Err(_) => {
+                let mut state = self.state();
+                state.in_flight = state.in_flight.saturating_sub(1);
+                drop(state);
                 self.fail_waiting(&io::Error::other("raft log lock poisoned"));
                 return;
             }
         };
-        let appends = std::mem::take(&mut self.state().waiting);
+        let appends = {
+            let mut state = self.state();
+            if state.waiting.is_empty() {
+                // An append past the byte bound took them along meanwhile.
+                state.in_flight = state.in_flight.saturating_sub(1);
+                return;
+            }
+            state.waiting_bytes = 0;
+            std::mem::take(&mut state.waiting)
+        };
         let batch = Batch::new(self.clone(), log.clone(), appends);
         // On an error raft-log drops the request, and `Batch::drop` fails its appends.
         let _ = guard.flush(true, Some(FlushDone::Gated(batch)));
@@ -106,18 +134,18 @@ impl Gate {
         self.stall.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many appends wait behind the flush in flight.
+    /// How many appends wait behind the flushes in flight, and how many flushes are in flight.
     #[cfg(test)]
-    pub(crate) fn waiting_for_test(&self) -> usize {
-        self.state().waiting.len()
+    pub(crate) fn counts_for_test(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.waiting.len(), state.in_flight)
     }
 
-    /// Fails every waiting append and opens the gate (the WAL is broken: openraft stops on the
-    /// error).
+    /// Fails every waiting append (the WAL is broken: openraft stops on the error).
     fn fail_waiting(&self, e: &io::Error) {
         let waiting = {
             let mut state = self.state();
-            state.in_flight = false;
+            state.waiting_bytes = 0;
             std::mem::take(&mut state.waiting)
         };
         complete(waiting, Err(e));
@@ -159,11 +187,14 @@ impl Batch {
         drop(self.gate.stall.lock());
         {
             let mut state = self.gate.state();
-            if state.waiting.is_empty() {
-                state.in_flight = false;
-            } else if let Some(runtime) = &state.runtime {
-                // `in_flight` stays set until the task has sent the next flush, so appends
-                // arriving meanwhile join it.
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if state.in_flight == 0
+                && !state.waiting.is_empty()
+                && let Some(runtime) = state.runtime.clone()
+            {
+                // The slot is the task's until it has sent the next flush, so appends arriving
+                // meanwhile join that flush.
+                state.in_flight = 1;
                 runtime.spawn(self.gate.clone().send_waiting(self.log.clone()));
             }
         }
@@ -179,6 +210,10 @@ impl Drop for Batch {
         }
         let e = io::Error::other("the raft log dropped a flush request (its flush thread stopped)");
         complete(std::mem::take(&mut self.appends), Err(&e));
+        {
+            let mut state = self.gate.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
         self.gate.fail_waiting(&e);
     }
 }
@@ -204,7 +239,7 @@ mod tests {
         let (tx_waiting, rx_waiting) = TypeConfig::oneshot();
         {
             let mut state = gate.state();
-            state.in_flight = true;
+            state.in_flight = 2;
             state
                 .waiting
                 .push((IOFlushed::signal(tx_waiting), store.metrics.fsync_timer()));
@@ -217,7 +252,7 @@ mod tests {
         drop(batch);
         assert!(rx_sent.await.unwrap().is_err());
         assert!(rx_waiting.await.unwrap().is_err());
-        let state = gate.state();
-        assert!(!state.in_flight && state.waiting.is_empty());
+        // The other flush in flight still owns its slot; nothing waits.
+        assert_eq!(gate.counts_for_test(), (0, 1));
     }
 }

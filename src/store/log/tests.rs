@@ -423,7 +423,7 @@ async fn gate_groups_appends_behind_a_flush() {
             .unwrap();
         waits.push(rx);
     }
-    assert_eq!(gate.waiting_for_test(), 50);
+    assert_eq!(gate.counts_for_test(), (50, 1));
     drop(stall);
     first.await.unwrap().unwrap();
     for rx in waits {
@@ -431,10 +431,40 @@ async fn gate_groups_appends_behind_a_flush() {
     }
     // One fsync for entry 1, one for entry 2, one for the 50 that waited behind it.
     assert_eq!(store_syncs(&store), 3);
-    assert_eq!(gate.waiting_for_test(), 0);
+    assert_eq!(gate.counts_for_test(), (0, 0));
     drop(store);
     let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
     assert_eq!(read_all(&mut store).await.len(), 52);
+}
+
+/// An append that would take the bytes waiting behind the flush in flight past
+/// `WAITING_BYTES_MAX` is sent at once, with what waits, as a second flush in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the stall guard blocks raft-log's thread, not a task
+async fn gate_sends_at_once_past_its_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
+    let gate = store.gate.clone().unwrap();
+    let stall = gate.stall_for_test();
+    let mut waits = Vec::new();
+    for (i, len) in [(1, 10), (2, 10), (3, gate::WAITING_BYTES_MAX)] {
+        let (tx, rx) = TypeConfig::oneshot();
+        store
+            .append(vec![ent(i, len)], IOFlushed::signal(tx))
+            .await
+            .unwrap();
+        waits.push(rx);
+        // (waiting, in flight): 1 goes out; 2 waits; 3 does not fit and goes out with 2.
+        let expected = [(0, 1), (1, 1), (0, 2)][i as usize - 1];
+        assert_eq!(gate.counts_for_test(), expected, "after append {i}");
+    }
+    drop(stall);
+    for rx in waits {
+        rx.await.unwrap().unwrap();
+    }
+    // Each flush synced (the 16 MiB entry also starts a new WAL file, which adds one).
+    assert!(store_syncs(&store) >= 2);
+    assert_eq!(gate.counts_for_test(), (0, 0));
 }
 
 fn store_syncs(store: &LogStore) -> u64 {
