@@ -20,6 +20,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
+use std::sync::Weak;
 
 use openraft::storage::IOFlushed;
 use raft_log::RaftLog;
@@ -59,6 +60,10 @@ pub(crate) struct Gate {
 
 type Log = Arc<Mutex<RaftLog<WalTypes>>>;
 
+/// What a batch keeps of the log: not a strong reference, which the flush thread would drop
+/// last when the store goes away meanwhile, and dropping a `RaftLog` joins its flush thread.
+type WeakLog = Weak<Mutex<RaftLog<WalTypes>>>;
+
 impl Gate {
     fn state(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic (counters and a list), so a poisoned lock
@@ -96,22 +101,18 @@ impl Gate {
             appends.push(append);
             appends
         };
-        let batch = Batch::new(self.clone(), shared.clone(), appends);
+        let batch = Batch::new(self.clone(), Arc::downgrade(shared), appends);
         // On an error raft-log drops the request, and `Batch::drop` fails its appends.
         log.flush(true, Some(FlushDone::Gated(batch)))
     }
 
     /// Sends one synced flush for every append waiting (its `in_flight` slot is taken).
-    async fn send_waiting(self: Arc<Self>, log: Log) {
-        let mut guard = match log.lock() {
-            Ok(guard) => guard,
-            Err(_) => {
-                let mut state = self.state();
-                state.in_flight = state.in_flight.saturating_sub(1);
-                drop(state);
-                self.fail_waiting(&io::Error::other("raft log lock poisoned"));
-                return;
-            }
+    async fn send_waiting(self: Arc<Self>, weak: WeakLog) {
+        let Some(log) = weak.upgrade() else {
+            return self.abandon_slot("raft log closed");
+        };
+        let Ok(mut guard) = log.lock() else {
+            return self.abandon_slot("raft log lock poisoned");
         };
         let appends = {
             let mut state = self.state();
@@ -123,7 +124,7 @@ impl Gate {
             state.waiting_bytes = 0;
             std::mem::take(&mut state.waiting)
         };
-        let batch = Batch::new(self.clone(), log.clone(), appends);
+        let batch = Batch::new(self.clone(), weak, appends);
         // On an error raft-log drops the request, and `Batch::drop` fails its appends.
         let _ = guard.flush(true, Some(FlushDone::Gated(batch)));
     }
@@ -139,6 +140,15 @@ impl Gate {
     pub(crate) fn counts_for_test(&self) -> (usize, usize) {
         let state = self.state();
         (state.waiting.len(), state.in_flight)
+    }
+
+    /// Gives up `send_waiting`'s slot and fails what waits (the store is gone or broken).
+    fn abandon_slot(&self, why: &str) {
+        {
+            let mut state = self.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        self.fail_waiting(&io::Error::other(why.to_string()));
     }
 
     /// Fails every waiting append (the WAL is broken: openraft stops on the error).
@@ -164,13 +174,13 @@ fn complete(appends: Vec<Waiting>, res: Result<(), &io::Error>) {
 /// append is left without an answer.
 pub(crate) struct Batch {
     gate: Arc<Gate>,
-    log: Log,
+    log: WeakLog,
     appends: Vec<Waiting>,
     done: bool,
 }
 
 impl Batch {
-    fn new(gate: Arc<Gate>, log: Log, appends: Vec<Waiting>) -> Batch {
+    fn new(gate: Arc<Gate>, log: WeakLog, appends: Vec<Waiting>) -> Batch {
         Batch {
             gate,
             log,
@@ -246,7 +256,7 @@ mod tests {
         }
         let batch = Batch::new(
             gate.clone(),
-            store.inner.clone(),
+            Arc::downgrade(&store.inner),
             vec![(IOFlushed::signal(tx_sent), store.metrics.fsync_timer())],
         );
         drop(batch);
