@@ -19,7 +19,7 @@
 #   --watchers N [1000]     watches of w1 (over 10 gRPC connections to the 3 nodes)
 #   --no-install            do not apt-get etcd-server/fio (they must be installed)
 #   --no-build              use the existing release binaries
-#   --raftkv-args "..."     extra flags for every raftkv node (e.g. "--flush-wait-us 0")
+#   --raftkv-args "..."     extra flags for every raftkv node (e.g. "--flush-wait-us 50")
 #   --results DIR [bench/results/<date>]   where the per-scenario files and report.md go
 #   --data-dir DIR [bench/tmp.XXXX]        parent of the nodes' data dirs (must be on the disk to test)
 #
