@@ -14,7 +14,9 @@
 //!
 //! Lock order: the `RaftLog` mutex before the gate's. raft-log's flush thread (which runs
 //! [`Batch::synced`]) takes only the gate's lock and never the log's: a sender holding the log
-//! lock may be blocked in raft-log on the flush thread's progress (its queue is bounded).
+//! lock may be blocked in raft-log on the flush thread's progress (its queue is bounded). Nor
+//! does it ever hold the last reference to the log (a batch keeps a weak one): dropping a
+//! `RaftLog` joins its flush thread.
 
 use std::io;
 use std::sync::Arc;
