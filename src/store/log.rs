@@ -423,8 +423,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         log.commit(WalLogId(committed))?;
-        // Best effort: written to the OS now, made durable by the next synced flush.
-        log.flush(false, None)
+        // Best effort: the record stays in raft-log's buffer and goes to disk with the next
+        // synced flush (the next append's, a vote's or shutdown's); a flush of its own would cost
+        // the flush thread a wake and a write per commit.
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
