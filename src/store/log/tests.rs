@@ -467,6 +467,41 @@ async fn gate_sends_at_once_past_its_byte_bound() {
     assert_eq!(gate.counts_for_test(), (0, 0));
 }
 
+/// The store dropped while a gated flush is in flight: the dropping thread, not raft-log's flush
+/// thread, drops the last reference to the log (dropping a `RaftLog` joins its flush thread, so
+/// the flush thread must never be the one). The drop therefore waits for the stalled flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the stall guard blocks raft-log's thread, not a task
+async fn the_flush_thread_never_drops_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
+    let gate = store.gate.clone().unwrap();
+    let stall = gate.stall_for_test();
+    let (tx, flushed) = TypeConfig::oneshot();
+    store
+        .append(vec![ent(1, 10)], IOFlushed::signal(tx))
+        .await
+        .unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let dropper = std::thread::spawn(move || {
+        drop(store);
+        let _ = done_tx.send(());
+    });
+    // The drop joins the flush thread, which is stalled: it cannot finish (with a strong
+    // reference in the batch it would return at once and leave the last drop to that thread).
+    assert_eq!(
+        done.recv_timeout(Duration::from_millis(300)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+    );
+    drop(stall);
+    flushed.await.unwrap().unwrap();
+    done.recv_timeout(Duration::from_secs(10)).unwrap();
+    dropper.join().unwrap();
+    // The directory lock is free again.
+    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
+    assert_eq!(read_all(&mut store).await.len(), 1);
+}
+
 fn store_syncs(store: &LogStore) -> u64 {
     store
         .inner
