@@ -111,10 +111,10 @@ impl Gate {
     /// Sends one synced flush for every append waiting (its `in_flight` slot is taken).
     async fn send_waiting(self: Arc<Self>, weak: WeakLog) {
         let Some(log) = weak.upgrade() else {
-            return self.abandon_slot("raft log closed");
+            return self.abandon_slot(&io::Error::other("raft log closed"));
         };
         let Ok(mut guard) = log.lock() else {
-            return self.abandon_slot("raft log lock poisoned");
+            return self.abandon_slot(&io::Error::other("raft log lock poisoned"));
         };
         let appends = {
             let mut state = self.state();
@@ -144,19 +144,12 @@ impl Gate {
         (state.waiting.len(), state.in_flight)
     }
 
-    /// Gives up `send_waiting`'s slot and fails what waits (the store is gone or broken).
-    fn abandon_slot(&self, why: &str) {
-        {
-            let mut state = self.state();
-            state.in_flight = state.in_flight.saturating_sub(1);
-        }
-        self.fail_waiting(&io::Error::other(why.to_string()));
-    }
-
-    /// Fails every waiting append (the WAL is broken: openraft stops on the error).
-    fn fail_waiting(&self, e: &io::Error) {
+    /// Gives up a flush's slot and fails every append waiting (the store is gone, or the WAL
+    /// is broken: openraft stops on the error).
+    fn abandon_slot(&self, e: &io::Error) {
         let waiting = {
             let mut state = self.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
             state.waiting_bytes = 0;
             std::mem::take(&mut state.waiting)
         };
@@ -222,11 +215,7 @@ impl Drop for Batch {
         }
         let e = io::Error::other("the raft log dropped a flush request (its flush thread stopped)");
         complete(std::mem::take(&mut self.appends), Err(&e));
-        {
-            let mut state = self.gate.state();
-            state.in_flight = state.in_flight.saturating_sub(1);
-        }
-        self.gate.fail_waiting(&e);
+        self.gate.abandon_slot(&e);
     }
 }
 

@@ -8,6 +8,7 @@ use futures::Stream;
 use futures::TryStreamExt;
 use openraft::EntryPayload;
 use openraft::StorageError;
+use openraft::alias::OneshotReceiverOf;
 use openraft::alias::SnapshotOf;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftSnapshotBuilder;
@@ -142,9 +143,17 @@ fn ent(index: u64, value_len: usize) -> Entry {
 }
 
 async fn append_durably(store: &mut LogStore, entries: Vec<Entry>) {
+    append_pending(store, entries).await.await.unwrap().unwrap();
+}
+
+/// Appends without waiting for the flush: the receiver yields the `IOFlushed` result.
+async fn append_pending(
+    store: &mut LogStore,
+    entries: Vec<Entry>,
+) -> OneshotReceiverOf<TypeConfig, io::Result<()>> {
     let (tx, rx) = TypeConfig::oneshot();
     store.append(entries, IOFlushed::signal(tx)).await.unwrap();
-    rx.await.unwrap().unwrap();
+    rx
 }
 
 async fn read_all(store: &mut LogStore) -> Vec<Entry> {
@@ -370,25 +379,17 @@ async fn concurrent_appends_group_commit() {
         assert_eq!(store.gate.is_some(), wait.is_zero());
         let mut waits = Vec::new();
         for i in 1..=200 {
-            let (tx, rx) = TypeConfig::oneshot();
-            store
-                .append(vec![ent(i, 100)], IOFlushed::signal(tx))
-                .await
-                .unwrap();
-            waits.push(rx);
+            waits.push(append_pending(&mut store, vec![ent(i, 100)]).await);
         }
         for rx in waits {
             rx.await.unwrap().unwrap();
         }
-        let metrics = store.inner.lock().unwrap().stat().flush_metrics;
-        println!(
-            "wait {wait:?}: 200 appends, {} fsync batches",
-            metrics.sync_batch_count
-        );
+        let syncs = store_syncs(&store);
+        println!("wait {wait:?}: 200 appends, {syncs} fsync batches");
         if !wait.is_zero() {
             // Timing-bound for the gate (a fast disk may finish each fsync before the next
             // append); `gate_groups_appends_behind_a_flush` checks its grouping exactly.
-            assert!(metrics.sync_batch_count < 200, "{metrics:?}");
+            assert!(syncs < 200, "{syncs} fsync batches");
         }
         drop(store);
         let mut store = LogStore::open(dir.path(), Some(wait)).unwrap();
@@ -409,19 +410,10 @@ async fn gate_groups_appends_behind_a_flush() {
     assert_eq!(store_syncs(&store), 1);
 
     let stall = gate.stall_for_test();
-    let (tx, first) = TypeConfig::oneshot();
-    store
-        .append(vec![ent(2, 10)], IOFlushed::signal(tx))
-        .await
-        .unwrap();
+    let first = append_pending(&mut store, vec![ent(2, 10)]).await;
     let mut waits = Vec::new();
     for i in 3..=52 {
-        let (tx, rx) = TypeConfig::oneshot();
-        store
-            .append(vec![ent(i, 10)], IOFlushed::signal(tx))
-            .await
-            .unwrap();
-        waits.push(rx);
+        waits.push(append_pending(&mut store, vec![ent(i, 10)]).await);
     }
     assert_eq!(gate.counts_for_test(), (50, 1));
     drop(stall);
@@ -448,12 +440,7 @@ async fn gate_sends_at_once_past_its_byte_bound() {
     let stall = gate.stall_for_test();
     let mut waits = Vec::new();
     for (i, len) in [(1, 10), (2, 10), (3, gate::WAITING_BYTES_MAX)] {
-        let (tx, rx) = TypeConfig::oneshot();
-        store
-            .append(vec![ent(i, len)], IOFlushed::signal(tx))
-            .await
-            .unwrap();
-        waits.push(rx);
+        waits.push(append_pending(&mut store, vec![ent(i, len)]).await);
         // (waiting, in flight): 1 goes out; 2 waits; 3 does not fit and goes out with 2.
         let expected = [(0, 1), (1, 1), (0, 2)][i as usize - 1];
         assert_eq!(gate.counts_for_test(), expected, "after append {i}");
@@ -477,11 +464,7 @@ async fn the_flush_thread_never_drops_the_log() {
     let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
     let gate = store.gate.clone().unwrap();
     let stall = gate.stall_for_test();
-    let (tx, flushed) = TypeConfig::oneshot();
-    store
-        .append(vec![ent(1, 10)], IOFlushed::signal(tx))
-        .await
-        .unwrap();
+    let flushed = append_pending(&mut store, vec![ent(1, 10)]).await;
     let (done_tx, done) = std::sync::mpsc::channel();
     let dropper = std::thread::spawn(move || {
         drop(store);
@@ -530,22 +513,13 @@ async fn append_latency() {
         let mut waits = Vec::new();
         let t = Instant::now();
         for i in 301..=500 {
-            let (tx, rx) = TypeConfig::oneshot();
-            let entries = vec![ent(i, 100)];
-            store.append(entries, IOFlushed::signal(tx)).await.unwrap();
-            waits.push(rx);
+            waits.push(append_pending(&mut store, vec![ent(i, 100)]).await);
         }
         for rx in waits {
             rx.await.unwrap().unwrap();
         }
         let elapsed = t.elapsed();
-        let syncs = store
-            .inner
-            .lock()
-            .unwrap()
-            .stat()
-            .flush_metrics
-            .sync_batch_count;
+        let syncs = store_syncs(&store);
         println!(
             "wait {wait:?} us: single append p50 {:?} p99 {:?}; 200 outstanding: {elapsed:?}, \
              {syncs} fsyncs in all",
