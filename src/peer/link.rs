@@ -195,17 +195,7 @@ impl Link {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Resp, LinkError> {
-        let answer = self.call_raw(rpc, body, timeout).await?;
-        let decoded = postcard::from_bytes::<Result<Resp, String>>(&answer)
-            .map_err(|e| format!("decode answer to {}: {e}", rpc.name()))
-            .and_then(|answer| answer);
-        decoded.map_err(|text| {
-            self.peer.stats.failed(Failure::Remote);
-            LinkError::Remote {
-                addr: self.peer.addr.clone(),
-                text,
-            }
-        })
+        self.send(rpc, body, timeout).await?.decoded().await
     }
 
     /// Sends one request and waits for its answer's body, all within `timeout`; counts it in
@@ -216,21 +206,29 @@ impl Link {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Bytes, LinkError> {
-        let started = Instant::now();
-        let result = self.exchange(rpc, body, timeout).await;
-        match &result {
-            Ok(answer) => self.peer.stats.answered(
-                wire::HEAD_BYTES + body.len(),
-                wire::HEAD_BYTES + answer.len(),
-                started.elapsed().as_secs_f64(),
-            ),
-            Err(e) => self.peer.stats.failed(e.failure()),
-        }
-        result
+        self.send(rpc, body, timeout).await?.answer().await
     }
 
-    async fn exchange(&self, rpc: Rpc, body: &[u8], timeout: Duration) -> Result<Bytes, LinkError> {
-        let deadline = Instant::now() + timeout;
+    /// Writes one request whole to the link and returns at once: its answer is taken with
+    /// [`Sent::answer`] (or [`Sent::decoded`]), all within `timeout` of now. Requests sent one
+    /// after another by one caller reach the receiver in that order (one connection, frames
+    /// written whole under its writer's lock), so a caller may keep several in flight.
+    pub async fn send(&self, rpc: Rpc, body: &[u8], timeout: Duration) -> Result<Sent, LinkError> {
+        let sent = self.write_request(rpc, body, timeout).await;
+        if let Err(e) = &sent {
+            self.peer.stats.failed(e.failure());
+        }
+        sent
+    }
+
+    async fn write_request(
+        &self,
+        rpc: Rpc,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Sent, LinkError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
         let len = wire::HEAD_BYTES + body.len();
         if len > wire::FRAME_BYTES_MAX {
             return Err(LinkError::Rejected {
@@ -247,9 +245,18 @@ impl Link {
         if !conn.shared.register(id, tx) {
             return Err(self.unreachable("the link closed before the request was sent"));
         }
-        let _forget = Forget {
-            shared: &conn.shared,
-            id,
+        let sent = Sent {
+            peer: self.peer.clone(),
+            rpc,
+            request_bytes: len,
+            started,
+            deadline,
+            timeout,
+            rx,
+            _forget: Forget {
+                shared: conn.shared.clone(),
+                id,
+            },
         };
         conn.shared.touch();
         let head = wire::head(body.len(), id, rpc as u8);
@@ -268,25 +275,9 @@ impl Link {
         })
         .await;
         match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.lost(format!("write {}: {e}", rpc.name()))),
-            Err(_) => return Err(self.lost(format!("{} not sent within {timeout:?}", rpc.name()))),
-        }
-        let (status, answer) = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Ok(answer))) => answer,
-            Ok(Ok(Err(why))) => return Err(self.lost(why)),
-            Ok(Err(_)) => return Err(self.lost("the link closed".into())),
-            Err(_) => {
-                return Err(self.lost(format!("{} unanswered within {timeout:?}", rpc.name())));
-            }
-        };
-        if status == Status::Ok as u8 {
-            Ok(answer)
-        } else {
-            Err(LinkError::Rejected {
-                addr: self.peer.addr.clone(),
-                text: String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned(),
-            })
+            Ok(Ok(())) => Ok(sent),
+            Ok(Err(e)) => Err(self.lost(format!("write {}: {e}", rpc.name()))),
+            Err(_) => Err(self.lost(format!("{} not sent within {timeout:?}", rpc.name()))),
         }
     }
 
@@ -337,6 +328,85 @@ impl Link {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(self.unreachable(format!("opening the link failed: {e}"))),
             Err(_) => Err(self.unreachable("the link is still opening")),
+        }
+    }
+}
+
+/// A request written whole to its link, its answer still to come. Dropping it forgets the
+/// request (a late answer is dropped).
+pub struct Sent {
+    peer: Arc<Peer>,
+    rpc: Rpc,
+    /// The request's frame, in bytes.
+    request_bytes: usize,
+    started: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    rx: oneshot::Receiver<conn::Answer>,
+    _forget: Forget,
+}
+
+impl Sent {
+    /// The frame's bytes on the wire.
+    pub fn request_bytes(&self) -> usize {
+        self.request_bytes
+    }
+
+    /// Waits for the answer's body until the request's deadline; counts it in the link's metrics.
+    pub async fn answer(self) -> Result<Bytes, LinkError> {
+        let (peer, started, request_bytes) = (self.peer.clone(), self.started, self.request_bytes);
+        let result = self.wait().await;
+        match &result {
+            Ok(answer) => peer.stats.answered(
+                request_bytes,
+                wire::HEAD_BYTES + answer.len(),
+                started.elapsed().as_secs_f64(),
+            ),
+            Err(e) => peer.stats.failed(e.failure()),
+        }
+        result
+    }
+
+    /// [`Sent::answer`], decoded from the receiver's `Result<Resp, String>`.
+    pub async fn decoded<Resp: DeserializeOwned>(self) -> Result<Resp, LinkError> {
+        let (peer, rpc) = (self.peer.clone(), self.rpc);
+        let answer = self.answer().await?;
+        let decoded = postcard::from_bytes::<Result<Resp, String>>(&answer)
+            .map_err(|e| format!("decode answer to {}: {e}", rpc.name()))
+            .and_then(|answer| answer);
+        decoded.map_err(|text| {
+            peer.stats.failed(Failure::Remote);
+            LinkError::Remote {
+                addr: peer.addr.clone(),
+                text,
+            }
+        })
+    }
+
+    async fn wait(self) -> Result<Bytes, LinkError> {
+        let (rpc, timeout) = (self.rpc, self.timeout);
+        let lost = |why: String| LinkError::Lost {
+            addr: self.peer.addr.clone(),
+            why,
+        };
+        let (status, answer) = match tokio::time::timeout_at(self.deadline, self.rx).await {
+            Ok(Ok(Ok(answer))) => answer,
+            Ok(Ok(Err(why))) => return Err(lost(why)),
+            Ok(Err(_)) => return Err(lost("the link closed".into())),
+            Err(_) => {
+                return Err(lost(format!(
+                    "{} unanswered within {timeout:?}",
+                    rpc.name()
+                )));
+            }
+        };
+        if status == Status::Ok as u8 {
+            Ok(answer)
+        } else {
+            Err(LinkError::Rejected {
+                addr: self.peer.addr.clone(),
+                text: String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned(),
+            })
         }
     }
 }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
@@ -22,6 +24,7 @@ use openraft::network::v2::RaftNetworkV2;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -45,6 +48,8 @@ use crate::raft::types::Snapshot;
 use crate::raft::types::SnapshotData;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
+
+mod pipeline;
 
 /// Creates per-peer Raft network clients.
 pub struct NetworkFactory {
@@ -177,6 +182,25 @@ fn link_error_to_rpc(target: NodeId, e: LinkError) -> RPCError<TypeConfig> {
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
+
+    /// Pipelined: see `network/pipeline.rs`.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let stream = pipeline::stream(self.link.clone(), self.target, input, option);
+        Box::pin(std::future::ready(Ok(stream)))
+    }
 
     async fn append_entries(
         &mut self,

@@ -160,12 +160,12 @@ impl Drop for CloseUnlessDone<'_> {
 }
 
 /// Forgets a waiter when its caller stops waiting (answered, timed out or cancelled).
-pub(super) struct Forget<'a> {
-    pub(super) shared: &'a Shared,
+pub(super) struct Forget {
+    pub(super) shared: Arc<Shared>,
     pub(super) id: u64,
 }
 
-impl Drop for Forget<'_> {
+impl Drop for Forget {
     fn drop(&mut self) {
         self.shared.forget(self.id);
     }
