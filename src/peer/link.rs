@@ -411,34 +411,29 @@ impl Sent {
     }
 }
 
+/// A stand-in peer and a link to it, for the tests of the link and of what uses it.
 #[cfg(test)]
-mod tests {
-    use super::conn::server_name;
-    use super::*;
+pub(crate) mod testing {
+    use std::path::Path;
+    use std::sync::Arc;
 
-    #[test]
-    fn server_names_come_from_the_host_part() {
-        assert!(matches!(
-            server_name("127.0.0.1:4001"),
-            Ok(rustls::pki_types::ServerName::IpAddress(_))
-        ));
-        assert!(matches!(
-            server_name("[::1]:4001"),
-            Ok(rustls::pki_types::ServerName::IpAddress(_))
-        ));
-        assert!(matches!(
-            server_name("node1.example:4001"),
-            Ok(rustls::pki_types::ServerName::DnsName(_))
-        ));
-    }
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+
+    use super::Dialer;
+    use super::Identity;
+    use super::Lane;
+    use super::Link;
+    use super::Links;
+    use super::read_frame;
+    use super::wire;
 
     /// A peer that accepts links and answers every hello, then reads nothing; each accepted
     /// connection is handed to the test.
-    async fn silent_peer() -> (
+    pub async fn silent_peer() -> (
         String,
         tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>,
     ) {
-        use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -463,19 +458,45 @@ mod tests {
         (addr, rx)
     }
 
-    #[tokio::test]
-    async fn a_frame_cut_short_closes_its_connection_and_the_next_request_opens_another() {
-        use tokio::io::AsyncReadExt;
-        let (addr, mut accepted) = silent_peer().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let identity = Identity::open(dir.path(), 1, "n1".into()).expect("identity");
+    /// Node 1's replication link to node 2 at `addr` (identity kept in `dir`).
+    pub fn link_to(dir: &Path, addr: &str) -> Arc<Link> {
+        let identity = Identity::open(dir, 1, "n1".into()).expect("identity");
         let dialer = Dialer {
             source_ip: None,
             identity: Arc::new(identity),
             tls: None,
         };
-        let links = Links::new(dialer, Arc::default());
-        let link = links.get(2, &addr, Lane::Replication);
+        Links::new(dialer, Arc::default()).get(2, addr, Lane::Replication)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conn::server_name;
+    use super::*;
+
+    #[test]
+    fn server_names_come_from_the_host_part() {
+        assert!(matches!(
+            server_name("127.0.0.1:4001"),
+            Ok(rustls::pki_types::ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("[::1]:4001"),
+            Ok(rustls::pki_types::ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("node1.example:4001"),
+            Ok(rustls::pki_types::ServerName::DnsName(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_closes_its_connection_and_the_next_request_opens_another() {
+        use tokio::io::AsyncReadExt;
+        let (addr, mut accepted) = testing::silent_peer().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = testing::link_to(dir.path(), &addr);
         // Far more than the socket buffers hold: the write stalls midway and times out.
         let body = vec![7u8; 32 << 20];
         let err = link

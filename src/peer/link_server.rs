@@ -1,8 +1,8 @@
 //! Inbound peer links (the sender's side is `link.rs`, the format `wire.rs`): the accept loop
 //! (`serve.rs`) hands over a connection that opened with `wire::MAGIC`; here its hello is
 //! checked once, then every request is handled concurrently (`rpc.rs`) and answered with its id
-//! (appends and snapshot chunks on the reader's own task: a leader keeps one append in flight per
-//! link, and a snapshot's chunks must be taken in order, `snapshot.rs`).
+//! (appends and snapshot chunks on the reader's own task: a leader keeps at most one append with
+//! entries in flight per link, and a snapshot's chunks must be taken in order, `snapshot.rs`).
 //!
 //! The hello passes the same checks the HTTP routes make on every request: the caller must be an
 //! authenticated peer (`auth.rs`: 403) and name this node and its cluster (`identity.rs`: 421).
@@ -180,7 +180,9 @@ async fn serve_requests(
         }
         let rpc = wire::split(&payload).ok().map(|(_, rpc, _)| rpc);
         // Appends are answered on the reader's own task (one hand-off less per replicated
-        // write): a leader keeps one append in flight per link, so nothing waits behind it.
+        // write), in the order sent: a leader keeps at most one append with entries in flight
+        // per link, so only its entry-less requests (quick to answer) may queue before it
+        // (`raft/network/pipeline.rs`).
         if rpc == Some(Rpc::Append as u8) {
             answer(&app, &payload, &writer, &closing, &limits).await;
             drop((request_permit, kib_permit));

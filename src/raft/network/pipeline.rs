@@ -224,16 +224,13 @@ mod tests {
     use futures::StreamExt;
     use openraft::impls::leader_id_adv::LeaderId;
     use openraft::network::RPCOption;
-    use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::peer::identity::Identity;
-    use crate::peer::link::Dialer;
-    use crate::peer::link::Lane;
-    use crate::peer::link::Links;
     use crate::peer::link::read_frame;
+    use crate::peer::link::testing::link_to;
+    use crate::peer::link::testing::silent_peer;
     use crate::peer::wire;
     use crate::raft::types::Command;
     use crate::raft::types::Entry;
@@ -265,30 +262,6 @@ mod tests {
                 })
                 .collect(),
         }
-    }
-
-    /// A follower stand-in: accepts one link, answers its hello; the test reads and answers
-    /// the requests itself.
-    async fn follower() -> (String, tokio::sync::oneshot::Receiver<TcpStream>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (mut tcp, _) = listener.accept().await.expect("accept");
-            let mut magic = vec![0u8; wire::MAGIC.len()];
-            tcp.read_exact(&mut magic).await.expect("magic");
-            read_frame(&mut tcp, wire::HELLO_BYTES_MAX)
-                .await
-                .expect("hello");
-            let ok = postcard::to_stdvec(&Ok::<(), wire::HelloRefusal>(())).expect("encode");
-            tcp.write_all(&wire::plain_frame(&ok))
-                .await
-                .expect("answer");
-            let _ = tx.send(tcp);
-        });
-        (addr, rx)
     }
 
     /// The next request on the link: its id and the append it carries.
@@ -325,16 +298,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_overtakes_an_entry_less_request_but_not_another_append() {
-        let (addr, accepted) = follower().await;
+        // A follower stand-in: the test reads and answers the requests itself.
+        let (addr, mut accepted) = silent_peer().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let identity = Identity::open(dir.path(), 1, "n1".into()).expect("identity");
-        let dialer = Dialer {
-            source_ip: None,
-            identity: Arc::new(identity),
-            tls: None,
-        };
-        let links = Links::new(dialer, Arc::default());
-        let link = links.get(2, &addr, Lane::Replication);
+        let link = link_to(dir.path(), &addr);
         let (input, requests) = futures::channel::mpsc::unbounded();
         let option = RPCOption::new(Duration::from_secs(5));
         let answers = stream(link, 2, requests, option);
@@ -349,7 +316,7 @@ mod tests {
         for req in [append(5, 5, 5), append(5, 7, 5), append(7, 9, 6)] {
             input.unbounded_send(req).expect("queued");
         }
-        let mut tcp = accepted.await.expect("the link opened");
+        let mut tcp = accepted.recv().await.expect("the link opened");
         let (notice_id, notice) = next_append(&mut tcp).await;
         assert!(notice.entries.is_empty());
         // The first append is sent before the notice is answered ...
