@@ -208,22 +208,19 @@ pub fn authorize_admin<T>(app: &App, request: &tonic::Request<T>) -> Result<(), 
 
 /// The header of a response that names store revision `revision`.
 pub fn header_at(app: &App, revision: i64) -> PbResponseHeader {
-    PbResponseHeader {
-        revision,
-        ..header(app)
-    }
-}
-
-/// The header of every response: see the module docs.
-pub fn header(app: &App) -> PbResponseHeader {
     use openraft::async_runtime::watch::WatchReceiver;
     let term = app.raft_metrics.borrow_watched().current_term;
     PbResponseHeader {
         cluster_id: crate::service::cluster::cluster_id_number(app),
         member_id: app.node_id,
-        revision: app.state_machine.revision(),
+        revision,
         raft_term: term,
     }
+}
+
+/// The header of every response: see the module docs.
+pub fn header(app: &App) -> PbResponseHeader {
+    header_at(app, app.state_machine.revision())
 }
 
 #[cfg(test)]
