@@ -113,6 +113,15 @@ impl Gate {
         let Some(log) = weak.upgrade() else {
             return self.abandon_slot(&io::Error::other("raft log closed"));
         };
+        self.send_waiting_to(&log, weak);
+        // Dropping the last reference to the log joins raft-log's flush thread, which may be
+        // in an fsync: not on a tokio worker (the store was closed while this task ran).
+        if Arc::strong_count(&log) == 1 {
+            tokio::task::spawn_blocking(move || drop(log));
+        }
+    }
+
+    fn send_waiting_to(self: &Arc<Self>, log: &Mutex<RaftLog<WalTypes>>, weak: WeakLog) {
         let Ok(mut guard) = log.lock() else {
             return self.abandon_slot(&io::Error::other("raft log lock poisoned"));
         };
@@ -129,12 +138,6 @@ impl Gate {
         let batch = Batch::new(self.clone(), weak, appends);
         // On an error raft-log drops the request, and `Batch::drop` fails its appends.
         let _ = guard.flush(true, Some(FlushDone::Gated(batch)));
-        drop(guard);
-        // Dropping the last reference to the log joins raft-log's flush thread, which may be
-        // in an fsync: not on a tokio worker (the store was closed while this task ran).
-        if Arc::strong_count(&log) == 1 {
-            tokio::task::spawn_blocking(move || drop(log));
-        }
     }
 
     /// Stalls the flush thread in the next gated callback until the guard is dropped.
