@@ -33,6 +33,14 @@ pub enum Cmd {
     RaftkvReady(RaftkvReadyArgs),
     /// Wait for an etcd cluster with a leader that takes a write; print "LEADER FOLLOWER1 ..".
     EtcdReady(EtcdReadyArgs),
+    /// A TCP proxy on 127.0.0.1 that delays every byte by --delay-ms, both ways (bench/wan.sh).
+    DelayProxy {
+        #[arg(long, default_value_t = 1.0)]
+        delay_ms: f64,
+        /// LISTEN_PORT:TARGET_PORT (repeatable).
+        #[arg(long = "pair", required = true)]
+        pairs: Vec<String>,
+    },
     /// Put one key.
     Put(KeyArgs),
     /// Poll a stale/serializable read until it returns the value; print the ms it took.

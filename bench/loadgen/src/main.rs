@@ -17,6 +17,7 @@
 //!   idle     [--ms MS]              idle CPU % of the machine from /proc/stat
 //!   raftkv-ready --target H:P --voters N [--timeout S]   prints "LEADER FOLLOWER1 FOLLOWER2.."
 //!   etcd-ready   --target H:P,H:P,.. [--timeout S]       prints "LEADER FOLLOWER1 FOLLOWER2.."
+//!   delay-proxy --delay-ms D --pair LISTEN:TARGET ..   delays every byte D ms both ways (bench/wan.sh)
 //!   put      --system S --target H:P --key K --value V
 //!   wait-read --system S --target H:P --key K --value V [--timeout S]  (stale read; prints ms)
 //!   fio      FILE.json              summary of a fio --output-format=json run
@@ -25,10 +26,11 @@
 //!
 //! Modules: `args` (the command line), `wire` (HTTP requests and outcomes), `run` (the
 //! measurement), `grpc` (etcd's gRPC API, both systems), `watch` (w1 and l1), `load`, `ready`
-//! (cluster readiness, markers), `floor` (round trips, idle CPU, fio), `cpu` (/proc), `report`, `plot` (the scale curve, SVG).
+//! (cluster readiness, markers), `floor` (round trips, idle CPU, fio), `delay` (the delay proxy), `cpu` (/proc), `report`, `plot` (the scale curve, SVG).
 
 mod args;
 mod cpu;
+mod delay;
 mod floor;
 mod grpc;
 mod load;
@@ -60,6 +62,7 @@ fn main() {
         Cmd::Idle { ms } => floor::cmd_idle(ms),
         Cmd::RaftkvReady(a) => ready::cmd_raftkv_ready(&a),
         Cmd::EtcdReady(a) => ready::cmd_etcd_ready(&a),
+        Cmd::DelayProxy { delay_ms, pairs } => delay::cmd_delay_proxy(delay_ms, &pairs),
         Cmd::Put(a) => ready::cmd_put(&a),
         Cmd::WaitRead { key, timeout } => ready::cmd_wait_read(&key, timeout),
         Cmd::Fio { file } => floor::cmd_fio(&file),
