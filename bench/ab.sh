@@ -69,8 +69,6 @@ for round in $(seq "$ROUNDS"); do
   one B "$BIN_B" "$round"
 done
 
-field() { sed -n "s/^$1=//p" "$2"; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2); else print "-"}'; }
 {
   echo "# A/B $(date -u +%Y-%m-%dT%H:%MZ): A=$BIN_A B=$BIN_B"
   echo "rounds=$ROUNDS duration=${DURATION}s clients=$CLIENTS keys=$KEYS"

@@ -154,3 +154,8 @@ preload() {   # preload SYSTEM KEYS OUTFILE: writes keys 0..KEYS once through th
 }
 
 idle_now() { "$LOADGEN" idle --ms 1000; }
+
+# For the tables of bench/ab.sh and bench/wan.sh: one `key=value` of a loadgen output file, and
+# the median of the numbers on stdin ("-" if none).
+field() { sed -n "s/^$1=//p" "$2"; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2); else print "-"}'; }

@@ -23,7 +23,7 @@ RESULTS="${RESULTS:-$BENCH/results/wan-$(date +%Y%m%d-%H%M%S)}"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
 RK_PORTS_LIST="26001 26002 26003" NODES=3
 # shellcheck source=bench/cluster.sh
-source "$BENCH/cluster.sh"   # log, die, spawn, stop_pids, the cleanup trap
+source "$BENCH/cluster.sh"   # log, die, spawn, stop_pids, field, median, the cleanup trap
 
 [ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
 [ -x "$BIN_A" ] && [ -x "$BIN_B" ] || die "both binaries must exist and be executable"
@@ -62,8 +62,6 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-field() { sed -n "s/^$1=//p" "$2"; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR) print (NR % 2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2); else print "-"}'; }
 {
   echo "# wan $(date -u +%Y-%m-%dT%H:%MZ): A=$BIN_A B=$BIN_B"
   echo "rounds=$ROUNDS duration=${DURATION}s, 1 client, peer links delayed by the given ms each way"
