@@ -347,11 +347,6 @@ pub struct Sent {
 }
 
 impl Sent {
-    /// The frame's bytes on the wire.
-    pub fn request_bytes(&self) -> usize {
-        self.request_bytes
-    }
-
     /// Waits for the answer's body until the request's deadline; counts it in the link's metrics.
     pub async fn answer(self) -> Result<Bytes, LinkError> {
         let (peer, started, request_bytes) = (self.peer.clone(), self.started, self.request_bytes);

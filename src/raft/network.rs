@@ -159,6 +159,21 @@ fn cut_to_fit(
     Ok((postcard::to_stdvec(&req)?, last))
 }
 
+/// `req` encoded for the link, cut to fit (see [`cut_to_fit`]; a cut is logged): the body and,
+/// if entries were cut off, the last entry sent.
+fn encode_append(
+    target: NodeId,
+    req: AppendEntriesRequest<TypeConfig>,
+) -> Result<(Vec<u8>, Option<LogId>), RPCError<TypeConfig>> {
+    let entries = req.entries.len();
+    let (body, cut_at) = cut_to_fit(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    if let Some(last_sent) = cut_at {
+        tracing::debug!(target, entries, last_sent = %last_sent,
+            "append over {APPEND_BYTES_MAX} bytes: sent a prefix");
+    }
+    Ok((body, cut_at))
+}
+
 /// A link that could not be opened or was refused counts as unreachable (a refusal is never a
 /// vote or an acknowledgement; logged at most once per 5 s); other failures are network errors.
 fn link_error_to_rpc(target: NodeId, e: LinkError) -> RPCError<TypeConfig> {
@@ -202,36 +217,27 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         Box::pin(std::future::ready(Ok(stream)))
     }
 
+    /// Required by the trait, but openraft (at our pin) sends both appends and heartbeats
+    /// through `stream_append` above; this one-request form serves any other caller.
     async fn append_entries(
         &mut self,
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let entries = req.entries.len();
-        let (body, cut_at) =
-            cut_to_fit(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let (body, cut_at) = encode_append(self.target, req)?;
         let timeout = append_timeout(option.hard_ttl(), body.len());
         let resp = self
             .link
             .call_encoded(Rpc::Append, &body, timeout)
             .await
             .map_err(|e| link_error_to_rpc(self.target, e))?;
-        let Some(last_sent) = cut_at else {
-            return Ok(resp);
-        };
-        tracing::debug!(target = self.target, entries, last_sent = %last_sent,
-            "append over {APPEND_BYTES_MAX} bytes: sent a prefix");
-        // openraft continues after a partial success: the default `stream_append`
-        // (network/stream_append_trait.rs, `stream_append_sequential`) maps PartialSuccess(id)
-        // to an acknowledgement of `id` and ends the stream; the replication task
-        // (replication/mod.rs, `run_stream_session` → `handle_response_stream`) reports `id` as
-        // matched to RaftCore and resumes with `Payload::update_matching(id)`, i.e. the next
-        // request starts right after the last entry sent.
-        Ok(match resp {
-            AppendEntriesResponse::Success => {
+        // Cut to fit: only the prefix up to `last_sent` was sent, so only it is acknowledged;
+        // openraft resumes right after it.
+        Ok(match (resp, cut_at) {
+            (AppendEntriesResponse::Success, Some(last_sent)) => {
                 AppendEntriesResponse::PartialSuccess(Some(last_sent))
             }
-            other => other,
+            (other, _) => other,
         })
     }
 

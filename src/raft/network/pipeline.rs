@@ -10,12 +10,15 @@
 //! before: on this 2-vCPU one-disk machine, several appends in flight measured slower
 //! (BENCHMARKS.md, "Pipelined appends: built, measured, reverted").
 //!
+//! Heartbeats take the same path on their own lane (openraft's heartbeat worker streams them too):
+//! they carry no entries, so up to `APPENDS_IN_FLIGHT_MAX` of them may be unanswered at once.
+//!
 //! The follower answers one link's appends in the order they arrive, one at a time
 //! (`peer/link_server.rs`), and requests reach it in the order they were sent: one connection,
 //! each frame written whole before the next (`Link::send`).
 //!
-//! Limits: at most `APPENDS_IN_FLIGHT_MAX` requests and about `APPEND_PIPELINE_BYTES_MAX` bytes
-//! in flight, each answered within its own timeout (`append_timeout`). The stream ends at the
+//! Limits: at most `APPENDS_IN_FLIGHT_MAX` requests in flight, at most one of them with entries
+//! (so at most one large request), each answered within its own timeout (`append_timeout`). The stream ends at the
 //! first error, at the first refusal (conflict, higher vote) and after a request cut to fit
 //! (`cut_to_fit`): openraft then starts a new one from what was acknowledged.
 
@@ -34,7 +37,7 @@ use openraft::raft::StreamAppendError;
 use openraft::raft::StreamAppendResult;
 
 use super::append_timeout;
-use super::cut_to_fit;
+use super::encode_append;
 use super::link_error_to_rpc;
 use crate::peer::link::Link;
 use crate::peer::link::LinkError;
@@ -45,15 +48,11 @@ use crate::raft::types::TypeConfig;
 
 /// Requests one replication stream keeps in flight at most (one of them with entries).
 pub const APPENDS_IN_FLIGHT_MAX: usize = 4;
-/// A further append is sent only while fewer request bytes than this are in flight (one large
-/// catch-up append is sent alone).
-pub const APPEND_PIPELINE_BYTES_MAX: usize = 4 << 20;
 
 type Item = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// An answered append: what it carried, and the answer.
 struct Answered {
-    bytes: usize,
     /// The request carried entries.
     entries: bool,
     prev: Option<LogId>,
@@ -73,7 +72,6 @@ struct Pipeline<S> {
     /// An error was yielded: the stream ends.
     ended: bool,
     in_flight: FuturesOrdered<BoxFuture<'static, Answered>>,
-    bytes_in_flight: usize,
     /// Requests in flight that carry entries (0 or 1).
     entries_in_flight: usize,
 }
@@ -96,7 +94,6 @@ where
         sending_done: false,
         ended: false,
         in_flight: FuturesOrdered::new(),
-        bytes_in_flight: 0,
         entries_in_flight: 0,
     };
     Box::pin(futures::stream::unfold(pipeline, Pipeline::next))
@@ -115,8 +112,7 @@ where
             // carry only the entries submitted so far (smaller appends, more follower fsyncs).
             let may_send = !self.sending_done
                 && self.entries_in_flight == 0
-                && self.in_flight.len() < APPENDS_IN_FLIGHT_MAX
-                && self.bytes_in_flight < APPEND_PIPELINE_BYTES_MAX;
+                && self.in_flight.len() < APPENDS_IN_FLIGHT_MAX;
             if self.in_flight.is_empty() {
                 if !may_send {
                     return None;
@@ -134,7 +130,6 @@ where
                 biased;
                 answered = self.in_flight.next() => {
                     let Some(answered) = answered else { continue };
-                    self.bytes_in_flight -= answered.bytes;
                     self.entries_in_flight -= usize::from(answered.entries);
                     let item = self.item(answered);
                     if !matches!(item, Ok(Ok(_))) {
@@ -163,14 +158,11 @@ where
         };
         let prev = req.prev_log_id;
         let last = req.entries.last().map(|e| e.log_id).or(prev);
-        let entries = req.entries.len();
-        let (body, cut_at) =
-            cut_to_fit(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if let Some(last_sent) = cut_at {
+        let carries = !req.entries.is_empty();
+        let (body, cut_at) = encode_append(self.target, req)?;
+        if cut_at.is_some() {
             // The rest of this request's entries go in the next stream, which openraft starts
             // right after the last entry acknowledged (see `Answered::cut_at`).
-            tracing::debug!(target = self.target, entries, last_sent = %last_sent,
-                "append over {} bytes: sent a prefix", crate::limits::APPEND_BYTES_MAX);
             self.sending_done = true;
         }
         let timeout = append_timeout(self.option.hard_ttl(), body.len());
@@ -179,13 +171,9 @@ where
             .send(Rpc::Append, &body, timeout)
             .await
             .map_err(|e| link_error_to_rpc(self.target, e))?;
-        let bytes = sent.request_bytes();
-        let carries = entries > 0;
-        self.bytes_in_flight += bytes;
         self.entries_in_flight += usize::from(carries);
         self.in_flight.push_back(Box::pin(async move {
             Answered {
-                bytes,
                 entries: carries,
                 prev,
                 last,

@@ -146,6 +146,13 @@ async fn append_durably(store: &mut LogStore, entries: Vec<Entry>) {
     append_pending(store, entries).await.await.unwrap().unwrap();
 }
 
+/// A store in `dir` with the group-commit gate (no flush wait), and its gate.
+fn gated_store(dir: &TempDir) -> (LogStore, Arc<gate::Gate>) {
+    let store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
+    let gate = store.gate.clone().unwrap();
+    (store, gate)
+}
+
 /// Appends without waiting for the flush: the receiver yields the `IOFlushed` result.
 async fn append_pending(
     store: &mut LogStore,
@@ -404,8 +411,7 @@ async fn concurrent_appends_group_commit() {
 #[allow(clippy::await_holding_lock)] // the stall guard blocks raft-log's thread, not a task
 async fn gate_groups_appends_behind_a_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
-    let gate = store.gate.clone().unwrap();
+    let (mut store, gate) = gated_store(&dir);
     append_durably(&mut store, vec![ent(1, 10)]).await;
     assert_eq!(store_syncs(&store), 1);
 
@@ -435,8 +441,7 @@ async fn gate_groups_appends_behind_a_flush() {
 #[allow(clippy::await_holding_lock)] // the stall guard blocks raft-log's thread, not a task
 async fn gate_sends_at_once_past_its_byte_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
-    let gate = store.gate.clone().unwrap();
+    let (mut store, gate) = gated_store(&dir);
     let stall = gate.stall_for_test();
     let mut waits = Vec::new();
     for (i, len) in [(1, 10), (2, 10), (3, gate::WAITING_BYTES_MAX)] {
@@ -461,8 +466,7 @@ async fn gate_sends_at_once_past_its_byte_bound() {
 #[allow(clippy::await_holding_lock)] // the stall guard blocks raft-log's thread, not a task
 async fn the_flush_thread_never_drops_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = LogStore::open(dir.path(), Some(Duration::ZERO)).unwrap();
-    let gate = store.gate.clone().unwrap();
+    let (mut store, gate) = gated_store(&dir);
     let stall = gate.stall_for_test();
     let flushed = append_pending(&mut store, vec![ent(1, 10)]).await;
     let (done_tx, done) = std::sync::mpsc::channel();
