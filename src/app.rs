@@ -24,6 +24,8 @@ pub struct App {
     pub peers: PeerClients,
     /// Batches writes this node forwards to the leader.
     pub forwarder: ForwardBatcher,
+    /// Proposes writes on this node while it leads (batching concurrent ones).
+    pub proposer: crate::raft::propose::Proposer,
     /// Bound on how long a write or a linearizable read waits before answering 503.
     pub request_timeout: Duration,
     pub max_value_bytes: usize,

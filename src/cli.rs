@@ -94,6 +94,11 @@ pub struct Args {
     /// arrive during one fsync share the next.
     #[arg(long, default_value_t = 0)]
     pub flush_wait_us: u64,
+    /// Propose each client write as a log entry of its own, instead of putting the writes that
+    /// arrive while one is being committed in one entry. For a rolling upgrade from a version
+    /// without batched entries: older nodes cannot read them.
+    #[arg(long)]
+    pub no_write_batching: bool,
     /// Raft heartbeat interval in ms; election timeout is 5–10 heartbeats.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
@@ -271,6 +276,7 @@ impl Args {
             max_value_bytes: self.max_value_bytes,
             request_timeout: Duration::from_millis(self.timeout_ms),
             flush_batch_wait: Duration::from_micros(self.flush_wait_us),
+            write_batching: !self.no_write_batching,
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             source_ip: self.source_ip,
             join_timeout: Duration::from_millis(self.join_timeout_ms),

@@ -46,6 +46,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long the log's flush worker waits to gather more writes into one fsync.
     pub flush_batch_wait: Duration,
+    /// Whether the leader puts concurrent client writes in one log entry (`raft/propose.rs`).
+    pub write_batching: bool,
     /// Raft heartbeat interval; election timeouts are derived from it.
     pub heartbeat_interval: Duration,
     /// Local address outgoing peer connections are bound to; `None` lets the OS choose.

@@ -80,7 +80,7 @@ pub const fn varint_len(n: usize) -> usize {
 /// The exact postcard-encoded size of `cmd`, computed without encoding it.
 pub fn command_encoded_len(cmd: &Command) -> usize {
     let bytes = |b: usize| varint_len(b) + b;
-    // The variant tag: one byte for our three variants.
+    // The variant tag: one byte (fewer than 128 variants).
     1 + match cmd {
         Command::Set { key, value } => bytes(key.len()) + bytes(value.len()),
         Command::SetMany { pairs } => {
@@ -99,6 +99,9 @@ pub fn command_encoded_len(cmd: &Command) -> usize {
         | Command::LeaseGrant { .. }
         | Command::LeaseRevoke { .. } => {
             return postcard::experimental::serialized_size(cmd).unwrap_or(usize::MAX);
+        }
+        Command::Batch(cmds) => {
+            varint_len(cmds.len()) + cmds.iter().map(command_encoded_len).sum::<usize>()
         }
     }
 }
@@ -160,6 +163,22 @@ pub fn check_command(cmd: &Command, value_bytes_max: usize) -> Result<(), KvErro
         }
         Command::Txn(txn) => check_txn(txn, value_bytes_max)?,
         Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {}
+        // Made by the leader's group commit from checked commands; checked again for a batch
+        // that came another way (a peer's forwarded write).
+        Command::Batch(cmds) => {
+            if cmds.is_empty() || cmds.len() > BATCH_COMMANDS_MAX {
+                return Err(KvError::BadRequest(format!(
+                    "a batch of {} commands; it must hold 1 to {BATCH_COMMANDS_MAX}",
+                    cmds.len()
+                )));
+            }
+            for inner in cmds {
+                if !inner.batchable() {
+                    return Err(KvError::BadRequest(format!("a batch may not hold {inner}")));
+                }
+                check_command(inner, value_bytes_max)?;
+            }
+        }
     }
     let size = command_encoded_len(cmd);
     let limit = command_bytes_max(value_bytes_max);
@@ -270,6 +289,8 @@ mod tests {
                     .map(|i| (format!("key{i}"), vec![1; i * 3]))
                     .collect(),
             },
+            Command::Batch(vec![set("a", 10), Command::Delete { key: "d".into() }]),
+            Command::Batch((0..200).map(|i| set(&format!("k{i}"), i)).collect()),
         ];
         for cmd in &cmds {
             let encoded = postcard::to_stdvec(cmd).expect("encode");
@@ -336,5 +357,25 @@ mod tests {
         assert_eq!(varint_len(16_383), 2);
         assert_eq!(varint_len(16_384), 3);
         assert_eq!(varint_len(usize::MAX), 10);
+    }
+
+    #[test]
+    fn a_batch_holds_checked_client_writes_only() {
+        let max = VALUE_BYTES_MAX_DEFAULT;
+        let ok = Command::Batch(vec![set("a", 1), Command::Delete { key: "b".into() }]);
+        assert!(check_command(&ok, max).is_ok());
+        let refused = [
+            Command::Batch(Vec::new()),
+            Command::Batch(vec![set("a", 1); BATCH_COMMANDS_MAX + 1]),
+            Command::Batch(vec![Command::Batch(vec![set("a", 1)])]),
+            Command::Batch(vec![set("a", 1), Command::Compact { revision: 1 }]),
+            Command::Batch(vec![set("", 1)]),
+            Command::Batch(vec![set("a", max + 1)]),
+            // Each command fits, together they are over one command's limit.
+            Command::Batch(vec![set("a", max), set("b", max)]),
+        ];
+        for cmd in &refused {
+            assert!(check_command(cmd, max).is_err(), "{cmd} must be refused");
+        }
     }
 }

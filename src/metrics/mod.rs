@@ -48,12 +48,21 @@ impl MvccMetrics {
     /// Counts one write request (a multi-key set counts one put per key).
     pub fn count_write(&self, cmd: &Command) {
         match cmd {
-            Command::Set { .. } | Command::Put(_) => self.put.inc(),
-            Command::SetMany { pairs } => self.put.inc_by(pairs.len() as u64),
-            Command::Delete { .. } | Command::DeleteRange(_) => self.delete.inc(),
-            Command::Txn(_) => self.txn.inc(),
-            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 0,
-        };
+            Command::Set { .. } | Command::Put(_) => {
+                self.put.inc();
+            }
+            Command::SetMany { pairs } => {
+                self.put.inc_by(pairs.len() as u64);
+            }
+            Command::Delete { .. } | Command::DeleteRange(_) => {
+                self.delete.inc();
+            }
+            Command::Txn(_) => {
+                self.txn.inc();
+            }
+            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {}
+            Command::Batch(cmds) => cmds.iter().for_each(|cmd| self.count_write(cmd)),
+        }
     }
 }
 

@@ -12,8 +12,6 @@
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::ClientWriteError;
-use openraft::errors::RaftError;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -22,25 +20,18 @@ use crate::app::App;
 use crate::app::LeaderRoute;
 use crate::error::KvError;
 use crate::raft::forward_batch::Forwarded;
+use crate::raft::propose::Attempt;
 use crate::raft::types::Command;
 use crate::raft::types::Node;
 use crate::raft::types::NodeId;
 use crate::raft::types::Outcome;
 use crate::raft::types::Response as CommandResponse;
-use crate::raft::types::TypeConfig;
 
 /// What a successful write reports: the log index it was committed at and the apply result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriteOk {
     pub index: u64,
     pub response: CommandResponse,
-}
-
-/// Why one attempt failed.
-enum Attempt {
-    /// Certainly not applied; retry once a (new) leader is known.
-    RetryAfterLeaderChange(Option<NodeId>),
-    Done(Result<WriteOk, KvError>),
 }
 
 /// [`write`], answering the store's outcome with the revision after it; the store's refusal
@@ -67,7 +58,7 @@ pub async fn propose_as_leader(
     }
     app.metrics.mvcc.count_write(&cmd);
     let deadline = Instant::now() + app.request_timeout;
-    match propose_locally(app, cmd, deadline).await {
+    match app.proposer.propose_alone(cmd, deadline).await {
         Attempt::Done(result) => outcome_of(result?),
         Attempt::RetryAfterLeaderChange(_) => Err(not_leading()),
     }
@@ -95,7 +86,7 @@ pub async fn write(app: &App, cmd: Command) -> Result<WriteOk, KvError> {
     let deadline = Instant::now() + app.request_timeout;
     loop {
         let attempt = match app.leader_route() {
-            LeaderRoute::Local => propose_locally(app, cmd.clone(), deadline).await,
+            LeaderRoute::Local => app.proposer.propose(cmd.clone(), deadline).await,
             LeaderRoute::Remote(id, node) => forward_to(app, id, &node, cmd.clone()).await,
             LeaderRoute::Unknown => Attempt::RetryAfterLeaderChange(None),
         };
@@ -139,52 +130,6 @@ async fn wait_for_other_leader(
         return Err(KvError::NoLeader("no leader elected in time".into()));
     }
     Ok(())
-}
-
-async fn propose_locally(app: &App, cmd: Command, deadline: Instant) -> Attempt {
-    let attempt = propose_once(app, cmd, deadline).await;
-    if matches!(attempt, Attempt::Done(Err(_))) {
-        app.metrics.proposals_failed.inc();
-    }
-    attempt
-}
-
-async fn propose_once(app: &App, cmd: Command, deadline: Instant) -> Attempt {
-    match tokio::time::timeout_at(deadline, app.raft.client_write(cmd)).await {
-        Err(_elapsed) => Attempt::Done(Err(KvError::Timeout(app.request_timeout))),
-        Ok(Ok(resp)) => Attempt::Done(Ok(WriteOk {
-            index: resp.log_id.index,
-            response: resp.data,
-        })),
-        Ok(Err(RaftError::APIError(e))) => refused(app, e),
-        Ok(Err(RaftError::Fatal(e))) => Attempt::Done(Err(fatal_error(app, &e))),
-    }
-}
-
-/// A proposal the Raft core could not see through. Stopped (a shutdown while the proposal was
-/// pending): it may have been appended and may still commit on the next leader, so the outcome
-/// is unknown (`Timeout`), never a 500. Any other fatal error: `Internal` (the node exits).
-fn fatal_error(app: &App, e: &openraft::errors::Fatal<TypeConfig>) -> KvError {
-    match e {
-        openraft::errors::Fatal::Stopped => KvError::Timeout(app.request_timeout),
-        other => KvError::Internal(other.to_string()),
-    }
-}
-
-/// Maps openraft's refusal of one proposal.
-fn refused(app: &App, e: ClientWriteError<TypeConfig>) -> Attempt {
-    match e {
-        ClientWriteError::ForwardToLeader(f) => {
-            // Refused before the entry was appended: not applied.
-            tracing::debug!(leader = ?f.leader_id, "no longer leader, retrying via the new one");
-            Attempt::RetryAfterLeaderChange(Some(app.node_id))
-        }
-        // Appended, then dropped by a leader change: it may still commit elsewhere.
-        ClientWriteError::LogEntryDiscarded(_) => {
-            Attempt::Done(Err(KvError::Timeout(app.request_timeout)))
-        }
-        other => Attempt::Done(Err(KvError::Internal(other.to_string()))),
-    }
 }
 
 /// Sends `cmd` to the leader (batched with concurrent forwarded writes, see `forward_batch`).
@@ -241,11 +186,26 @@ pub async fn propose_many(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, 
         .collect()
 }
 
-/// Proposes already checked `cmds` as one batch; one outcome per command, in order.
+/// Proposes already checked `cmds`; one outcome per command, in order. With write batching
+/// they join the leader's batches like its own clients' writes (`raft/propose.rs`); without,
+/// they are proposed together as entries of their own.
 async fn propose_checked(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, KvError>> {
     let deadline = Instant::now() + app.request_timeout;
-    let count = cmds.len();
     let not_leader = || KvError::NoLeader("the forwarded-to node is not the leader".into());
+    if app.proposer.batching() {
+        let proposals = cmds
+            .into_iter()
+            .map(|cmd| app.proposer.propose(cmd, deadline));
+        let attempts = futures::future::join_all(proposals).await;
+        return attempts
+            .into_iter()
+            .map(|attempt| match attempt {
+                Attempt::Done(result) => result,
+                Attempt::RetryAfterLeaderChange(_) => Err(not_leader()),
+            })
+            .collect();
+    }
+    let count = cmds.len();
     let mut results = Vec::with_capacity(count);
     match tokio::time::timeout_at(deadline, app.raft.client_write_many(cmds)).await {
         Ok(Ok(mut stream)) => {
@@ -257,18 +217,18 @@ async fn propose_checked(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, K
                         index: resp.log_id.index,
                         response: resp.response,
                     }),
-                    Ok(Some(Ok(Err(e)))) => match refused(app, e) {
+                    Ok(Some(Ok(Err(e)))) => match app.proposer.refused(e) {
                         Attempt::Done(r) => r,
                         Attempt::RetryAfterLeaderChange(_) => Err(not_leader()),
                     },
-                    Ok(Some(Err(fatal))) => Err(fatal_error(app, &fatal)),
+                    Ok(Some(Err(fatal))) => Err(app.proposer.fatal_error(&fatal)),
                     // The stream ended early or the deadline passed: outcome unknown.
                     Ok(None) | Err(_) => break,
                 };
                 results.push(result);
             }
         }
-        Ok(Err(fatal)) => return vec![Err(fatal_error(app, &fatal)); count],
+        Ok(Err(fatal)) => return vec![Err(app.proposer.fatal_error(&fatal)); count],
         Err(_elapsed) => {}
     }
     results.resize_with(count, || Err(KvError::Timeout(app.request_timeout)));

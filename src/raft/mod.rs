@@ -2,6 +2,7 @@
 pub mod forward;
 pub mod forward_batch;
 pub mod network;
+pub mod propose;
 pub mod read;
 pub mod snapshot_policy;
 pub mod types;

@@ -63,6 +63,34 @@ pub enum Command {
     LeaseGrant { id: i64, ttl: i64 },
     /// etcd's LeaseRevoke (also how the leader expires a lease).
     LeaseRevoke { id: i64 },
+    /// Concurrent clients' writes in one log entry (the leader's group commit,
+    /// `raft/propose.rs`). Each applies as if it were its own entry, in order, at its own
+    /// revision, and gets its own answer ([`Outcome::Batch`]): etcd's lock and election recipes
+    /// order waiters by create revision, so two writes must never share one. Only
+    /// [`Command::batchable`] commands, never a batch in a batch (`limits::check_command`).
+    /// Nodes of a version before this variant cannot decode it: upgrade every node before
+    /// the leader runs this version (README, "Upgrading").
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Whether the leader may put this command in a [`Command::Batch`]: the client writes.
+    /// Compactions and lease changes are rare and have effects beyond the store's revision
+    /// (the compactor, the lessor), so they stay entries of their own.
+    pub fn batchable(&self) -> bool {
+        match self {
+            Command::Set { .. }
+            | Command::SetMany { .. }
+            | Command::Delete { .. }
+            | Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Txn(_) => true,
+            Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::Batch(_) => false,
+        }
+    }
 }
 
 impl fmt::Display for Command {
@@ -83,6 +111,7 @@ impl fmt::Display for Command {
             Command::Compact { revision } => write!(f, "compact at {revision}"),
             Command::LeaseGrant { id, ttl } => write!(f, "grant lease {id:x} ttl {ttl}s"),
             Command::LeaseRevoke { id } => write!(f, "revoke lease {id:x}"),
+            Command::Batch(cmds) => write!(f, "batch of {} writes", cmds.len()),
         }
     }
 }
@@ -200,6 +229,8 @@ pub enum Outcome {
         ttl: i64,
     },
     LeaseRevoked,
+    /// A [`Command::Batch`]'s answers, one per command, in order.
+    Batch(Vec<Response>),
 }
 
 openraft::declare_raft_types!(

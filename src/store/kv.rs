@@ -23,7 +23,11 @@ use crate::mvcc::KeyValue;
 use crate::mvcc::MvccError;
 use crate::mvcc::lease::Leases;
 use crate::raft::types::Command;
+use crate::raft::types::Outcome;
 use crate::raft::types::Response;
+
+/// One revision a command wrote and its changes, for the watch feed.
+pub type Revision = (i64, Vec<Change>);
 
 /// The store and its live-key digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,10 +103,56 @@ impl KvState {
         self.apply_with_changes(cmd).0
     }
 
-    /// [`KvState::apply_owned`], also returning the changes the command made (in the order the
-    /// store made them; empty when it changed nothing) for the watch feed.
-    pub fn apply_with_changes(&mut self, cmd: Command) -> (Response, Vec<Change>) {
-        use crate::raft::types::Outcome;
+    /// [`KvState::apply_owned`], also returning the changes the command made for the watch
+    /// feed: per revision it wrote, in order, each revision's changes in the order the store
+    /// made them (empty when it changed nothing). A [`Command::Batch`] applies each of its
+    /// commands as if it were an entry of its own, at its own revision, and answers
+    /// [`Outcome::Batch`] with each one's response.
+    pub fn apply_with_changes(&mut self, cmd: Command) -> (Response, Vec<Revision>) {
+        let Command::Batch(cmds) = cmd else {
+            let (response, changes) = self.apply_one(cmd);
+            let revisions = if changes.is_empty() {
+                Vec::new()
+            } else {
+                vec![(response.revision, changes)]
+            };
+            return (response, revisions);
+        };
+        let mut revisions = Vec::with_capacity(cmds.len());
+        let mut responses = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (response, changes) = if cmd.batchable() {
+                self.apply_one(cmd)
+            } else {
+                self.refuse_in_batch(&cmd)
+            };
+            if !changes.is_empty() {
+                revisions.push((response.revision, changes));
+            }
+            responses.push(response);
+        }
+        let response = Response {
+            existed: false,
+            revision: self.store.current_revision(),
+            outcome: Some(Outcome::Batch(responses)),
+        };
+        (response, revisions)
+    }
+
+    /// A command the leader never puts in a batch (`Command::batchable`), found in one: a
+    /// hand-made entry. Refused on every replica alike: it changes nothing.
+    fn refuse_in_batch(&self, cmd: &Command) -> (Response, Vec<Change>) {
+        tracing::warn!(command = %cmd, "a replicated batch held a command batches may not hold; refused");
+        let response = Response {
+            existed: false,
+            revision: self.store.current_revision(),
+            outcome: None,
+        };
+        (response, Vec::new())
+    }
+
+    /// Applies one command that is not a batch.
+    fn apply_one(&mut self, cmd: Command) -> (Response, Vec<Change>) {
         let leases = &self.leases;
         let exists = |id: i64| leases.exists(id);
         let (written, outcome) = match cmd {
@@ -147,6 +197,8 @@ impl KvState {
             Command::LeaseRevoke { id } => etcd(self.leases.revoke(id, &mut self.store), |()| {
                 Outcome::LeaseRevoked
             }),
+            // `apply_with_changes` takes batches apart and refuses a batch in one: never here.
+            Command::Batch(_) => (Ok(Vec::new()), None),
         };
         let changes = match written {
             Ok(changes) => {
@@ -224,17 +276,11 @@ impl KvState {
 /// An etcd write's changes (for the digest) and its answer for the client.
 fn etcd<R>(
     written: Result<mvcc::Written<R>, MvccError>,
-    answer: impl FnOnce(R) -> crate::raft::types::Outcome,
-) -> (
-    Result<Vec<Change>, MvccError>,
-    Option<crate::raft::types::Outcome>,
-) {
+    answer: impl FnOnce(R) -> Outcome,
+) -> (Result<Vec<Change>, MvccError>, Option<Outcome>) {
     match written {
         Ok(w) => (Ok(w.changes), Some(answer(w.response))),
-        Err(e) => (
-            Err(e.clone()),
-            Some(crate::raft::types::Outcome::Refused(e)),
-        ),
+        Err(e) => (Err(e.clone()), Some(Outcome::Refused(e))),
     }
 }
 
@@ -329,5 +375,72 @@ mod tests {
             d.digest(),
             "same value, other revisions and version: the digest tells them apart"
         );
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_at_its_own_revision() {
+        let cmds = vec![
+            set("a", "1"),
+            set("b", "1"),
+            del("missing"),
+            set("a", "2"),
+            Command::Compact { revision: 1 },
+            del("b"),
+        ];
+        let mut one_by_one = KvState::new();
+        let expected: Vec<Response> = cmds
+            .iter()
+            .map(|cmd| match cmd {
+                // Not batchable: refused inside a batch, it changes nothing.
+                Command::Compact { .. } => Response {
+                    revision: one_by_one.revision(),
+                    ..Response::default()
+                },
+                cmd => one_by_one.apply_owned(cmd.clone()),
+            })
+            .collect();
+
+        let mut batched = KvState::new();
+        let (response, revisions) = batched.apply_with_changes(Command::Batch(cmds));
+        assert_eq!(response.outcome, Some(Outcome::Batch(expected.clone())));
+        assert_eq!(response.revision, 5);
+        assert_eq!(
+            expected.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            [2, 3, 3, 4, 4, 5],
+            "a revision per write; nothing deleted and the refused compaction add none"
+        );
+        assert_eq!(
+            revisions
+                .iter()
+                .map(|(rev, changes)| (*rev, changes.len()))
+                .collect::<Vec<_>>(),
+            [(2, 1), (3, 1), (4, 1), (5, 1)],
+            "the watch feed gets each write's revision and changes"
+        );
+        assert_eq!(batched, one_by_one, "the same store, history and digest");
+        let a = batched.get("a").expect("a");
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 4, 2));
+    }
+
+    #[test]
+    fn a_batch_in_a_batch_changes_nothing() {
+        let mut kv = KvState::new();
+        let inner = Command::Batch(vec![set("a", "1")]);
+        let (response, revisions) =
+            kv.apply_with_changes(Command::Batch(vec![inner, set("b", "1")]));
+        let expected = vec![
+            Response {
+                revision: 1,
+                ..Response::default()
+            },
+            Response {
+                revision: 2,
+                ..Response::default()
+            },
+        ];
+        assert_eq!(response.outcome, Some(Outcome::Batch(expected)));
+        assert_eq!(revisions.len(), 1);
+        assert_eq!(kv.get("a"), None);
+        assert_eq!(kv.len(), 1);
     }
 }

@@ -56,6 +56,7 @@ use crate::raft::types::TypeConfig;
 use crate::store::error::StoreError;
 use crate::store::feed::Feed;
 use crate::store::kv::KvState;
+use crate::store::kv::Revision;
 use crate::store::snapshot;
 use crate::store::snapshot::CorruptSnapshot;
 use crate::store::snapshot::SnapshotData;
@@ -285,7 +286,7 @@ impl StateMachineStore {
 
     /// Applies one entry under the write lock and returns the response for its client and the
     /// changes it made.
-    fn apply_entry(&self, entry: Entry) -> io::Result<(Response, Vec<Change>)> {
+    fn apply_entry(&self, entry: Entry) -> io::Result<(Response, Vec<Revision>)> {
         let mut state = self.inner.write_state()?;
         if let Some(last) = state
             .applied
@@ -387,12 +388,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let (response, changes) = self.apply_entry(entry)?;
-            // Must publish after the store holds the revision (the write lock is released by
-            // now, so watchers reading history see it) and before answering the client, so a
+            let (response, revisions) = self.apply_entry(entry)?;
+            // Must publish after the store holds the revisions (the write lock is released by
+            // now, so watchers reading history see them) and before answering the client, so a
             // client that saw its write acknowledged finds it in the feed.
-            if !changes.is_empty() {
-                self.inner.feed.publish(response.revision, changes);
+            for (revision, changes) in revisions {
+                self.inner.feed.publish(revision, changes);
             }
             // Every responder must be answered, or the client's `client_write` never returns.
             if let Some(responder) = responder {

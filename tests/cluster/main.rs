@@ -11,6 +11,7 @@ mod harness;
 mod allocator;
 mod backup;
 mod bad_input;
+mod batching;
 mod crash_safety;
 mod failover;
 mod forwarding;

@@ -22,15 +22,15 @@ fn rev(r: &Resp) -> i64 {
 
 /// One server-sent event: its `event:` name (empty for data), `id:` and parsed `data:`.
 #[derive(Debug)]
-struct Sse {
-    name: String,
-    id: Option<i64>,
-    data: Value,
+pub struct Sse {
+    pub name: String,
+    pub id: Option<i64>,
+    pub data: Value,
 }
 
 /// Opens `url` as an event stream (optionally resuming after `last_id`) and forwards its
 /// events to the returned channel from a reader thread, until the stream ends.
-fn open_events(url: &str, last_id: Option<i64>) -> mpsc::Receiver<Sse> {
+pub fn open_events(url: &str, last_id: Option<i64>) -> mpsc::Receiver<Sse> {
     let client = reqwest::blocking::Client::builder()
         .timeout(None)
         .build()
@@ -76,7 +76,7 @@ fn open_events(url: &str, last_id: Option<i64>) -> mpsc::Receiver<Sse> {
 }
 
 /// The next `n` events, each within 10 s.
-fn take(rx: &mpsc::Receiver<Sse>, n: usize) -> Vec<Sse> {
+pub fn take(rx: &mpsc::Receiver<Sse>, n: usize) -> Vec<Sse> {
     (0..n)
         .map(|i| {
             rx.recv_timeout(Duration::from_secs(10))

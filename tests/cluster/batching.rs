@@ -1,0 +1,124 @@
+//! Story: concurrent writes share log entries but never revisions (README, "Write batching").
+//! Many clients write at once, to the leader and through followers; the leader puts the writes
+//! that arrive while one is being committed in one log entry, so several answers carry the same
+//! `X-Raft-Index`, yet each write has a revision of its own, and a watcher sees one event per
+//! write at exactly the revision its writer was told. With `--no-write-batching` every write is
+//! an entry of its own.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::harness::{Cluster, Level, Resp};
+use crate::watch::{open_events, take};
+
+const WRITERS: usize = 16;
+const WRITES_EACH: usize = 25;
+
+/// `(key, log index, revision)` of every write, each answered 200; writer `t` sends its writes
+/// to node `nodes[t % nodes.len()]`.
+fn write_concurrently(c: &Cluster, nodes: &[usize], writes_each: usize) -> Vec<(String, u64, i64)> {
+    let header = |r: &Resp, name: &str| -> i64 {
+        r.header(name)
+            .unwrap_or_else(|| panic!("{}: no {name} in {:?}", r.what, r.headers))
+            .parse()
+            .expect("a number")
+    };
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|t| {
+                let node = nodes[t % nodes.len()];
+                s.spawn(move || {
+                    (0..writes_each)
+                        .map(|i| {
+                            let key = format!("b/{t}-{i}");
+                            let r = c.put_db(node, &key, &format!("v{t}-{i}"));
+                            r.expect_status(200);
+                            let index = header(&r, "x-raft-index") as u64;
+                            (key, index, header(&r, "x-raft-revision"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().expect("writer thread"))
+            .collect()
+    })
+}
+
+/// How many writes shared their log entry with another write.
+fn batched(writes: &[(String, u64, i64)]) -> usize {
+    let mut per_index = BTreeMap::<u64, usize>::new();
+    for (_, index, _) in writes {
+        *per_index.entry(*index).or_default() += 1;
+    }
+    per_index.values().filter(|&&n| n > 1).sum()
+}
+
+#[test]
+fn concurrent_writes_share_entries_not_revisions() {
+    let c = Cluster::three_raftd("batching", "");
+    let leader = c.leader();
+    let followers = c.followers(leader);
+    let r0 = c.put_db(leader, "start", "0");
+    r0.expect_status(200);
+
+    c.phase("a watcher on a follower, from now on");
+    let events = open_events(&c.url(followers[0], "/watch?prefix=b/"), None);
+
+    c.phase(&format!(
+        "{WRITERS} clients write {WRITES_EACH} keys each at once, to the leader and via followers"
+    ));
+    let writes = write_concurrently(&c, &[leader, followers[0], followers[1]], WRITES_EACH);
+    let total = WRITERS * WRITES_EACH;
+    assert_eq!(writes.len(), total);
+    let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
+    assert_eq!(
+        revisions.len(),
+        total,
+        "every write has a revision of its own"
+    );
+    let shared = batched(&writes);
+    let entries: HashSet<u64> = writes.iter().map(|w| w.1).collect();
+    println!(
+        "{total} writes in {} log entries; {shared} shared an entry",
+        entries.len()
+    );
+    assert!(
+        shared > 0,
+        "with {WRITERS} concurrent writers some writes share a log entry"
+    );
+
+    c.phase("the watcher sees one event per write, at the revision its writer was told");
+    let told: BTreeMap<i64, &str> = writes.iter().map(|w| (w.2, w.0.as_str())).collect();
+    let seen = take(&events, total);
+    for (event, (revision, key)) in seen.iter().zip(&told) {
+        assert_eq!(event.id, Some(*revision));
+        let changes = event.data["events"].as_array().expect("events");
+        assert_eq!(changes.len(), 1, "one write per revision: {:?}", event.data);
+        assert_eq!(changes[0]["key"], *key);
+    }
+
+    c.phase("reads see each key at the revision its write was told");
+    for (key, _, revision) in writes.iter().step_by(37) {
+        let r = c.get_db(followers[1], key, Level::Linearizable);
+        r.expect_status(200);
+        assert_eq!(
+            r.header("x-raft-revision"),
+            Some(revision.to_string().as_str())
+        );
+    }
+}
+
+#[test]
+fn without_write_batching_every_write_is_an_entry() {
+    let c = Cluster::three_raftd("no_batching", "--no-write-batching");
+    let leader = c.leader();
+    let followers = c.followers(leader);
+
+    c.phase("concurrent writes to the leader and via a follower each get a log entry");
+    let writes = write_concurrently(&c, &[leader, followers[0]], 8);
+    assert_eq!(batched(&writes), 0, "no two writes share a log entry");
+    let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
+    assert_eq!(revisions.len(), writes.len());
+}
