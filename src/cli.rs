@@ -95,8 +95,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub flush_wait_us: u64,
     /// Propose each client write as a log entry of its own, instead of putting the writes that
-    /// arrive while one is being committed in one entry. For a rolling upgrade from a version
-    /// without batched entries: older nodes cannot read them.
+    /// arrive while one is being committed in one entry (which the leader does only once every
+    /// member has said it reads such entries).
     #[arg(long)]
     pub no_write_batching: bool,
     /// Raft heartbeat interval in ms; election timeout is 5–10 heartbeats.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::metrics::peer::LinkMetrics;
+use crate::peer::features::PeerFeatures;
 use crate::peer::identity::HEADER_CLUSTER;
 use crate::peer::identity::HEADER_FROM;
 use crate::peer::identity::HEADER_TO;
@@ -39,6 +40,7 @@ pub struct PeerClients {
     /// TLS for peer links (present our peer certificate, trust the peer CA); `None` = plain HTTP.
     tls: Option<Arc<rustls::ClientConfig>>,
     links: Arc<Links>,
+    features: Arc<PeerFeatures>,
 }
 
 impl PeerClients {
@@ -49,11 +51,13 @@ impl PeerClients {
         tls: Option<Arc<rustls::ClientConfig>>,
         link_metrics: Arc<LinkMetrics>,
     ) -> Self {
+        let features = Arc::new(PeerFeatures::default());
         let links = Links::new(
             Dialer {
                 source_ip,
                 identity: identity.clone(),
                 tls: tls.clone().map(tokio_rustls::TlsConnector::from),
+                features: features.clone(),
             },
             link_metrics,
         );
@@ -63,7 +67,13 @@ impl PeerClients {
             identity,
             tls,
             links: Arc::new(links),
+            features,
         }
+    }
+
+    /// What each peer said it can do when a link to it last opened.
+    pub fn features(&self) -> &Arc<PeerFeatures> {
+        &self.features
     }
 
     /// The peer link to node `to` at `addr` on `lane`.

@@ -126,6 +126,8 @@ pub struct Dialer {
     pub source_ip: Option<std::net::IpAddr>,
     pub identity: Arc<Identity>,
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// What each peer said it can do when a link to it last opened.
+    pub features: Arc<crate::peer::features::PeerFeatures>,
 }
 
 /// This node's outbound links, by peer and lane.

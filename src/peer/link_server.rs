@@ -69,7 +69,7 @@ pub async fn serve(app: SharedApp, io: Io, conn: ConnInfo, limits: ServeLimits) 
         }
     };
     let verdict = check_hello(&app, &conn, &hello);
-    let answer = match postcard::to_stdvec(&verdict.clone().map(|_| ())) {
+    let answer = match wire::encode_hello_answer(&verdict.clone().map(|_| ())) {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(error = %e, "peer link: cannot encode the hello answer");

@@ -7,6 +7,7 @@
 //! listener when `-raddr` is given, else on the one shared port.
 pub mod auth;
 pub mod client;
+pub mod features;
 pub mod identity;
 pub mod link;
 pub mod link_server;

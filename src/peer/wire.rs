@@ -8,6 +8,7 @@
 //! frame    = len: u32 LE (bytes after these four, at most FRAME_BYTES_MAX) + payload
 //! hello    = postcard(Hello)                         client → server, once, first
 //! answer   = postcard(Result<(), HelloRefusal>)      server → client, once; closed after Err
+//!            [+ postcard(u64): the server's FEATURES] after Ok; absent from older servers
 //! request  = id: u64 LE + rpc: u8 (Rpc) + body       client → server
 //! response = id: u64 LE + status: u8 (Status) + body server → client, any order
 //! ```
@@ -41,6 +42,37 @@ pub struct Hello {
     pub cluster_id: String,
     pub from: NodeId,
     pub to: NodeId,
+}
+
+/// What the server of a link can do, told after an accepting hello answer: bits, never
+/// renumbered. Older servers send nothing after the answer (no features), and older clients
+/// ignore the bytes after it (postcard reads what the type needs), so the wire version stays 1.
+pub mod features {
+    /// It reads `Command::Batch` log entries (write batching, `raft/propose.rs`).
+    pub const BATCH_ENTRIES: u64 = 1;
+}
+
+/// What this version's link server can do.
+pub const FEATURES: u64 = features::BATCH_ENTRIES;
+
+/// A hello answer: the verdict, then this node's [`FEATURES`] if it accepts.
+pub fn encode_hello_answer(verdict: &Result<(), HelloRefusal>) -> postcard::Result<Vec<u8>> {
+    let mut answer = postcard::to_stdvec(verdict)?;
+    if verdict.is_ok() {
+        answer.extend(postcard::to_stdvec(&FEATURES)?);
+    }
+    Ok(answer)
+}
+
+/// A hello answer's verdict and the server's features (none from an older server).
+pub fn decode_hello_answer(bytes: &[u8]) -> postcard::Result<(Result<(), HelloRefusal>, u64)> {
+    let (verdict, rest) = postcard::take_from_bytes::<Result<(), HelloRefusal>>(bytes)?;
+    let features = if rest.is_empty() {
+        0
+    } else {
+        postcard::from_bytes(rest)?
+    };
+    Ok((verdict, features))
 }
 
 /// Why a link was refused: `status` is what the HTTP routes answer for the same refusal
@@ -178,6 +210,26 @@ pub fn sniff(first: &[u8]) -> Sniff {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hello_answers_carry_features_that_older_nodes_skip() {
+        use super::*;
+        let ok: Result<(), HelloRefusal> = Ok(());
+        let answer = encode_hello_answer(&ok).unwrap();
+        assert_eq!(decode_hello_answer(&answer).unwrap(), (Ok(()), FEATURES));
+        // An older client reads the verdict and ignores the rest.
+        let old: Result<(), HelloRefusal> = postcard::from_bytes(&answer).unwrap();
+        assert_eq!(old, Ok(()));
+        // An older server sends the verdict alone: no features.
+        let old_answer = postcard::to_stdvec(&ok).unwrap();
+        assert_eq!(decode_hello_answer(&old_answer).unwrap(), (Ok(()), 0));
+        let refused = Err(HelloRefusal {
+            status: 421,
+            text: "not me".into(),
+        });
+        let answer = encode_hello_answer(&refused).unwrap();
+        assert_eq!(decode_hello_answer(&answer).unwrap(), (refused, 0));
+    }
+
     use super::*;
 
     #[test]

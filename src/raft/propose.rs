@@ -16,6 +16,11 @@
 //! batch is proposed alone at once. Commands that are not [`Command::batchable`] are always
 //! proposed alone.
 //!
+//! Nodes of older versions cannot read a batch entry: the leader proposes batches only while
+//! every other member has said, when a link to it last opened, that it reads them
+//! (`peer::features`); otherwise the writes of a batch are proposed as entries of their own
+//! (logged when it changes). So a rolling upgrade needs no flag.
+//!
 //! Outcomes are each write's own: a batch refused before it was appended (this node no longer
 //! leads) is certainly not applied, and each write in it is retried as `forward::write` retries
 //! one; a batch whose outcome is unknown (time ran out, a leader change discarded it) is unknown
@@ -26,16 +31,22 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::app::RaftMetricsRx;
 use crate::error::KvError;
 use crate::limits::BATCH_COMMANDS_MAX;
+use crate::peer::features::PeerFeatures;
+use crate::peer::wire;
 use crate::raft::forward::WriteOk;
 use crate::raft::types::Command;
 use crate::raft::types::NodeId;
@@ -68,7 +79,16 @@ struct Inner {
     /// Whether writes are batched at all (`--no-write-batching` turns it off).
     batching: bool,
     queue: Mutex<Queue>,
+    /// What each peer said it can do: batches only while every other member reads them.
+    features: Arc<PeerFeatures>,
+    /// The membership whose members must read batches.
+    raft_metrics: RaftMetricsRx,
+    /// The member that last kept this node from batching (`NO_MEMBER`: none), to log changes.
+    kept_by: AtomicU64,
 }
+
+/// [`Inner::kept_by`] when no member keeps the leader from batching.
+const NO_MEMBER: u64 = 0;
 
 /// The writes waiting for the next proposal.
 struct Queue {
@@ -117,15 +137,31 @@ impl Queue {
     }
 }
 
+/// What a [`Proposer`] is built from.
+pub struct ProposerConfig {
+    pub raft: Raft,
+    pub node_id: NodeId,
+    pub request_timeout: Duration,
+    /// `raftkv_server_proposals_failed`.
+    pub failed: Counter,
+    pub value_bytes_max: usize,
+    /// Whether concurrent writes are batched.
+    pub batching: bool,
+    pub features: Arc<PeerFeatures>,
+}
+
 impl Proposer {
-    pub fn new(
-        raft: Raft,
-        node_id: NodeId,
-        request_timeout: Duration,
-        failed: Counter,
-        value_bytes_max: usize,
-        batching: bool,
-    ) -> Self {
+    pub fn new(config: ProposerConfig) -> Self {
+        let ProposerConfig {
+            raft,
+            node_id,
+            request_timeout,
+            failed,
+            value_bytes_max,
+            batching,
+            features,
+        } = config;
+        let raft_metrics = raft.metrics();
         Self {
             inner: Arc::new(Inner {
                 raft,
@@ -135,6 +171,9 @@ impl Proposer {
                 batch_bytes_max: crate::limits::command_bytes_max(value_bytes_max),
                 batching,
                 queue: Mutex::new(Queue::new()),
+                features,
+                raft_metrics,
+                kept_by: AtomicU64::new(NO_MEMBER),
             }),
         }
     }
@@ -217,13 +256,14 @@ impl Proposer {
 
     /// Proposes the writes of `batch` whose callers still wait, as one entry, and answers each.
     async fn propose_batch(&self, batch: Vec<Waiting>) {
-        let mut batch: Vec<Waiting> = batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
+        let batch: Vec<Waiting> = batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
         let deadline = Instant::now() + self.inner.request_timeout;
-        if batch.len() <= 1 {
-            if let Some(w) = batch.pop() {
+        if batch.len() <= 1 || !self.members_read_batches() {
+            let alone = batch.into_iter().map(|w| async move {
                 let attempt = self.propose_alone(w.cmd, deadline).await;
                 let _ = w.reply.send(attempt);
-            }
+            });
+            futures::future::join_all(alone).await;
             return;
         }
         let (cmds, replies): (Vec<Command>, Vec<_>) =
@@ -240,6 +280,36 @@ impl Proposer {
             // A caller that stopped waiting answered "unknown" already.
             let _ = reply.send(answer);
         }
+    }
+
+    /// Whether every other member of the cluster has said it reads batch entries; logs when
+    /// the answer changes.
+    fn members_read_batches(&self) -> bool {
+        let lacking = {
+            let metrics = self.inner.raft_metrics.borrow_watched();
+            let members = metrics.membership_config.membership().nodes();
+            let others = members
+                .map(|(id, _)| *id)
+                .filter(|id| *id != self.inner.node_id);
+            self.inner
+                .features
+                .first_without(others, wire::features::BATCH_ENTRIES)
+        };
+        let now = lacking.unwrap_or(NO_MEMBER);
+        let before = self.inner.kept_by.swap(now, Ordering::Relaxed);
+        if before != now {
+            match lacking {
+                Some(node) => tracing::info!(
+                    node,
+                    "a member has not said it reads batched log entries (an older version, or \
+                     no link to it yet): each write is proposed as an entry of its own"
+                ),
+                None => {
+                    tracing::info!("every member reads batched log entries: writes are batched")
+                }
+            }
+        }
+        lacking.is_none()
     }
 
     /// One batch's outcome as each of its `count` commands' own.

@@ -68,8 +68,8 @@ pub enum Command {
     /// revision, and gets its own answer ([`Outcome::Batch`]): etcd's lock and election recipes
     /// order waiters by create revision, so two writes must never share one. Only
     /// [`Command::batchable`] commands, never a batch in a batch (`limits::check_command`).
-    /// Nodes of a version before this variant cannot decode it: upgrade every node before
-    /// the leader runs this version (README, "Upgrading").
+    /// Nodes of a version before this variant cannot decode it: the leader proposes batches
+    /// only while every member has said it reads them (`peer::features`).
     Batch(Vec<Command>),
 }
 

@@ -24,7 +24,6 @@ use super::LinkError;
 use crate::metrics::peer::LinkStats;
 use crate::peer::wire;
 use crate::peer::wire::Hello;
-use crate::peer::wire::HelloRefusal;
 use crate::raft::types::NodeId;
 
 /// Read buffer of a link's reader.
@@ -214,7 +213,7 @@ impl Peer {
         let answer = read_frame(&mut reader, wire::HELLO_BYTES_MAX)
             .await
             .map_err(|e| self.unreachable(format!("read hello answer: {e}")))?;
-        let answer: Result<(), HelloRefusal> = postcard::from_bytes(&answer)
+        let (answer, features) = wire::decode_hello_answer(&answer)
             .map_err(|e| self.unreachable(format!("decode hello answer: {e}")))?;
         if let Err(refusal) = answer {
             return Err(LinkError::Refused {
@@ -223,6 +222,7 @@ impl Peer {
                 text: refusal.text,
             });
         }
+        self.dialer.features.record(self.to, features);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 closed: None,

@@ -51,6 +51,7 @@ pub fn link_to(dir: &Path, addr: &str) -> Arc<Link> {
         source_ip: None,
         identity: Arc::new(identity),
         tls: None,
+        features: Arc::default(),
     };
     Links::new(dialer, Arc::default()).get(2, addr, Lane::Replication)
 }
