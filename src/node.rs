@@ -182,6 +182,8 @@ pub async fn run(
             node_id,
             request_timeout: config.request_timeout,
             failed: metrics.proposals_failed.clone(),
+            batches: metrics.write_batches.clone(),
+            batched: metrics.batched_writes.clone(),
             value_bytes_max: config.max_value_bytes,
             batching: config.write_batching,
             features: peers.features().clone(),

@@ -86,6 +86,10 @@ pub struct Metrics {
     pub mvcc: MvccMetrics,
     /// Proposals this leader could not see through (timeout, lost leadership, Raft stopped).
     pub proposals_failed: Counter,
+    /// Log entries this leader proposed holding several client writes (`raft/propose.rs`).
+    pub write_batches: Counter,
+    /// Client writes proposed in those entries.
+    pub batched_writes: Counter,
     /// Updated by [`raft::watch_leader_changes`].
     pub leader_changes: Counter,
 }
@@ -129,6 +133,8 @@ impl Metrics {
             grpc: grpc::GrpcMetrics::default(),
             mvcc: MvccMetrics::default(),
             proposals_failed: Counter::default(),
+            write_batches: Counter::default(),
+            batched_writes: Counter::default(),
             leader_changes: Counter::default(),
         }
     }
@@ -179,6 +185,16 @@ impl Metrics {
             "raftkv_server_proposals_failed",
             "Proposals this member made as leader that failed",
             m.proposals_failed.clone(),
+        );
+        r.register(
+            "raftkv_server_write_batches",
+            "Log entries this member proposed as leader holding several client writes",
+            m.write_batches.clone(),
+        );
+        r.register(
+            "raftkv_server_batched_writes",
+            "Client writes this member proposed as leader in entries shared with others",
+            m.batched_writes.clone(),
         );
         r.register(
             "raftkv_server_leader_changes_seen",

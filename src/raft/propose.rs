@@ -74,6 +74,9 @@ struct Inner {
     request_timeout: Duration,
     /// `raftkv_server_proposals_failed`, counted per command.
     failed: Counter,
+    /// `raftkv_server_write_batches` and `raftkv_server_batched_writes`.
+    batches: Counter,
+    batched: Counter,
     /// Largest encoded batch: the largest command a client may send.
     batch_bytes_max: usize,
     /// Whether writes are batched at all (`--no-write-batching` turns it off).
@@ -144,6 +147,9 @@ pub struct ProposerConfig {
     pub request_timeout: Duration,
     /// `raftkv_server_proposals_failed`.
     pub failed: Counter,
+    /// `raftkv_server_write_batches` and `raftkv_server_batched_writes`.
+    pub batches: Counter,
+    pub batched: Counter,
     pub value_bytes_max: usize,
     /// Whether concurrent writes are batched.
     pub batching: bool,
@@ -157,6 +163,8 @@ impl Proposer {
             node_id,
             request_timeout,
             failed,
+            batches,
+            batched,
             value_bytes_max,
             batching,
             features,
@@ -168,6 +176,8 @@ impl Proposer {
                 node_id,
                 request_timeout,
                 failed,
+                batches,
+                batched,
                 batch_bytes_max: crate::limits::command_bytes_max(value_bytes_max),
                 batching,
                 queue: Mutex::new(Queue::new()),
@@ -269,6 +279,8 @@ impl Proposer {
         let (cmds, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|w| (w.cmd, w.reply)).unzip();
         let count = cmds.len();
+        self.inner.batches.inc();
+        self.inner.batched.inc_by(count as u64);
         let attempt = self.propose_once(Command::Batch(cmds), deadline).await;
         let answers = self.split(attempt, count);
         let failed = answers

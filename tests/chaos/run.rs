@@ -72,6 +72,9 @@ pub struct ScheduleResult {
     pub checked_events: usize,
     /// Cross-node digest comparisons at equal applied indexes made while the schedule ran.
     pub digest_comparisons: u64,
+    /// Writes the members alive at the schedule's end proposed in shared log entries since
+    /// they started (write batching): shows batches were under test.
+    pub batched_writes: u64,
     pub watch: WatchCounts,
     pub leases: LeaseCounts,
     pub artifacts: Option<PathBuf>,
@@ -152,10 +155,14 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
             .get_or_insert(format!("no recovery after healing: {e}"));
     }
     match cc.wait_converged(opts.heal_timeout) {
-        Ok((index, digest)) => eprintln!(
-            "   converged: all members at applied index {index}, digest {digest} ({:.1}s after healing)",
-            t0.elapsed().as_secs_f64() + opts.recovery.as_secs_f64()
-        ),
+        Ok((index, digest)) => {
+            res.batched_writes = batched_writes(cc, opts);
+            eprintln!(
+                "   converged: all members at applied index {index}, digest {digest} ({:.1}s after healing); {} writes batched",
+                t0.elapsed().as_secs_f64() + opts.recovery.as_secs_f64(),
+                res.batched_writes
+            )
+        }
         Err(ConvergeError::Diverged(e)) => res.diverged = Some(e),
         Err(ConvergeError::Timeout(e)) => {
             res.liveness
@@ -262,6 +269,20 @@ fn end_mark(cc: &ChaosCluster, i: usize, key: &str, opts: &Opts) -> Result<i64, 
 /// The store revision of a healthy member now (0 if none answers).
 fn revision_now(cc: &ChaosCluster) -> i64 {
     cc.leader_now().map_or(0, |i| revision_of(cc, i))
+}
+
+/// `raftkv_server_batched_writes_total` summed over the members (0 for one that does not answer).
+fn batched_writes(cc: &ChaosCluster, opts: &Opts) -> u64 {
+    const NAME: &str = "raftkv_server_batched_writes_total ";
+    let http = workload::http_client(opts.request_timeout);
+    let count = |i: usize| -> Option<u64> {
+        let url = format!("http://{}/metrics", cc.c.node(i).http_addr());
+        let body = http.get(url).send().ok()?.text().ok()?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(NAME))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    cc.members.iter().filter_map(|&i| count(i)).sum()
 }
 
 fn revision_of(cc: &ChaosCluster, i: usize) -> i64 {

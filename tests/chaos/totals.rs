@@ -16,6 +16,8 @@ pub struct Totals {
     pub tally: Tally,
     pub events_checked: u64,
     pub digest_comparisons: u64,
+    /// The largest [`ScheduleResult::batched_writes`] (the counters are per cluster, cumulative).
+    pub batched_writes: u64,
     pub watch: WatchCounts,
     pub leases: LeaseCounts,
     pub faults: BTreeMap<String, u64>,
@@ -35,6 +37,7 @@ impl Totals {
             *self.faults.entry(f.clone()).or_default() += 1;
         }
         self.digest_comparisons += r.digest_comparisons;
+        self.batched_writes = self.batched_writes.max(r.batched_writes);
         self.watch.add(&r.watch);
         self.leases.add(&r.leases);
         self.violations += r.violations.len() as u64;
@@ -67,6 +70,10 @@ impl Totals {
         eprintln!(
             "  checked:    {} key events for linearizability, {} replica digest comparisons",
             self.events_checked, self.digest_comparisons
+        );
+        eprintln!(
+            "  batching:   up to {} writes proposed in shared log entries on one cluster (its members' counters at a schedule's end)",
+            self.batched_writes
         );
         let (w, l) = (&self.watch, &self.leases);
         eprintln!(

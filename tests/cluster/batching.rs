@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use reqwest::Method;
+
 use crate::harness::{Cluster, Level, Resp};
 use crate::watch::{open_events, take};
 
@@ -46,13 +48,35 @@ fn write_concurrently(c: &Cluster, nodes: &[usize], writes_each: usize) -> Vec<(
     })
 }
 
-/// How many writes shared their log entry with another write.
-fn batched(writes: &[(String, u64, i64)]) -> usize {
+/// How many writes each log entry holds.
+fn per_entry(writes: &[(String, u64, i64)]) -> BTreeMap<u64, usize> {
     let mut per_index = BTreeMap::<u64, usize>::new();
     for (_, index, _) in writes {
         *per_index.entry(*index).or_default() += 1;
     }
-    per_index.values().filter(|&&n| n > 1).sum()
+    per_index
+}
+
+/// How many writes shared their log entry with another write.
+fn batched(writes: &[(String, u64, i64)]) -> usize {
+    per_entry(writes).values().filter(|&&n| n > 1).sum()
+}
+
+/// How many log entries hold more than one write.
+fn shared_entries(writes: &[(String, u64, i64)]) -> usize {
+    per_entry(writes).values().filter(|&&n| n > 1).count()
+}
+
+/// The counter `name` (with its `_total`) in node `i`'s `GET /metrics`.
+fn counter(c: &Cluster, i: usize, name: &str) -> u64 {
+    let r = c.request(i, Method::GET, "/metrics", None);
+    r.expect_status(200);
+    r.body
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in node {i}'s metrics"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 #[test]
@@ -88,6 +112,13 @@ fn concurrent_writes_share_entries_not_revisions() {
         shared > 0,
         "with {WRITERS} concurrent writers some writes share a log entry"
     );
+    assert_eq!(
+        counter(&c, leader, "raftkv_server_batched_writes_total"),
+        shared as u64,
+        "the leader's metrics count the writes it batched"
+    );
+    let batches = counter(&c, leader, "raftkv_server_write_batches_total");
+    assert_eq!(batches as usize, shared_entries(&writes));
 
     c.phase("the watcher sees one event per write, at the revision its writer was told");
     let told: BTreeMap<i64, &str> = writes.iter().map(|w| (w.2, w.0.as_str())).collect();
@@ -119,6 +150,7 @@ fn without_write_batching_every_write_is_an_entry() {
     c.phase("concurrent writes to the leader and via a follower each get a log entry");
     let writes = write_concurrently(&c, &[leader, followers[0]], 8);
     assert_eq!(batched(&writes), 0, "no two writes share a log entry");
+    assert_eq!(counter(&c, leader, "raftkv_server_write_batches_total"), 0);
     let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
     assert_eq!(revisions.len(), writes.len());
 }
