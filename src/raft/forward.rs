@@ -186,53 +186,17 @@ pub async fn propose_many(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, 
         .collect()
 }
 
-/// Proposes already checked `cmds`; one outcome per command, in order. With write batching
-/// they join the leader's batches like its own clients' writes (`raft/propose.rs`); without,
-/// they are proposed together as entries of their own.
+/// Proposes already checked `cmds`; one outcome per command, in order (see
+/// `Proposer::propose_all`).
 async fn propose_checked(app: &App, cmds: Vec<Command>) -> Vec<Result<WriteOk, KvError>> {
     let deadline = Instant::now() + app.request_timeout;
     let not_leader = || KvError::NoLeader("the forwarded-to node is not the leader".into());
-    if app.proposer.batching() {
-        let proposals = cmds
-            .into_iter()
-            .map(|cmd| app.proposer.propose(cmd, deadline));
-        let attempts = futures::future::join_all(proposals).await;
-        return attempts
-            .into_iter()
-            .map(|attempt| match attempt {
-                Attempt::Done(result) => result,
-                Attempt::RetryAfterLeaderChange(_) => Err(not_leader()),
-            })
-            .collect();
-    }
-    let count = cmds.len();
-    let mut results = Vec::with_capacity(count);
-    match tokio::time::timeout_at(deadline, app.raft.client_write_many(cmds)).await {
-        Ok(Ok(mut stream)) => {
-            while results.len() < count {
-                let next =
-                    tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut stream)).await;
-                let result = match next {
-                    Ok(Some(Ok(Ok(resp)))) => Ok(WriteOk {
-                        index: resp.log_id.index,
-                        response: resp.response,
-                    }),
-                    Ok(Some(Ok(Err(e)))) => match app.proposer.refused(e) {
-                        Attempt::Done(r) => r,
-                        Attempt::RetryAfterLeaderChange(_) => Err(not_leader()),
-                    },
-                    Ok(Some(Err(fatal))) => Err(app.proposer.fatal_error(&fatal)),
-                    // The stream ended early or the deadline passed: outcome unknown.
-                    Ok(None) | Err(_) => break,
-                };
-                results.push(result);
-            }
-        }
-        Ok(Err(fatal)) => return vec![Err(app.proposer.fatal_error(&fatal)); count],
-        Err(_elapsed) => {}
-    }
-    results.resize_with(count, || Err(KvError::Timeout(app.request_timeout)));
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    app.metrics.proposals_failed.inc_by(failed as u64);
-    results
+    let attempts = app.proposer.propose_all(cmds, deadline).await;
+    attempts
+        .into_iter()
+        .map(|attempt| match attempt {
+            Attempt::Done(result) => result,
+            Attempt::RetryAfterLeaderChange(_) => Err(not_leader()),
+        })
+        .collect()
 }
