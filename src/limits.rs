@@ -163,7 +163,7 @@ pub fn check_command(cmd: &Command, value_bytes_max: usize) -> Result<(), KvErro
         }
         Command::Txn(txn) => check_txn(txn, value_bytes_max)?,
         Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {}
-        // Made by the leader's group commit from checked commands; checked again for a batch
+        // Made by the leader's write batching from checked commands; checked again for a batch
         // that came another way (a peer's forwarded write).
         Command::Batch(cmds) => {
             if cmds.is_empty() || cmds.len() > BATCH_COMMANDS_MAX {

@@ -178,29 +178,31 @@ impl Metrics {
                 &m.mvcc.range,
             ),
         ];
-        for (name, help, counter) in mvcc {
+        let server = [
+            (
+                "raftkv_server_proposals_failed",
+                "Proposals this member made as leader that failed",
+                &m.proposals_failed,
+            ),
+            (
+                "raftkv_server_write_batches",
+                "Log entries this member proposed as leader holding several client writes",
+                &m.write_batches,
+            ),
+            (
+                "raftkv_server_batched_writes",
+                "Client writes this member proposed as leader in entries shared with others",
+                &m.batched_writes,
+            ),
+            (
+                "raftkv_server_leader_changes_seen",
+                "Leader changes seen by this member",
+                &m.leader_changes,
+            ),
+        ];
+        for (name, help, counter) in mvcc.into_iter().chain(server) {
             r.register(name, help, counter.clone());
         }
-        r.register(
-            "raftkv_server_proposals_failed",
-            "Proposals this member made as leader that failed",
-            m.proposals_failed.clone(),
-        );
-        r.register(
-            "raftkv_server_write_batches",
-            "Log entries this member proposed as leader holding several client writes",
-            m.write_batches.clone(),
-        );
-        r.register(
-            "raftkv_server_batched_writes",
-            "Client writes this member proposed as leader in entries shared with others",
-            m.batched_writes.clone(),
-        );
-        r.register(
-            "raftkv_server_leader_changes_seen",
-            "Leader changes seen by this member",
-            m.leader_changes.clone(),
-        );
         register_storage(r, &sources.wal, &sources.snapshots);
         r.register_collector(Box::new(peer::LinkCollector {
             links: sources.links,

@@ -63,7 +63,7 @@ pub enum Command {
     LeaseGrant { id: i64, ttl: i64 },
     /// etcd's LeaseRevoke (also how the leader expires a lease).
     LeaseRevoke { id: i64 },
-    /// Concurrent clients' writes in one log entry (the leader's group commit,
+    /// Concurrent clients' writes in one log entry (the leader's write batching,
     /// `raft/propose.rs`). Each applies as if it were its own entry, in order, at its own
     /// revision, and gets its own answer ([`Outcome::Batch`]): etcd's lock and election recipes
     /// order waiters by create revision, so two writes must never share one. Only
