@@ -58,10 +58,24 @@ pub const FEATURES: u64 = features::BATCH_ENTRIES;
 /// A hello answer: the verdict, then this node's [`FEATURES`] if it accepts.
 pub fn encode_hello_answer(verdict: &Result<(), HelloRefusal>) -> postcard::Result<Vec<u8>> {
     let mut answer = postcard::to_stdvec(verdict)?;
-    if verdict.is_ok() {
+    if verdict.is_ok() && !as_older_version::on() {
         answer.extend(postcard::to_stdvec(&FEATURES)?);
     }
     Ok(answer)
+}
+
+/// Test-only hook: with `RAFTKV_TEST_LINK_AS_OLDER_VERSION=1` in the environment, this node
+/// answers link hellos as a version without features does (the upgrade story in
+/// `tests/cluster/batching.rs` uses it). Read once.
+mod as_older_version {
+    use std::sync::OnceLock;
+
+    pub const ENV: &str = "RAFTKV_TEST_LINK_AS_OLDER_VERSION";
+
+    pub fn on() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var(ENV).is_ok_and(|v| v == "1"))
+    }
 }
 
 /// A hello answer's verdict and the server's features (none from an older server).

@@ -3,13 +3,16 @@
 //! that arrive while one is being committed in one log entry, so several answers carry the same
 //! `X-Raft-Index`, yet each write has a revision of its own, and a watcher sees one event per
 //! write at exactly the revision its writer was told. With `--no-write-batching` every write is
-//! an entry of its own.
+//! an entry of its own. While a member has not said it reads batches (as an older version
+//! would not; a test-only hook makes a node answer like one), the leader does not batch.
 
 use std::collections::{BTreeMap, HashSet};
 
 use reqwest::Method;
 
-use crate::harness::{Cluster, Level, Resp};
+use std::time::Duration;
+
+use crate::harness::{Cluster, Level, Resp, StartOpts, argv, wait_until_with};
 use crate::watch::{open_events, take};
 
 const WRITERS: usize = 16;
@@ -153,4 +156,57 @@ fn without_write_batching_every_write_is_an_entry() {
     assert_eq!(counter(&c, leader, "raftkv_server_write_batches_total"), 0);
     let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
     assert_eq!(revisions.len(), writes.len());
+}
+
+#[test]
+fn the_leader_batches_only_once_every_member_reads_batches() {
+    let mut c = Cluster::new("batching_upgrade");
+    c.phase("three nodes; node 2 answers link hellos as a version without batches would (test-only hook)");
+    let a = c.start_raftd(None, "");
+    c.wait_leader_is(a);
+    c.start_raftd(Some(a), "");
+    let join = c.node(a).ports.http;
+    let older = c.start_with(
+        StartOpts {
+            env: vec![(
+                "RAFTKV_TEST_LINK_AS_OLDER_VERSION".to_owned(),
+                "1".to_owned(),
+            )],
+            ..StartOpts::default()
+        },
+        |p| argv(&format!("-p {} -join localhost:{join}", p.http)),
+    );
+    c.wait_all_voters(3);
+    c.wait_leader_is(a);
+
+    c.phase("concurrent writes each get an entry, and the leader says which member keeps it from batching");
+    let writes = write_concurrently(&c, &[a], 10);
+    assert_eq!(
+        batched(&writes),
+        0,
+        "no batches while a member cannot read them"
+    );
+    assert_eq!(counter(&c, a, "raftkv_server_write_batches_total"), 0);
+    let log = c.log_tail(a, 200);
+    assert!(
+        log.contains("a member has not said it reads batched log entries"),
+        "the leader logs why it does not batch:\n{log}"
+    );
+
+    c.phase("node 2 restarted as the new version: writes are batched again");
+    c.node_env_clear(older);
+    c.restart(older);
+    wait_until_with(Duration::from_secs(30), "writes batched again", || {
+        let shared = batched(&write_concurrently(&c, &[a], 5));
+        if shared > 0 {
+            Ok(shared)
+        } else {
+            Err("no write shared an entry".into())
+        }
+    });
+    let log = c.log_tail(a, 400);
+    assert!(
+        log.contains("every member reads batched log entries: writes are batched"),
+        "the leader logs that it batches again:\n{log}"
+    );
 }
