@@ -222,6 +222,8 @@ impl Peer {
                 text: refusal.text,
             });
         }
+        // Must be recorded before the link carries a request: a peer restarted as an older
+        // version is then known as one before the leader proposes another batch entry.
         self.dialer.features.record(self.to, features);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
