@@ -7,7 +7,8 @@
 #
 # Each round starts a fresh 3-node cluster of A, preloads, runs every OP, stops it; then the same for
 # B; rounds alternate A B A B ... so drift of the machine hits both. The table shows every round's
-# ops/s and CPU-seconds per 1k ops (all three nodes' CPU), then the medians.
+# ops/s and CPU-seconds per 1k ops (all three nodes' CPU), then the medians; each round's log line
+# and result file also give each node's CPU-seconds over the run, leader first (`node_cpu_s`).
 #
 # Environment: ROUNDS [3]  DURATION [8]  WARMUP [2]  CLIENTS [64]  KEYS [100000]
 #   PERF=1   also records the leader for 5 s of each OP with `perf record -g` (first round only)
@@ -35,6 +36,8 @@ check_ports_free "${RK_PORTS[@]}"
 mkdir -p "$RESULTS"
 WORK="$(mktemp -d "$BENCH/tmp.ab.XXXX")"
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }   # user + system, in clock ticks
+
 one() {   # one TAG BIN ROUND
   local tag="$1" bin="$2" round="$3" op
   local dir="$WORK/$tag$round"
@@ -54,11 +57,21 @@ one() {   # one TAG BIN ROUND
       (sleep "$((WARMUP + 1))"; perf record -q -g -p "${PID_OF[$LEADER]}" -o "$RESULTS/$tag-$op.perf" -- sleep 5 >/dev/null 2>&1) &
       perf_pid=$!
     fi
+    local before=() pid order=("${PID_OF[$LEADER]}") f
+    for f in "${FOLLOWERS[@]}"; do order+=("${PID_OF[$f]}"); done
+    for pid in "${order[@]}"; do before+=("$(cpu_ticks "$pid")"); done
     timeout $((DURATION + WARMUP + 60)) "$LOADGEN" run --system raftkv --duration "$DURATION" --warmup "$WARMUP" \
       --keys "$KEYS" --clients "$clients" --pids "$pids" --target "$target" --out "$out" "${args[@]}" >/dev/null \
       || log "warning: $tag $op: loadgen failed"
     [ -n "$perf_pid" ] && wait "$perf_pid"
-    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')"
+    # Each node's CPU over the whole run (warm-up included), leader first: where the CPU goes.
+    local split="" i=0
+    for pid in "${order[@]}"; do
+      split+="$(awk -v a="${before[$i]}" -v b="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}') "
+      i=$((i + 1))
+    done
+    echo "node_cpu_s=$split" >>"$out"
+    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')node_cpu_s(leader first)=$split"
   done
   stop_cluster
   rm -rf "$dir"

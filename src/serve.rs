@@ -24,7 +24,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use hyper_util::rt::TokioTimer;
 use rustls::pki_types::CertificateDer;
@@ -35,6 +34,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+mod streams;
+use streams::InlineStreams;
+use streams::WithStreams;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -248,7 +251,8 @@ async fn serve_connection<S>(
             response
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let exec = InlineStreams::default();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(exec.clone());
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -260,7 +264,7 @@ async fn serve_connection<S>(
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.header_timeout);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = WithStreams::new(builder.serve_connection_with_upgrades(io, service), exec);
     tokio::pin!(conn);
     loop {
         let idle_check = tokio::time::sleep(limits.idle_timeout / 4);
