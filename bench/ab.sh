@@ -11,7 +11,8 @@
 # and result file also give each node's CPU-seconds over the run, leader first (`node_cpu_s`).
 #
 # Environment: ROUNDS [3]  DURATION [8]  WARMUP [2]  CLIENTS [64]  KEYS [100000]
-#   PERF=1   also records the leader for 5 s of each OP with `perf record -g` (first round only)
+#   PERF=1   also records the leader (PERF_ROLE=follower: a follower) for 5 s of each OP with
+#            `perf record -g` (first round only)
 #            into $RESULTS/<A|B>-<op>.perf (read with `perf report -i FILE --no-children`)
 #   RESULTS [bench/results/ab-<date>]
 # Ports 127.0.0.1:25001-25003 (bench/cluster.sh's clusters, on other ports). Every process started
@@ -23,7 +24,7 @@ BENCH="$(cd "$(dirname "$0")" && pwd)"
 BIN_A="$(realpath "$1")" BIN_B="$(realpath "$2")"; shift 2
 OPS=("$@"); [ ${#OPS[@]} -gt 0 ] || OPS=(write lread sread)
 ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-8}" WARMUP="${WARMUP:-2}" CLIENTS="${CLIENTS:-64}"
-KEYS="${KEYS:-100000}" PERF="${PERF:-0}"
+KEYS="${KEYS:-100000}" PERF="${PERF:-0}" PERF_ROLE="${PERF_ROLE:-leader}"
 RESULTS="${RESULTS:-$BENCH/results/ab-$(date +%Y%m%d-%H%M%S)}"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
 RK_PORTS_LIST="25001 25002 25003" NODES=3 RAFTKV_ARGS=""
@@ -53,8 +54,9 @@ one() {   # one TAG BIN ROUND
       swrite) args=(--op write); clients=1 ;;
     esac
     local out="$RESULTS/$tag-$op-$round.txt" perf_pid=""
+    local perf_node="$LEADER"; [ "$PERF_ROLE" = follower ] && perf_node="${FOLLOWERS[0]}"
     if [ "$PERF" = 1 ] && [ "$round" = 1 ]; then
-      (sleep "$((WARMUP + 1))"; perf record -q -g -p "${PID_OF[$LEADER]}" -o "$RESULTS/$tag-$op.perf" -- sleep 5 >/dev/null 2>&1) &
+      (sleep "$((WARMUP + 1))"; perf record -q -g -p "${PID_OF[$perf_node]}" -o "$RESULTS/$tag-$op.perf" -- sleep 5 >/dev/null 2>&1) &
       perf_pid=$!
     fi
     local before=() pid order=("${PID_OF[$LEADER]}") f
