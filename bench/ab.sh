@@ -8,7 +8,9 @@
 # Each round starts a fresh 3-node cluster of A, preloads, runs every OP, stops it; then the same for
 # B; rounds alternate A B A B ... so drift of the machine hits both. The table shows every round's
 # ops/s and CPU-seconds per 1k ops (all three nodes' CPU), then the medians; each round's log line
-# and result file also give each node's CPU-seconds over the run, leader first (`node_cpu_s`).
+# and result file also give each node's CPU-seconds over the run, leader first (`node_cpu_s`), and
+# how many batch entries the leader proposed and how many writes they held (`write_batches`,
+# `batched_writes`, from its /metrics).
 #
 # Environment: ROUNDS [3]  DURATION [8]  WARMUP [2]  CLIENTS [64]  KEYS [100000]
 #   PERF=1   also records the leader (PERF_ROLE=follower: a follower) for 5 s of each OP with
@@ -37,6 +39,13 @@ check_ports_free "${RK_PORTS[@]}"
 mkdir -p "$RESULTS"
 WORK="$(mktemp -d "$BENCH/tmp.ab.XXXX")"
 
+# metric ADDR NAME: one value from a node's /metrics (0 when absent).
+metric() {
+  local v
+  v="$(exec 3<>"/dev/tcp/${1%:*}/${1##*:}" && printf 'GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" >&3 \
+    && awk -v n="$2" '$1 == n {print $2}' <&3)" || true
+  echo "${v:-0}"
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }   # user + system, in clock ticks
 
 one() {   # one TAG BIN ROUND
@@ -62,6 +71,9 @@ one() {   # one TAG BIN ROUND
     local before=() pid order=("${PID_OF[$LEADER]}") f
     for f in "${FOLLOWERS[@]}"; do order+=("${PID_OF[$f]}"); done
     for pid in "${order[@]}"; do before+=("$(cpu_ticks "$pid")"); done
+    local batches0 batched0
+    batches0="$(metric "$LEADER" raftkv_server_write_batches_total)"
+    batched0="$(metric "$LEADER" raftkv_server_batched_writes_total)"
     timeout $((DURATION + WARMUP + 60)) "$LOADGEN" run --system raftkv --duration "$DURATION" --warmup "$WARMUP" \
       --keys "$KEYS" --clients "$clients" --pids "$pids" --target "$target" --out "$out" "${args[@]}" >/dev/null \
       || log "warning: $tag $op: loadgen failed"
@@ -72,8 +84,10 @@ one() {   # one TAG BIN ROUND
       split+="$(awk -v a="${before[$i]}" -v b="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz}') "
       i=$((i + 1))
     done
-    echo "node_cpu_s=$split" >>"$out"
-    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')node_cpu_s(leader first)=$split"
+    local batches=$(($(metric "$LEADER" raftkv_server_write_batches_total) - batches0))
+    local batched=$(($(metric "$LEADER" raftkv_server_batched_writes_total) - batched0))
+    printf 'node_cpu_s=%s\nwrite_batches=%s\nbatched_writes=%s\n' "$split" "$batches" "$batched" >>"$out"
+    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')node_cpu_s(leader first)=$split write_batches=$batches batched_writes=$batched"
   done
   stop_cluster
   rm -rf "$dir"

@@ -232,7 +232,7 @@ pub async fn run(
         endpoints.push((
             "raft",
             raft_endpoint.bind.clone(),
-            crate::http::peer_router(app.clone()),
+            crate::api::etcd::Dispatch::http_only(crate::http::peer_router(app.clone())),
             peer_acceptor,
             Some(links),
         ));

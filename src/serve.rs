@@ -10,6 +10,7 @@
 //! Invariant: no connection is served beyond `connections_max`; an accepted connection that
 //! would exceed it is closed at once (and logged), never queued without bound.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,7 +22,6 @@ use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -75,6 +75,34 @@ pub struct ConnInfo {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// What a listener answers its HTTP requests with: an axum `Router`, or a dispatcher in front of
+/// one (`api::etcd::Dispatch`).
+pub trait Handler:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Handler for T where
+    T: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves a connection that opened with the peer link's magic (which it has consumed).
 pub type LinkHandler = Arc<
     dyn Fn(Box<dyn Io>, ConnInfo, ServeLimits) -> Pin<Box<dyn Future<Output = ()> + Send>>
@@ -84,10 +112,10 @@ pub type LinkHandler = Arc<
 
 /// Serves `router` on `listener` (and peer links on it with `links`) until `stop` resolves;
 /// in-flight connections then finish.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     kind: &'static str,
     listener: TcpListener,
-    router: Router,
+    router: H,
     tls: Option<tokio_rustls::TlsAcceptor>,
     links: Option<LinkHandler>,
     limits: ServeLimits,
@@ -172,10 +200,10 @@ pub async fn serve(
 
 /// Hands the connection to the link handler if it opens with the link magic, else to HTTP
 /// (with the bytes looked at put back in front).
-async fn dispatch<S: Io>(
+async fn dispatch<S: Io, H: Handler>(
     mut stream: S,
     info: ConnInfo,
-    router: Router,
+    router: H,
     links: Option<LinkHandler>,
     limits: ServeLimits,
 ) {
@@ -223,14 +251,15 @@ struct Prefix {
     end: usize,
 }
 
-async fn serve_connection<S>(
+async fn serve_connection<S, H>(
     stream: S,
     prefix: Prefix,
     info: ConnInfo,
-    router: Router,
+    router: H,
     limits: ServeLimits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let activity = Arc::new(Activity::default());
     let start = Instant::now();
@@ -398,6 +427,8 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
+
+    use axum::Router;
 
     use super::*;
 
