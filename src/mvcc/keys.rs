@@ -102,6 +102,30 @@ impl Keys {
         }
     }
 
+    /// Checks the invariant of the set of keys with history: every key in it has more than one
+    /// entry, and every key with more than one entry is in it or in `held` (the keys an owed
+    /// compaction has yet to visit). O(keys).
+    #[cfg(test)]
+    pub fn check_with_history(&self, held: &HashSet<Shared>) -> Result<(), String> {
+        if let Some(k) = self.multi.iter().find(|k| {
+            self.map
+                .get(&k[..])
+                .is_none_or(|h: &KeyHistory| h.entries.len() < 2)
+        }) {
+            return Err(format!("key {k:?} in the history set without history"));
+        }
+        match self
+            .map
+            .iter()
+            .find(|(k, h)| h.entries.len() > 1 && !self.multi.contains(*k) && !held.contains(*k))
+        {
+            Some((k, _)) => Err(format!(
+                "key {k:?} with history missing from the history set"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The keys a compaction may shrink (more than one entry), in no particular order.
     #[cfg(test)]
     pub fn with_history(&self) -> Vec<Shared> {
