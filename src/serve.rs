@@ -161,7 +161,7 @@ pub async fn serve<H: Handler>(
         let _ = stream.set_nodelay(true);
         // Dead peers (a crashed host, a cut cable) are found by the kernel's keep-alive probes,
         // at no cost per request: hyper's HTTP/2 keep-alive did it with a clock read and a timer
-        // reset on every poll of every connection (≈ 2 % of a leader's CPU under gRPC load).
+        // poll on every poll of every connection (gRPC calls took 4–10 % more CPU; BENCHMARKS.md).
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&tcp_keepalive(&limits));
         let router = router.clone();
         let tls = tls.clone();
