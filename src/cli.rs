@@ -50,6 +50,9 @@ const GO_STYLE_FLAGS: &[&str] = &[
     "from",
 ];
 
+/// Largest `--write-gather-ms`.
+const WRITE_GATHER_MS_MAX: u64 = 100;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "raftkv",
@@ -99,6 +102,11 @@ pub struct Args {
     /// member has said it reads such entries).
     #[arg(long)]
     pub no_write_batching: bool,
+    /// Milliseconds the leader may hold the next batch, after answering a batch of 8 or more
+    /// writes, for those writers' next writes (closed-loop clients write again at once), so
+    /// they share one entry instead of splitting into two that take turns. 0: never wait.
+    #[arg(long, default_value_t = 2)]
+    pub write_gather_ms: u64,
     /// Raft heartbeat interval in ms; election timeout is 5–10 heartbeats.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
@@ -237,6 +245,13 @@ impl Args {
                 self.max_value_bytes
             )));
         }
+        if self.write_gather_ms > WRITE_GATHER_MS_MAX {
+            return Err(CliError::Invalid(format!(
+                "--write-gather-ms {} is over the maximum of {WRITE_GATHER_MS_MAX}: a batch held \
+                 that long would be a stall, not a gathering",
+                self.write_gather_ms
+            )));
+        }
         if self.max_connections > config::CONNECTIONS_MAX_CEILING {
             return Err(CliError::Invalid(format!(
                 "--max-connections {} is over the maximum of {}",
@@ -277,6 +292,7 @@ impl Args {
             request_timeout: Duration::from_millis(self.timeout_ms),
             flush_batch_wait: Duration::from_micros(self.flush_wait_us),
             write_batching: !self.no_write_batching,
+            write_gather: Duration::from_millis(self.write_gather_ms),
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             source_ip: self.source_ip,
             join_timeout: Duration::from_millis(self.join_timeout_ms),

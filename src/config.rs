@@ -48,6 +48,9 @@ pub struct Config {
     pub flush_batch_wait: Duration,
     /// Whether the leader puts concurrent client writes in one log entry (`raft/propose.rs`).
     pub write_batching: bool,
+    /// How long the leader may hold the next batch for the writers of the one it just answered
+    /// (`raft/propose.rs`, "Gathering"); zero: never.
+    pub write_gather: Duration,
     /// Raft heartbeat interval; election timeouts are derived from it.
     pub heartbeat_interval: Duration,
     /// Local address outgoing peer connections are bound to; `None` lets the OS choose.

@@ -186,6 +186,7 @@ pub async fn run(
             batched: metrics.batched_writes.clone(),
             value_bytes_max: config.max_value_bytes,
             batching: config.write_batching,
+            gather_wait: config.write_gather,
             features: peers.features().clone(),
         }),
         peers,

@@ -21,6 +21,18 @@
 //! (`peer::features`); otherwise the writes of a batch are proposed as entries of their own
 //! (logged when it changes). So a rolling upgrade needs no flag.
 //!
+//! **Gathering.** Closed-loop clients (each waits for its answer, then writes again) would split
+//! into two groups that take turns: while one group's entry is committed, the other's writes
+//! wait, so each write waits about two commit cycles (BENCHMARKS.md, "64 HTTP clients: bounded
+//! by the commit loop"). So when a proposal of [`GATHER_WRITERS_MIN`] or more writes (counting
+//! those waiting) ends, the next batch is held until [`GATHER_PERCENT`] of those writers are
+//! waiting, or for at most `gather_wait` (`--write-gather-ms`; tokio's timer counts whole
+//! milliseconds, so up to one more): the group that was just answered comes back and goes in
+//! the same entry as the one that waited. A hold that runs out (its writers did not come back:
+//! they are not closed-loop) turns holding off for the next [`GATHER_PAUSE_PROPOSALS`]
+//! proposals, so such clients pay it rarely. Fewer writers in flight, or one lone client, are
+//! never held.
+//!
 //! A batch a follower forwards (`forward_batch.rs`) is already gathered: it goes out as a
 //! batch entry of its own at once when it fits one ([`Proposer::propose_all`]).
 //!
@@ -82,16 +94,39 @@ struct Inner {
     kept_by: AtomicU64,
 }
 
+/// Gathering (see the module doc): a proposal of at least this many writes (counting the
+/// writes waiting when it ends) may hold the next batch for its writers.
+pub const GATHER_WRITERS_MIN: usize = 8;
+/// ... until this share of them, in percent, is waiting.
+pub const GATHER_PERCENT: usize = 90;
+/// Proposals that hold nothing after a hold ran out.
+pub const GATHER_PAUSE_PROPOSALS: u32 = 16;
+
 /// [`Inner::kept_by`] when no member keeps the leader from batching.
 const NO_MEMBER: u64 = 0;
 
 /// The writes waiting for the next proposal.
 struct Queue {
-    /// A proposal of client writes is under way: writes that arrive now wait.
+    /// A proposal of client writes is under way, or the next batch is being held (`hold`):
+    /// writes that arrive now wait.
     busy: bool,
+    /// The next batch is held until this many writes wait (or its timer runs out).
+    hold: Option<Hold>,
+    /// Holds started so far: tells a hold's timer whether its hold is still the current one.
+    holds: u64,
+    /// Proposals that may not hold the next batch (after a hold ran out).
+    hold_paused: u32,
     waiting: Vec<Waiting>,
     /// The encoded size of the batch `waiting` would make.
     bytes: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Hold {
+    /// Release the batch once this many writes wait.
+    target: usize,
+    /// Which hold this is (`Queue::holds` when it started).
+    id: u64,
 }
 
 struct Waiting {
@@ -116,6 +151,9 @@ impl Queue {
     fn new() -> Self {
         Self {
             busy: false,
+            hold: None,
+            holds: 0,
+            hold_paused: 0,
             waiting: Vec::new(),
             bytes: EMPTY_BATCH_BYTES,
         }
@@ -123,6 +161,7 @@ impl Queue {
 
     /// Takes the waiting writes, or marks the queue idle when there are none.
     fn take(&mut self) -> Option<Vec<Waiting>> {
+        self.hold = None;
         if self.waiting.is_empty() {
             self.busy = false;
             return None;
@@ -145,6 +184,9 @@ pub struct ProposerConfig {
     pub value_bytes_max: usize,
     /// Whether writes are batched at all (`--no-write-batching` turns it off).
     pub batching: bool,
+    /// How long the next batch may be held for the writers of the one just answered
+    /// (`--write-gather-ms`; zero: never).
+    pub gather_wait: Duration,
     /// What each peer said it can do: batches only while every other member reads them.
     pub features: Arc<PeerFeatures>,
 }
@@ -171,7 +213,10 @@ impl Proposer {
                 // Must hand the turn on when this proposal ends, however it ends (also when
                 // the caller's future is dropped), or the writes waiting behind it would wait
                 // until their deadlines.
-                let _turn = Turn(self.clone());
+                let _turn = Turn {
+                    proposer: self.clone(),
+                    writes: 1,
+                };
                 self.propose_alone(cmd, deadline).await
             }
             Place::Wait(answer) => match tokio::time::timeout_at(deadline, answer).await {
@@ -223,11 +268,25 @@ impl Proposer {
         let fits = queue.waiting.len() < BATCH_COMMANDS_MAX
             && queue.bytes + bytes <= self.inner.batch_bytes_max;
         if !fits {
+            // A held batch that is full goes now: nothing more would join it.
+            if queue.hold.is_some()
+                && let Some(batch) = queue.take()
+            {
+                drop(queue);
+                self.spawn_batch(batch);
+            }
             return Place::Alone(cmd);
         }
         let (reply, answer) = oneshot::channel();
         queue.waiting.push(Waiting { cmd, reply });
         queue.bytes += bytes;
+        let release = queue
+            .hold
+            .is_some_and(|hold| queue.waiting.len() >= hold.target);
+        if release && let Some(batch) = queue.take() {
+            drop(queue);
+            self.spawn_batch(batch);
+        }
         Place::Wait(answer)
     }
 
@@ -240,20 +299,83 @@ impl Proposer {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The proposal under way has ended: the writes that waited go out as the next batch, from
-    /// a task of their own, or the queue goes idle.
-    fn hand_on(&self) {
-        let Some(batch) = self.lock().take() else {
+    /// The proposal under way, of `writes` client writes, has ended: the writes that waited
+    /// go out as the next batch, from a task of their own, or the queue goes idle — unless the
+    /// next batch is held for the writers just answered (see "Gathering" above).
+    fn hand_on(&self, writes: usize) {
+        let mut queue = self.lock();
+        let writers = writes + queue.waiting.len();
+        let target = (writers * GATHER_PERCENT)
+            .div_ceil(100)
+            .min(BATCH_COMMANDS_MAX);
+        let wait = self.inner.config.gather_wait;
+        if !wait.is_zero()
+            && writers >= GATHER_WRITERS_MIN
+            && queue.waiting.len() < target
+            && queue.hold_paused == 0
+        {
+            queue.holds += 1;
+            let hold = Hold {
+                target,
+                id: queue.holds,
+            };
+            queue.hold = Some(hold);
+            drop(queue);
+            self.release_after(hold, wait);
             return;
+        }
+        queue.hold_paused = queue.hold_paused.saturating_sub(1);
+        let batch = queue.take();
+        drop(queue);
+        if let Some(batch) = batch {
+            self.spawn_batch(batch);
+        }
+    }
+
+    /// Releases the batch held by `hold` after `wait` if it is still held then, and pauses
+    /// holding: its writers did not come back in time.
+    fn release_after(&self, hold: Hold, wait: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.release_now(hold);
         };
+        let this = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            this.release_now(hold);
+        });
+    }
+
+    fn release_now(&self, hold: Hold) {
+        let mut queue = self.lock();
+        if queue.hold.is_none_or(|h| h.id != hold.id) {
+            return; // released when enough writes came
+        }
+        // Most of its writers did not come back: they are not closed-loop clients, and holding
+        // would only delay them. (Slower than the hold but coming: keep holding.)
+        if queue.waiting.len() * 2 < hold.target {
+            queue.hold_paused = GATHER_PAUSE_PROPOSALS;
+        }
+        let batch = queue.take();
+        drop(queue);
+        if let Some(batch) = batch {
+            self.spawn_batch(batch);
+        }
+    }
+
+    /// Proposes `batch` from a task of its own, which holds the turn until it ends.
+    fn spawn_batch(&self, batch: Vec<Waiting>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // The runtime is gone (the node is stopping): the callers' receivers are dropped
             // with `batch`, and they answer "unknown".
             return;
         };
         let this = self.clone();
+        let writes = batch.len();
         runtime.spawn(async move {
-            let _turn = Turn(this.clone());
+            let _turn = Turn {
+                proposer: this.clone(),
+                writes,
+            };
             this.propose_batch(batch).await;
         });
     }
@@ -445,11 +567,15 @@ fn failed_all(e: &KvError, count: usize) -> Vec<Attempt> {
     (0..count).map(|_| Attempt::Done(Err(e.clone()))).collect()
 }
 
-/// The turn to propose client writes; dropping it hands the turn on.
-struct Turn(Proposer);
+/// The turn to propose client writes, held by a proposal of `writes` of them; dropping it
+/// hands the turn on.
+struct Turn {
+    proposer: Proposer,
+    writes: usize,
+}
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.0.hand_on();
+        self.proposer.hand_on(self.writes);
     }
 }
