@@ -184,6 +184,8 @@ pub async fn run(
             failed: metrics.proposals_failed.clone(),
             batches: metrics.write_batches.clone(),
             batched: metrics.batched_writes.clone(),
+            holds_filled: metrics.write_holds_filled.clone(),
+            holds_expired: metrics.write_holds_expired.clone(),
             value_bytes_max: config.max_value_bytes,
             batching: config.write_batching,
             gather_wait: config.write_gather,

@@ -73,6 +73,21 @@ fn tcp_keepalive(limits: &ServeLimits) -> socket2::TcpKeepalive {
         .with_retries(3)
 }
 
+tokio::task_local! {
+    /// The id of the connection the running request came on (ids start at 1, one per accepted
+    /// connection of any listener).
+    static CONNECTION_ID: u64;
+}
+
+/// Ids for [`CONNECTION_ID`].
+static CONNECTIONS_SERVED: AtomicU64 = AtomicU64::new(1);
+
+/// The id of the connection the running request came on, when it came on one served here.
+/// The write path tells writers apart by it (`raft/propose.rs`, "Gathering").
+pub fn connection_id() -> Option<u64> {
+    CONNECTION_ID.try_with(|id| *id).ok()
+}
+
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -287,15 +302,16 @@ async fn serve_connection<S, H>(
         start,
     });
     let service_activity = activity.clone();
+    let connection_id = CONNECTIONS_SERVED.fetch_add(1, Ordering::Relaxed);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         let router = router.clone();
         let guard = InFlight::new(service_activity.clone());
-        async move {
+        CONNECTION_ID.scope(connection_id, async move {
             let response = router.oneshot(req.map(Body::new)).await;
             drop(guard);
             response
-        }
+        })
     });
     let exec = InlineStreams::default();
     let mut builder = hyper_util::server::conn::auto::Builder::new(exec.clone());

@@ -90,6 +90,10 @@ pub struct Metrics {
     pub write_batches: Counter,
     /// Client writes proposed in those entries.
     pub batched_writes: Counter,
+    /// Holds of the next batch (`raft/propose.rs`, "Gathering") that ended with their writers
+    /// back, and that ran out of time.
+    pub write_holds_filled: Counter,
+    pub write_holds_expired: Counter,
     /// Updated by [`raft::watch_leader_changes`].
     pub leader_changes: Counter,
 }
@@ -135,6 +139,8 @@ impl Metrics {
             proposals_failed: Counter::default(),
             write_batches: Counter::default(),
             batched_writes: Counter::default(),
+            write_holds_filled: Counter::default(),
+            write_holds_expired: Counter::default(),
             leader_changes: Counter::default(),
         }
     }
@@ -193,6 +199,16 @@ impl Metrics {
                 "raftkv_server_batched_writes",
                 "Client writes this member proposed as leader in entries shared with others",
                 &m.batched_writes,
+            ),
+            (
+                "raftkv_server_write_holds_filled",
+                "Holds of the next batch for the writers just answered that ended with them back",
+                &m.write_holds_filled,
+            ),
+            (
+                "raftkv_server_write_holds_expired",
+                "Holds of the next batch for the writers just answered that ran out of time",
+                &m.write_holds_expired,
             ),
             (
                 "raftkv_server_leader_changes_seen",

@@ -24,14 +24,16 @@
 //! **Gathering.** Closed-loop clients (each waits for its answer, then writes again) would split
 //! into two groups that take turns: while one group's entry is committed, the other's writes
 //! wait, so each write waits about two commit cycles (BENCHMARKS.md, "64 HTTP clients: bounded
-//! by the commit loop"). So when a proposal of [`GATHER_WRITERS_MIN`] or more writes (counting
-//! those waiting) ends, the next batch is held until [`GATHER_PERCENT`] of those writers are
-//! waiting, or for at most `gather_wait` (`--write-gather-ms`; tokio's timer counts whole
-//! milliseconds, so up to one more): the group that was just answered comes back and goes in
-//! the same entry as the one that waited. A hold that runs out (its writers did not come back:
-//! they are not closed-loop) turns holding off for the next [`GATHER_PAUSE_PROPOSALS`]
-//! proposals, so such clients pay it rarely. Fewer writers in flight, or one lone client, are
-//! never held.
+//! by the commit loop"). So when a proposal that answered writes from [`GATHER_WRITERS_MIN`] or
+//! more client connections ends, the next batch is held until [`GATHER_PERCENT`] of those
+//! connections have sent a write again, or for at most `gather_wait` (`--write-gather-ms`;
+//! tokio's timer counts whole milliseconds, so up to one more): the group that was just
+//! answered comes back and goes in the same entry as the one that waited. Writes from other
+//! writers join the held batch but do not release it, so writers that do not come back at once
+//! (they think between writes, or are done) let the hold run out; that turns holding off for
+//! the next [`GATHER_PAUSE_PROPOSALS`] proposals, doubled for each further one that runs out (up
+//! to [`GATHER_PAUSE_PROPOSALS_MAX`]), so such clients pay it rarely. Fewer writers, one lone
+//! client, or many writes over one connection are never held.
 //!
 //! A batch a follower forwards (`forward_batch.rs`) is already gathered: it goes out as a
 //! batch entry of its own at once when it fits one ([`Proposer::propose_all`]).
@@ -94,13 +96,22 @@ struct Inner {
     kept_by: AtomicU64,
 }
 
-/// Gathering (see the module doc): a proposal of at least this many writes (counting the
-/// writes waiting when it ends) may hold the next batch for its writers.
+/// The writer of the write being placed: the client connection it came on
+/// ([`crate::serve::connection_id`]), so that a hold can tell the writers it waits for from
+/// other writes arriving (0: none known, e.g. a batch a follower forwarded).
+fn current_writer() -> u64 {
+    crate::serve::connection_id().unwrap_or(0)
+}
+
+/// Gathering (see the module doc): a proposal that answered writes from at least this many
+/// writers may hold the next batch for them.
 pub const GATHER_WRITERS_MIN: usize = 8;
-/// ... until this share of them, in percent, is waiting.
+/// ... until this share of them, in percent, has written again.
 pub const GATHER_PERCENT: usize = 90;
-/// Proposals that hold nothing after a hold ran out.
+/// Proposals that hold nothing after a hold ran out; doubled for each further one that runs
+/// out, up to [`GATHER_PAUSE_PROPOSALS_MAX`].
 pub const GATHER_PAUSE_PROPOSALS: u32 = 16;
+pub const GATHER_PAUSE_PROPOSALS_MAX: u32 = 1024;
 
 /// [`Inner::kept_by`] when no member keeps the leader from batching.
 const NO_MEMBER: u64 = 0;
@@ -110,20 +121,27 @@ struct Queue {
     /// A proposal of client writes is under way, or the next batch is being held (`hold`):
     /// writes that arrive now wait.
     busy: bool,
-    /// The next batch is held until this many writes wait (or its timer runs out).
+    /// The next batch is held for the writers just answered (until they write again or its
+    /// timer runs out).
     hold: Option<Hold>,
     /// Holds started so far: tells a hold's timer whether its hold is still the current one.
     holds: u64,
     /// Proposals that may not hold the next batch (after a hold ran out).
     hold_paused: u32,
+    /// How many proposals the next hold that runs out pauses holding for: doubles with each one
+    /// that runs out, back to [`GATHER_PAUSE_PROPOSALS`] when one fills.
+    hold_pause_next: u32,
     waiting: Vec<Waiting>,
     /// The encoded size of the batch `waiting` would make.
     bytes: usize,
 }
 
-#[derive(Clone, Copy)]
 struct Hold {
-    /// Release the batch once this many writes wait.
+    /// The writers the proposal before it answered (sorted, no duplicates).
+    answered: Vec<u64>,
+    /// Writes from them since.
+    returned: usize,
+    /// Release the batch once this many have come.
     target: usize,
     /// Which hold this is (`Queue::holds` when it started).
     id: u64,
@@ -132,6 +150,8 @@ struct Hold {
 struct Waiting {
     cmd: Command,
     reply: oneshot::Sender<Attempt>,
+    /// Its writer (see [`current_writer`]).
+    writer: u64,
 }
 
 /// Where a write goes when it arrives.
@@ -154,6 +174,7 @@ impl Queue {
             hold: None,
             holds: 0,
             hold_paused: 0,
+            hold_pause_next: GATHER_PAUSE_PROPOSALS,
             waiting: Vec::new(),
             bytes: EMPTY_BATCH_BYTES,
         }
@@ -181,6 +202,9 @@ pub struct ProposerConfig {
     /// `raftkv_server_write_batches` and `raftkv_server_batched_writes`.
     pub batches: Counter,
     pub batched: Counter,
+    /// `raftkv_server_write_holds_filled` and `raftkv_server_write_holds_expired`.
+    pub holds_filled: Counter,
+    pub holds_expired: Counter,
     pub value_bytes_max: usize,
     /// Whether writes are batched at all (`--no-write-batching` turns it off).
     pub batching: bool,
@@ -215,7 +239,7 @@ impl Proposer {
                 // until their deadlines.
                 let _turn = Turn {
                     proposer: self.clone(),
-                    writes: 1,
+                    writers: Turn::writers([current_writer()]),
                 };
                 self.propose_alone(cmd, deadline).await
             }
@@ -269,25 +293,37 @@ impl Proposer {
             && queue.bytes + bytes <= self.inner.batch_bytes_max;
         if !fits {
             // A held batch that is full goes now: nothing more would join it.
-            if queue.hold.is_some()
-                && let Some(batch) = queue.take()
-            {
-                drop(queue);
-                self.spawn_batch(batch);
-            }
+            self.release_held(queue);
             return Place::Alone(cmd);
         }
+        let writer = current_writer();
         let (reply, answer) = oneshot::channel();
-        queue.waiting.push(Waiting { cmd, reply });
+        queue.waiting.push(Waiting { cmd, reply, writer });
         queue.bytes += bytes;
-        let release = queue
-            .hold
-            .is_some_and(|hold| queue.waiting.len() >= hold.target);
-        if release && let Some(batch) = queue.take() {
-            drop(queue);
-            self.spawn_batch(batch);
+        if let Some(hold) = &mut queue.hold
+            && writer != 0
+            && hold.answered.binary_search(&writer).is_ok()
+        {
+            hold.returned += 1;
+            if hold.returned >= hold.target {
+                self.release_held(queue);
+            }
         }
         Place::Wait(answer)
+    }
+
+    /// Releases the held batch, if one is held: its writers came back (or it is full).
+    fn release_held(&self, mut queue: MutexGuard<'_, Queue>) {
+        if queue.hold.is_none() {
+            return;
+        }
+        self.inner.config.holds_filled.inc();
+        queue.hold_pause_next = GATHER_PAUSE_PROPOSALS;
+        let batch = queue.take();
+        drop(queue);
+        if let Some(batch) = batch {
+            self.spawn_batch(batch);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -299,30 +335,33 @@ impl Proposer {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The proposal under way, of `writes` client writes, has ended: the writes that waited
-    /// go out as the next batch, from a task of their own, or the queue goes idle — unless the
-    /// next batch is held for the writers just answered (see "Gathering" above).
-    fn hand_on(&self, writes: usize) {
+    /// The proposal under way, which answered writes from `answered` (sorted writers), has
+    /// ended: the writes that waited go out as the next batch, from a task of their own, or the
+    /// queue goes idle — unless the next batch is held for those writers (see "Gathering").
+    fn hand_on(&self, answered: Vec<u64>) {
         let mut queue = self.lock();
-        let writers = writes + queue.waiting.len();
-        let target = (writers * GATHER_PERCENT)
-            .div_ceil(100)
-            .min(BATCH_COMMANDS_MAX);
         let wait = self.inner.config.gather_wait;
-        if !wait.is_zero()
-            && writers >= GATHER_WRITERS_MIN
-            && queue.waiting.len() < target
-            && queue.hold_paused == 0
-        {
-            queue.holds += 1;
-            let hold = Hold {
-                target,
-                id: queue.holds,
-            };
-            queue.hold = Some(hold);
-            drop(queue);
-            self.release_after(hold, wait);
-            return;
+        if !wait.is_zero() && answered.len() >= GATHER_WRITERS_MIN && queue.hold_paused == 0 {
+            // Writers with several writes under way may have written again already.
+            let returned = queue
+                .waiting
+                .iter()
+                .filter(|w| answered.binary_search(&w.writer).is_ok())
+                .count();
+            let target = (answered.len() * GATHER_PERCENT).div_ceil(100);
+            if returned < target {
+                queue.holds += 1;
+                let id = queue.holds;
+                queue.hold = Some(Hold {
+                    answered,
+                    returned,
+                    target,
+                    id,
+                });
+                drop(queue);
+                self.release_after(id, wait);
+                return;
+            }
         }
         queue.hold_paused = queue.hold_paused.saturating_sub(1);
         let batch = queue.take();
@@ -332,29 +371,30 @@ impl Proposer {
         }
     }
 
-    /// Releases the batch held by `hold` after `wait` if it is still held then, and pauses
-    /// holding: its writers did not come back in time.
-    fn release_after(&self, hold: Hold, wait: Duration) {
+    /// Releases the batch held by hold `id` after `wait` if it is still held then.
+    fn release_after(&self, id: u64, wait: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.release_now(hold);
+            return self.release_expired(id);
         };
         let this = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep(wait).await;
-            this.release_now(hold);
+            this.release_expired(id);
         });
     }
 
-    fn release_now(&self, hold: Hold) {
+    /// Hold `id` ran out, unless it was released before.
+    fn release_expired(&self, id: u64) {
         let mut queue = self.lock();
-        if queue.hold.is_none_or(|h| h.id != hold.id) {
-            return; // released when enough writes came
+        if queue.hold.as_ref().is_none_or(|h| h.id != id) {
+            return; // released when its writers came back
         }
-        // Most of its writers did not come back: they are not closed-loop clients, and holding
-        // would only delay them. (Slower than the hold but coming: keep holding.)
-        if queue.waiting.len() * 2 < hold.target {
-            queue.hold_paused = GATHER_PAUSE_PROPOSALS;
-        }
+        // Its writers did not come back in time: they may not be closed-loop clients, and
+        // holding would only delay the writes that join. Hold again only after a pause, longer
+        // each time.
+        self.inner.config.holds_expired.inc();
+        queue.hold_paused = queue.hold_pause_next;
+        queue.hold_pause_next = (queue.hold_pause_next * 2).min(GATHER_PAUSE_PROPOSALS_MAX);
         let batch = queue.take();
         drop(queue);
         if let Some(batch) = batch {
@@ -370,11 +410,11 @@ impl Proposer {
             return;
         };
         let this = self.clone();
-        let writes = batch.len();
+        let writers = Turn::writers(batch.iter().map(|w| w.writer));
         runtime.spawn(async move {
             let _turn = Turn {
                 proposer: this.clone(),
-                writes,
+                writers,
             };
             this.propose_batch(batch).await;
         });
@@ -567,15 +607,25 @@ fn failed_all(e: &KvError, count: usize) -> Vec<Attempt> {
     (0..count).map(|_| Attempt::Done(Err(e.clone()))).collect()
 }
 
-/// The turn to propose client writes, held by a proposal of `writes` of them; dropping it
+/// The turn to propose client writes, held by a proposal of writes from `writers`; dropping it
 /// hands the turn on.
 struct Turn {
     proposer: Proposer,
-    writes: usize,
+    /// Sorted, no duplicates, none unknown (0).
+    writers: Vec<u64>,
+}
+
+impl Turn {
+    fn writers(writers: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let mut writers: Vec<u64> = writers.into_iter().filter(|&w| w != 0).collect();
+        writers.sort_unstable();
+        writers.dedup();
+        writers
+    }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.proposer.hand_on(self.writes);
+        self.proposer.hand_on(std::mem::take(&mut self.writers));
     }
 }
