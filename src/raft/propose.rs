@@ -32,8 +32,9 @@
 //! writers join the held batch but do not release it, so writers that do not come back at once
 //! (they think between writes, or are done) let the hold run out; that turns holding off for
 //! the next [`GATHER_PAUSE_PROPOSALS`] proposals, doubled for each further one that runs out (up
-//! to [`GATHER_PAUSE_PROPOSALS_MAX`]), so such clients pay it rarely. Fewer writers, one lone
-//! client, or many writes over one connection are never held.
+//! to [`GATHER_PAUSE_PROPOSALS_MAX`]), so such clients pay it rarely (clients that open a
+//! connection per request look like that too). Fewer writers, one lone client, many writes over
+//! one connection and forwarded writes never start a hold.
 //!
 //! A batch a follower forwards (`forward_batch.rs`) is already gathered: it goes out as a
 //! batch entry of its own at once when it fits one ([`Proposer::propose_all`]).
