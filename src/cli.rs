@@ -102,9 +102,10 @@ pub struct Args {
     /// member has said it reads such entries).
     #[arg(long)]
     pub no_write_batching: bool,
-    /// Milliseconds the leader may hold the next batch, after answering a batch of 8 or more
-    /// writes, for those writers' next writes (closed-loop clients write again at once), so
-    /// they share one entry instead of splitting into two that take turns. 0: never wait.
+    /// Milliseconds the leader may hold the next batch, after answering writes from 8 or more
+    /// client connections, for those connections' next writes (closed-loop clients write again
+    /// at once), so they share one entry instead of splitting into two groups that take turns.
+    /// 0: never hold.
     #[arg(long, default_value_t = 2)]
     pub write_gather_ms: u64,
     /// Raft heartbeat interval in ms; election timeout is 5–10 heartbeats.
