@@ -21,18 +21,18 @@
 //! (`peer::features`); otherwise the writes of a batch are proposed as entries of their own
 //! (logged when it changes). So a rolling upgrade needs no flag.
 //!
-//! **Gathering.** Closed-loop clients (each waits for its answer, then writes again) would split
-//! into two groups that take turns: while one group's entry is committed, the other's writes
-//! wait, so each write waits about two commit cycles (BENCHMARKS.md, "64 HTTP clients: bounded
-//! by the commit loop"). So when a proposal that answered writes from [`GATHER_WRITERS_MIN`] or
-//! more client connections ends, the next batch is held until [`GATHER_PERCENT`] of those
-//! connections have sent a write again, or for at most `gather_wait` (`--write-gather-ms`;
-//! tokio's timer counts whole milliseconds, so up to one more): the group that was just
-//! answered comes back and goes in the same entry as the one that waited. Writes from other
-//! writers join the held batch but do not release it, so writers that do not come back at once
-//! (they think between writes, or are done) let the hold run out; that turns holding off for
-//! the next [`GATHER_PAUSE_PROPOSALS`] proposals, doubled for each further one that runs out (up
-//! to [`GATHER_PAUSE_PROPOSALS_MAX`]), so such clients pay it rarely (clients that open a
+//! **Gathering** (`queue.rs`). Closed-loop clients (each waits for its answer, then writes
+//! again) would split into two groups that take turns: while one group's entry is committed, the
+//! other's writes wait, so each write waits about two commit cycles (BENCHMARKS.md, "64 HTTP
+//! clients: bounded by the commit loop"). So when a proposal that answered writes from 8 or more
+//! client connections (`GATHER_WRITERS_MIN`) ends, the next batch is held until 90 %
+//! (`GATHER_PERCENT`) of those connections have sent a write again, or for at most
+//! `gather_wait` (`--write-gather-ms`; tokio's timer counts whole milliseconds, so up to one
+//! more): the group that was just answered comes back and goes in the same entry as the one
+//! that waited. Writes from other writers join the held batch but do not release it, so writers
+//! that do not come back at once (they think between writes, or are done) let the hold run out;
+//! that turns holding off for the next 16 proposals (`GATHER_PAUSE_PROPOSALS`), doubled for each
+//! further one that runs out (up to 1,024), so such clients pay it rarely (clients that open a
 //! connection per request look like that too). Fewer writers, one lone client, many writes over
 //! one connection and forwarded writes never start a hold.
 //!
@@ -48,7 +48,6 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::MutexGuard;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -57,7 +56,6 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::app::RaftMetricsRx;
@@ -71,6 +69,14 @@ use crate::raft::types::NodeId;
 use crate::raft::types::Outcome;
 use crate::raft::types::Raft;
 use crate::raft::types::TypeConfig;
+
+mod queue;
+use queue::EMPTY_BATCH_BYTES;
+use queue::Place;
+use queue::Queue;
+use queue::Turn;
+use queue::Waiting;
+use queue::current_writer;
 
 /// What became of one proposal.
 pub enum Attempt {
@@ -97,101 +103,8 @@ struct Inner {
     kept_by: AtomicU64,
 }
 
-/// The writer of the write being placed: the client connection it came on
-/// ([`crate::serve::connection_id`]), so that a hold can tell the writers it waits for from
-/// other writes arriving (0: none known, e.g. a batch a follower forwarded).
-fn current_writer() -> u64 {
-    crate::serve::connection_id().unwrap_or(0)
-}
-
-/// Gathering (see the module doc): a proposal that answered writes from at least this many
-/// writers may hold the next batch for them.
-pub const GATHER_WRITERS_MIN: usize = 8;
-/// ... until this share of them, in percent, has written again.
-pub const GATHER_PERCENT: usize = 90;
-/// Proposals that hold nothing after a hold ran out; doubled for each further one that runs
-/// out, up to [`GATHER_PAUSE_PROPOSALS_MAX`].
-pub const GATHER_PAUSE_PROPOSALS: u32 = 16;
-pub const GATHER_PAUSE_PROPOSALS_MAX: u32 = 1024;
-
 /// [`Inner::kept_by`] when no member keeps the leader from batching.
 const NO_MEMBER: u64 = 0;
-
-/// The writes waiting for the next proposal.
-struct Queue {
-    /// A proposal of client writes is under way, or the next batch is being held (`hold`):
-    /// writes that arrive now wait.
-    busy: bool,
-    /// The next batch is held for the writers just answered (until they write again or its
-    /// timer runs out).
-    hold: Option<Hold>,
-    /// Holds started so far: tells a hold's timer whether its hold is still the current one.
-    holds: u64,
-    /// Proposals that may not hold the next batch (after a hold ran out).
-    hold_paused: u32,
-    /// How many proposals the next hold that runs out pauses holding for: doubles with each one
-    /// that runs out, back to [`GATHER_PAUSE_PROPOSALS`] when one fills.
-    hold_pause_next: u32,
-    waiting: Vec<Waiting>,
-    /// The encoded size of the batch `waiting` would make.
-    bytes: usize,
-}
-
-struct Hold {
-    /// The writers the proposal before it answered (sorted, no duplicates).
-    answered: Vec<u64>,
-    /// Writes from them since.
-    returned: usize,
-    /// Release the batch once this many have come.
-    target: usize,
-    /// Which hold this is (`Queue::holds` when it started).
-    id: u64,
-}
-
-struct Waiting {
-    cmd: Command,
-    reply: oneshot::Sender<Attempt>,
-    /// Its writer (see [`current_writer`]).
-    writer: u64,
-}
-
-/// Where a write goes when it arrives.
-enum Place {
-    /// Nothing is under way: its caller proposes it now, then hands the turn on.
-    Lead(Command),
-    /// It waits for the next batch.
-    Wait(oneshot::Receiver<Attempt>),
-    /// It is proposed alone at once (not batchable, batching is off, or the batch is full).
-    Alone(Command),
-}
-
-/// The encoded size of an empty batch: its tag and the longest count prefix.
-const EMPTY_BATCH_BYTES: usize = 1 + crate::limits::varint_len(BATCH_COMMANDS_MAX);
-
-impl Queue {
-    fn new() -> Self {
-        Self {
-            busy: false,
-            hold: None,
-            holds: 0,
-            hold_paused: 0,
-            hold_pause_next: GATHER_PAUSE_PROPOSALS,
-            waiting: Vec::new(),
-            bytes: EMPTY_BATCH_BYTES,
-        }
-    }
-
-    /// Takes the waiting writes, or marks the queue idle when there are none.
-    fn take(&mut self) -> Option<Vec<Waiting>> {
-        self.hold = None;
-        if self.waiting.is_empty() {
-            self.busy = false;
-            return None;
-        }
-        self.bytes = EMPTY_BATCH_BYTES;
-        Some(std::mem::take(&mut self.waiting))
-    }
-}
 
 /// What a [`Proposer`] is built from.
 pub struct ProposerConfig {
@@ -278,147 +191,6 @@ impl Proposer {
         (2..=BATCH_COMMANDS_MAX).contains(&cmds.len())
             && cmds.iter().all(Command::batchable)
             && EMPTY_BATCH_BYTES + bytes() <= self.inner.batch_bytes_max
-    }
-
-    fn place(&self, cmd: Command) -> Place {
-        if !self.inner.config.batching || !cmd.batchable() {
-            return Place::Alone(cmd);
-        }
-        let bytes = crate::limits::command_encoded_len(&cmd);
-        let mut queue = self.lock();
-        if !queue.busy {
-            queue.busy = true;
-            return Place::Lead(cmd);
-        }
-        let fits = queue.waiting.len() < BATCH_COMMANDS_MAX
-            && queue.bytes + bytes <= self.inner.batch_bytes_max;
-        if !fits {
-            // A held batch that is full goes now: nothing more would join it.
-            self.release_held(queue);
-            return Place::Alone(cmd);
-        }
-        let writer = current_writer();
-        let (reply, answer) = oneshot::channel();
-        queue.waiting.push(Waiting { cmd, reply, writer });
-        queue.bytes += bytes;
-        if let Some(hold) = &mut queue.hold
-            && writer != 0
-            && hold.answered.binary_search(&writer).is_ok()
-        {
-            hold.returned += 1;
-            if hold.returned >= hold.target {
-                self.release_held(queue);
-            }
-        }
-        Place::Wait(answer)
-    }
-
-    /// Releases the held batch, if one is held: its writers came back (or it is full).
-    fn release_held(&self, mut queue: MutexGuard<'_, Queue>) {
-        if queue.hold.is_none() {
-            return;
-        }
-        self.inner.config.holds_filled.inc();
-        queue.hold_pause_next = GATHER_PAUSE_PROPOSALS;
-        let batch = queue.take();
-        drop(queue);
-        if let Some(batch) = batch {
-            self.spawn_batch(batch);
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // The queue's state is whole after every statement that changes it: a panic elsewhere
-        // while it was held leaves nothing half-done.
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// The proposal under way, which answered writes from `answered` (sorted writers), has
-    /// ended: the writes that waited go out as the next batch, from a task of their own, or the
-    /// queue goes idle — unless the next batch is held for those writers (see "Gathering").
-    fn hand_on(&self, answered: Vec<u64>) {
-        let mut queue = self.lock();
-        let wait = self.inner.config.gather_wait;
-        if !wait.is_zero() && answered.len() >= GATHER_WRITERS_MIN && queue.hold_paused == 0 {
-            // Writers with several writes under way may have written again already.
-            let returned = queue
-                .waiting
-                .iter()
-                .filter(|w| answered.binary_search(&w.writer).is_ok())
-                .count();
-            let target = (answered.len() * GATHER_PERCENT).div_ceil(100);
-            if returned < target {
-                queue.holds += 1;
-                let id = queue.holds;
-                queue.hold = Some(Hold {
-                    answered,
-                    returned,
-                    target,
-                    id,
-                });
-                drop(queue);
-                self.release_after(id, wait);
-                return;
-            }
-        }
-        queue.hold_paused = queue.hold_paused.saturating_sub(1);
-        let batch = queue.take();
-        drop(queue);
-        if let Some(batch) = batch {
-            self.spawn_batch(batch);
-        }
-    }
-
-    /// Releases the batch held by hold `id` after `wait` if it is still held then.
-    fn release_after(&self, id: u64, wait: Duration) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.release_expired(id);
-        };
-        let this = self.clone();
-        runtime.spawn(async move {
-            tokio::time::sleep(wait).await;
-            this.release_expired(id);
-        });
-    }
-
-    /// Hold `id` ran out, unless it was released before.
-    fn release_expired(&self, id: u64) {
-        let mut queue = self.lock();
-        if queue.hold.as_ref().is_none_or(|h| h.id != id) {
-            return; // released when its writers came back
-        }
-        // Its writers did not come back in time: they may not be closed-loop clients, and
-        // holding would only delay the writes that join. Hold again only after a pause, longer
-        // each time.
-        self.inner.config.holds_expired.inc();
-        queue.hold_paused = queue.hold_pause_next;
-        queue.hold_pause_next = (queue.hold_pause_next * 2).min(GATHER_PAUSE_PROPOSALS_MAX);
-        let batch = queue.take();
-        drop(queue);
-        if let Some(batch) = batch {
-            self.spawn_batch(batch);
-        }
-    }
-
-    /// Proposes `batch` from a task of its own, which holds the turn until it ends.
-    fn spawn_batch(&self, batch: Vec<Waiting>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // The runtime is gone (the node is stopping): the callers' receivers are dropped
-            // with `batch`, and they answer "unknown".
-            return;
-        };
-        let this = self.clone();
-        let writers = Turn::writers(batch.iter().map(|w| w.writer));
-        runtime.spawn(async move {
-            let _turn = Turn {
-                proposer: this.clone(),
-                writers,
-            };
-            this.propose_batch(batch).await;
-        });
     }
 
     /// Proposes the writes of `batch` whose callers still wait, as one entry if there are
@@ -606,27 +378,4 @@ impl Proposer {
 /// `count` answers, each the error `e`.
 fn failed_all(e: &KvError, count: usize) -> Vec<Attempt> {
     (0..count).map(|_| Attempt::Done(Err(e.clone()))).collect()
-}
-
-/// The turn to propose client writes, held by a proposal of writes from `writers`; dropping it
-/// hands the turn on.
-struct Turn {
-    proposer: Proposer,
-    /// Sorted, no duplicates, none unknown (0).
-    writers: Vec<u64>,
-}
-
-impl Turn {
-    fn writers(writers: impl IntoIterator<Item = u64>) -> Vec<u64> {
-        let mut writers: Vec<u64> = writers.into_iter().filter(|&w| w != 0).collect();
-        writers.sort_unstable();
-        writers.dedup();
-        writers
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        self.proposer.hand_on(std::mem::take(&mut self.writers));
-    }
 }
