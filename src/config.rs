@@ -49,7 +49,7 @@ pub struct Config {
     /// Whether the leader puts concurrent client writes in one log entry (`raft/propose.rs`).
     pub write_batching: bool,
     /// How long the leader may hold the next batch for the writers of the one it just answered
-    /// (`raft/propose/queue.rs`, "Gathering" in `raft/propose.rs`); zero: never.
+    /// ("Gathering" in `raft/propose.rs`); zero: never.
     pub write_gather: Duration,
     /// Raft heartbeat interval; election timeouts are derived from it.
     pub heartbeat_interval: Duration,

@@ -83,7 +83,7 @@ tokio::task_local! {
 static CONNECTIONS_SERVED: AtomicU64 = AtomicU64::new(1);
 
 /// The id of the connection the running request came on, when it came on one served here.
-/// The write path tells writers apart by it (`raft/propose/queue.rs`, "Gathering" in `raft/propose.rs`).
+/// The write path tells writers apart by it ("Gathering" in `raft/propose.rs`).
 pub fn connection_id() -> Option<u64> {
     CONNECTION_ID.try_with(|id| *id).ok()
 }

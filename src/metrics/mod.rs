@@ -90,8 +90,8 @@ pub struct Metrics {
     pub write_batches: Counter,
     /// Client writes proposed in those entries.
     pub batched_writes: Counter,
-    /// Holds of the next batch (`raft/propose/queue.rs`, "Gathering" in `raft/propose.rs`) that ended with their writers
-    /// back, and that ran out of time.
+    /// Holds of the next batch ("Gathering" in `raft/propose.rs`) that ended with their
+    /// writers back, and that ran out of time.
     pub write_holds_filled: Counter,
     pub write_holds_expired: Counter,
     /// Updated by [`raft::watch_leader_changes`].
