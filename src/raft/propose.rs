@@ -76,7 +76,6 @@ use queue::Place;
 use queue::Queue;
 use queue::Turn;
 use queue::Waiting;
-use queue::current_writer;
 
 /// What became of one proposal.
 pub enum Attempt {
@@ -151,9 +150,11 @@ impl Proposer {
                 // Must hand the turn on when this proposal ends, however it ends (also when
                 // the caller's future is dropped), or the writes waiting behind it would wait
                 // until their deadlines.
+                // One writer is below `GATHER_WRITERS_MIN`: a lone write never holds the next
+                // batch, so its turn names no writers (and allocates nothing).
                 let _turn = Turn {
                     proposer: self.clone(),
-                    writers: Turn::writers([current_writer()]),
+                    writers: Vec::new(),
                 };
                 self.propose_alone(cmd, deadline).await
             }

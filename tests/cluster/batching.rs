@@ -21,52 +21,68 @@ use crate::watch::{open_events, take};
 const WRITERS: usize = 16;
 const WRITES_EACH: usize = 25;
 
-/// `(key, log index, revision)` of every write, each answered 200; [`WRITERS`] writers, writer
-/// `t` sends its writes to node `nodes[t % nodes.len()]`.
-fn write_concurrently(c: &Cluster, nodes: &[usize], writes_each: usize) -> Vec<(String, u64, i64)> {
-    writers_write(c, nodes, WRITERS, writes_each)
-}
+/// A write's `(key, log index, revision)`.
+type Write = (String, u64, i64);
 
-/// [`write_concurrently`] with `writers` writers, each writing its keys one after another
-/// (closed-loop: the next write goes when the last is answered).
-fn writers_write(
-    c: &Cluster,
-    nodes: &[usize],
+/// Runs `writers` closed-loop writer threads (the next write goes when the last is answered):
+/// thread `t` writes keys `{prefix}/{t}-{i}` with values `v{t}-{i}` through the write function
+/// `writer(t)` makes in that thread (it returns the log index and revision it was told).
+fn closed_loop<W>(
     writers: usize,
     writes_each: usize,
-) -> Vec<(String, u64, i64)> {
-    let header = |r: &Resp, name: &str| -> i64 {
-        r.header(name)
-            .unwrap_or_else(|| panic!("{}: no {name} in {:?}", r.what, r.headers))
-            .parse()
-            .expect("a number")
-    };
+    prefix: &str,
+    writer: impl Fn(usize) -> W + Sync,
+) -> Vec<Write>
+where
+    W: FnMut(&str, &str) -> (u64, i64),
+{
     std::thread::scope(|s| {
-        let writers: Vec<_> = (0..writers)
+        let threads: Vec<_> = (0..writers)
             .map(|t| {
-                let node = nodes[t % nodes.len()];
+                let writer = &writer;
                 s.spawn(move || {
+                    let mut write = writer(t);
                     (0..writes_each)
                         .map(|i| {
-                            let key = format!("b/{t}-{i}");
-                            let r = c.put_db(node, &key, &format!("v{t}-{i}"));
-                            r.expect_status(200);
-                            let index = header(&r, "x-raft-index") as u64;
-                            (key, index, header(&r, "x-raft-revision"))
+                            let key = format!("{prefix}/{t}-{i}");
+                            let (index, revision) = write(&key, &format!("v{t}-{i}"));
+                            (key, index, revision)
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        writers
+        threads
             .into_iter()
             .flat_map(|w| w.join().expect("writer thread"))
             .collect()
     })
 }
 
+/// Every write of [`WRITERS`] closed-loop writers, each answered 200; writer `t` sends its
+/// writes to node `nodes[t % nodes.len()]` (the harness's client: a connection per request).
+fn write_concurrently(c: &Cluster, nodes: &[usize], writes_each: usize) -> Vec<Write> {
+    let header = |r: &Resp, name: &str| -> i64 {
+        r.header(name)
+            .unwrap_or_else(|| panic!("{}: no {name} in {:?}", r.what, r.headers))
+            .parse()
+            .expect("a number")
+    };
+    closed_loop(WRITERS, writes_each, "b", |t| {
+        let node = nodes[t % nodes.len()];
+        move |key: &str, value: &str| {
+            let r = c.put_db(node, key, value);
+            r.expect_status(200);
+            (
+                header(&r, "x-raft-index") as u64,
+                header(&r, "x-raft-revision"),
+            )
+        }
+    })
+}
+
 /// How many writes each log entry holds.
-fn per_entry(writes: &[(String, u64, i64)]) -> BTreeMap<u64, usize> {
+fn per_entry(writes: &[Write]) -> BTreeMap<u64, usize> {
     let mut per_index = BTreeMap::<u64, usize>::new();
     for (_, index, _) in writes {
         *per_index.entry(*index).or_default() += 1;
@@ -75,12 +91,12 @@ fn per_entry(writes: &[(String, u64, i64)]) -> BTreeMap<u64, usize> {
 }
 
 /// How many writes shared their log entry with another write.
-fn batched(writes: &[(String, u64, i64)]) -> usize {
+fn batched(writes: &[Write]) -> usize {
     per_entry(writes).values().filter(|&&n| n > 1).sum()
 }
 
 /// How many log entries hold more than one write.
-fn shared_entries(writes: &[(String, u64, i64)]) -> usize {
+fn shared_entries(writes: &[Write]) -> usize {
     per_entry(writes).values().filter(|&&n| n > 1).count()
 }
 
@@ -225,47 +241,30 @@ fn the_leader_batches_only_once_every_member_reads_batches() {
     );
 }
 
-/// `(key, log index, revision)` of every write of `writers` closed-loop clients, each on a
-/// keep-alive connection of its own (as a client library keeps one), writing `writes_each` keys
-/// to node `node` one after another.
-fn keep_alive_writers(
-    c: &Cluster,
-    node: usize,
-    writers: usize,
-    writes_each: usize,
-) -> Vec<(String, u64, i64)> {
+/// Every write of `writers` closed-loop writers, each on a keep-alive connection of its own (as
+/// a client library keeps one), writing `writes_each` keys to node `node`.
+fn keep_alive_writers(c: &Cluster, node: usize, writers: usize, writes_each: usize) -> Vec<Write> {
     let header = |r: &reqwest::blocking::Response, name: &str| -> i64 {
         r.headers()
             .get(name)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers()))
     };
-    std::thread::scope(|s| {
-        let threads: Vec<_> = (0..writers)
-            .map(|t| {
-                let url = c.url(node, "/db/");
-                s.spawn(move || {
-                    let client = reqwest::blocking::Client::new();
-                    (0..writes_each)
-                        .map(|i| {
-                            let key = format!("g/{t}-{i}");
-                            let r = client
-                                .post(format!("{url}{key}"))
-                                .body(format!("v{t}-{i}"))
-                                .send()
-                                .expect("a write");
-                            assert_eq!(r.status().as_u16(), 200, "{key}");
-                            let index = header(&r, "x-raft-index") as u64;
-                            (key, index, header(&r, "x-raft-revision"))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .flat_map(|w| w.join().expect("writer thread"))
-            .collect()
+    closed_loop(writers, writes_each, "g", |_| {
+        let client = reqwest::blocking::Client::new();
+        let url = c.url(node, "/db/");
+        move |key: &str, value: &str| {
+            let r = client
+                .post(format!("{url}{key}"))
+                .body(value.to_string())
+                .send()
+                .expect("a write");
+            assert_eq!(r.status().as_u16(), 200, "{key}");
+            (
+                header(&r, "x-raft-index") as u64,
+                header(&r, "x-raft-revision"),
+            )
+        }
     })
 }
 

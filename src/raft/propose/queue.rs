@@ -15,7 +15,7 @@ use crate::raft::types::Command;
 /// The writer of the write being placed: the client connection it came on
 /// ([`crate::serve::connection_id`]), so that a hold can tell the writers it waits for from
 /// other writes arriving (0: none known, e.g. a batch a follower forwarded).
-pub(super) fn current_writer() -> u64 {
+fn current_writer() -> u64 {
     crate::serve::connection_id().unwrap_or(0)
 }
 
@@ -146,11 +146,7 @@ impl Proposer {
         }
         self.inner.config.holds_filled.inc();
         queue.hold_pause_next = GATHER_PAUSE_PROPOSALS;
-        let batch = queue.take();
-        drop(queue);
-        if let Some(batch) = batch {
-            self.spawn_batch(batch);
-        }
+        self.propose_waiting(queue);
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -191,11 +187,7 @@ impl Proposer {
             }
         }
         queue.hold_paused = queue.hold_paused.saturating_sub(1);
-        let batch = queue.take();
-        drop(queue);
-        if let Some(batch) = batch {
-            self.spawn_batch(batch);
-        }
+        self.propose_waiting(queue);
     }
 
     /// Releases the batch held by hold `id` after `wait` if it is still held then.
@@ -222,6 +214,11 @@ impl Proposer {
         self.inner.config.holds_expired.inc();
         queue.hold_paused = queue.hold_pause_next;
         queue.hold_pause_next = (queue.hold_pause_next * 2).min(GATHER_PAUSE_PROPOSALS_MAX);
+        self.propose_waiting(queue);
+    }
+
+    /// Proposes the waiting writes as the next batch, or lets the queue go idle when none wait.
+    fn propose_waiting(&self, mut queue: MutexGuard<'_, Queue>) {
         let batch = queue.take();
         drop(queue);
         if let Some(batch) = batch {
