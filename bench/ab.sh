@@ -3,16 +3,20 @@
 # made raftkv faster or slower (this machine's noise between sittings is larger than most changes).
 #
 #   bash bench/ab.sh BIN_A BIN_B [OPS...]        # OPS from: write lread sread fwrite mixed gwrite glread
-#                                                 # gsread swrite [write lread sread]; g* = through etcd's gRPC API, swrite = 1 client
+#                                                 # gsread swrite owrite [write lread sread]; g* = through etcd's gRPC API,
+#                                                 # swrite = 1 client, owrite = HTTP writes with pauses (OPEN_CLIENTS, THINK_MS)
 #
 # Each round starts a fresh 3-node cluster of A, preloads, runs every OP, stops it; then the same for
 # B; rounds alternate A B A B ... so drift of the machine hits both. The table shows every round's
-# ops/s and CPU-seconds per 1k ops (all three nodes' CPU), then the medians; each round's log line
+# ops/s and CPU-seconds per 1k ops (all three nodes' CPU), then the medians, and (last columns) the
+# median p50 and p99 latency in µs (owrite's latency excludes the pauses); each round's log line
 # and result file also give each node's CPU-seconds over the run, leader first (`node_cpu_s`), and
 # how many batch entries the leader proposed and how many writes they held (`write_batches`,
 # `batched_writes`, from its /metrics).
 #
 # Environment: ROUNDS [3]  DURATION [8]  WARMUP [2]  CLIENTS [64]  KEYS [100000]
+#   OPEN_CLIENTS [48]  THINK_MS [5]   owrite's clients, each pausing an exponential time (mean
+#            THINK_MS ms) after each write, so they are idle between writes (loadgen --think-ms)
 #   PERF=1   also records the leader (PERF_ROLE=follower: a follower) for 5 s of each OP with
 #            `perf record -g` (first round only)
 #            into $RESULTS/<A|B>-<op>.perf (read with `perf report -i FILE --no-children`)
@@ -22,11 +26,12 @@
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-[ $# -ge 2 ] || { sed -n 2,15p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,19p "$0"; exit 2; }
 BIN_A="$(realpath "$1")" BIN_B="$(realpath "$2")"; shift 2
 OPS=("$@"); [ ${#OPS[@]} -gt 0 ] || OPS=(write lread sread)
 ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-8}" WARMUP="${WARMUP:-2}" CLIENTS="${CLIENTS:-64}"
 KEYS="${KEYS:-100000}" PERF="${PERF:-0}" PERF_ROLE="${PERF_ROLE:-leader}"
+OPEN_CLIENTS="${OPEN_CLIENTS:-48}" THINK_MS="${THINK_MS:-5}"
 RESULTS="${RESULTS:-$BENCH/results/ab-$(date +%Y%m%d-%H%M%S)}"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
 RK_PORTS_LIST="25001 25002 25003" NODES=3 RAFTKV_ARGS=""
@@ -61,6 +66,7 @@ one() {   # one TAG BIN ROUND
       mixed) args=(--op mixed --read-pct 90) ;;
       gwrite|glread|gsread) args=(--api grpc --op "${op#g}") ;;
       swrite) args=(--op write); clients=1 ;;
+      owrite) args=(--op write --think-ms "$THINK_MS"); clients="$OPEN_CLIENTS" ;;
     esac
     local out="$RESULTS/$tag-$op-$round.txt" perf_pid=""
     local perf_node="$LEADER"; [ "$PERF_ROLE" = follower ] && perf_node="${FOLLOWERS[0]}"
@@ -87,7 +93,7 @@ one() {   # one TAG BIN ROUND
     local batches=$(($(metric "$LEADER" raftkv_server_write_batches_total) - batches0))
     local batched=$(($(metric "$LEADER" raftkv_server_batched_writes_total) - batched0))
     printf 'node_cpu_s=%s\nwrite_batches=%s\nbatched_writes=%s\n' "$split" "$batches" "$batched" >>"$out"
-    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|errors)=' "$out" | tr '\n' ' ')node_cpu_s(leader first)=$split write_batches=$batches batched_writes=$batched"
+    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|p50_us|p99_us|errors)=' "$out" | tr '\n' ' ')node_cpu_s(leader first)=$split write_batches=$batches batched_writes=$batched"
   done
   stop_cluster
   rm -rf "$dir"
@@ -100,10 +106,11 @@ done
 
 {
   echo "# A/B $(date -u +%Y-%m-%dT%H:%MZ): A=$BIN_A B=$BIN_B"
-  echo "rounds=$ROUNDS duration=${DURATION}s clients=$CLIENTS keys=$KEYS"
+  echo "rounds=$ROUNDS duration=${DURATION}s clients=$CLIENTS keys=$KEYS open_clients=$OPEN_CLIENTS think_ms=$THINK_MS"
   echo
-  echo "| op | A ops/s (median) | B ops/s (median) | B/A | A CPU-s/1k | B CPU-s/1k | rounds A | rounds B |"
-  echo "|---|---|---|---|---|---|---|---|"
+  # New columns go at the end of a row: readers of older reports count columns from the left.
+  echo "| op | A ops/s (median) | B ops/s (median) | B/A | A CPU-s/1k | B CPU-s/1k | rounds A | rounds B | A p50 µs | B p50 µs | A p99 µs | B p99 µs |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for op in "${OPS[@]}"; do
     ra="" rb=""
     for r in $(seq "$ROUNDS"); do
@@ -115,6 +122,12 @@ done
     ca="$(for r in $(seq "$ROUNDS"); do field cpu_s_per_1k "$RESULTS/A-$op-$r.txt" 2>/dev/null; done | median)"
     cb="$(for r in $(seq "$ROUNDS"); do field cpu_s_per_1k "$RESULTS/B-$op-$r.txt" 2>/dev/null; done | median)"
     ratio="$(awk -v a="$ma" -v b="$mb" 'BEGIN {if (a > 0) printf "%.2f", b / a; else print "-"}')"
-    echo "| $op | $ma | $mb | $ratio | $ca | $cb | $ra| $rb|"
+    lat=""   # median p50 and p99 of A and B, in µs
+    for key in p50_us p99_us; do
+      for tag in A B; do
+        lat+=" $(for r in $(seq "$ROUNDS"); do field "$key" "$RESULTS/$tag-$op-$r.txt" 2>/dev/null; done | median) |"
+      done
+    done
+    echo "| $op | $ma | $mb | $ratio | $ca | $cb | $ra| $rb|$lat"
   done
 } | tee "$RESULTS/report.md"

@@ -3,20 +3,22 @@
 #
 #   bash bench/openloop.sh THREADS THINK_MS BIN...      # e.g. 48 5 old/raftkv target/release/raftkv
 #
-# For each BIN: starts a cluster (ports 127.0.0.1:25001-25003, as bench/ab.sh), runs
-# bench/openloop.py against the leader for 10 s (THREADS writers, each pausing an exponential
-# THINK_MS between writes over its own keep-alive connection), prints one line, stops it.
-# Needs python3 and the built load generator (cluster readiness). Every process started here is stopped by PID on exit; data dirs removed.
+# For each BIN: starts a cluster (ports 127.0.0.1:25001-25003, as bench/ab.sh), runs the load
+# generator against the leader (`loadgen run --op write --think-ms`: THREADS writers, each over its
+# own keep-alive connection, pausing an exponential THINK_MS between writes; 2 s warm-up, 10 s
+# measured), prints one line (writes, writes/s, write latency p50/p90/p99/p99.9 in µs, pauses
+# excluded), stops it. Needs the built load generator. Every process started here is stopped by
+# PID on exit; data dirs removed.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-[ $# -ge 3 ] || { sed -n 2,9p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,11p "$0"; exit 2; }
 THREADS="$1" THINK_MS="$2"; shift 2
 RK_PORTS_LIST="25001 25002 25003" NODES=3 RAFTKV_ARGS=""
-LOADGEN="$BENCH/loadgen/target/release/loadgen"   # cluster.sh's readiness checks use it
+LOADGEN="$BENCH/loadgen/target/release/loadgen"
+DURATION=10 WARMUP=2
 # shellcheck source=bench/cluster.sh
-source "$BENCH/cluster.sh"   # log, die, the cleanup trap, start_raftkv, stop_cluster
-command -v python3 >/dev/null || die "python3 is needed"
+source "$BENCH/cluster.sh"   # log, die, the cleanup trap, start_raftkv, stop_cluster, pidlist, field
 [ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
 check_ports_free "${RK_PORTS[@]}"
 WORK="$(mktemp -d "$BENCH/tmp.openloop.XXXX")"
@@ -26,6 +28,14 @@ for bin in "$@"; do
   n=$((n + 1))
   [ -x "$bin" ] || die "$bin is not an executable"
   RAFTKV="$(realpath "$bin")" start_raftkv "$WORK/c$n" ""
-  printf '%s %s\n' "$bin" "$(python3 "$BENCH/openloop.py" "$LEADER" "$THREADS" "$THINK_MS" 10)"
+  out="$WORK/c$n.txt"
+  timeout $((DURATION + WARMUP + 60)) "$LOADGEN" run --system raftkv --op write --clients "$THREADS" \
+    --think-ms "$THINK_MS" --duration "$DURATION" --warmup "$WARMUP" --target "$LEADER" --pids "$(pidlist)" \
+    --out "$out" >/dev/null || die "$bin: loadgen failed"
+  line="writes=$(field ops "$out")"
+  for key in ops_per_s p50_us p90_us p99_us p999_us errors think_actual_ms cpu_s_per_1k; do
+    line+=" $key=$(field "$key" "$out")"
+  done
+  printf '%s %s\n' "$bin" "$line"
   stop_cluster
 done

@@ -9,6 +9,9 @@
 //! - `monitor`: replica digests compared while a schedule runs (divergence detector);
 //! - `nemesis`: fault schedules and how each fault is done and undone;
 //! - `workload` + `history`: the clients and the recorded operations;
+//! - `writers`: closed-loop writers on keep-alive connections to the leader, each on a key of
+//!   its own, so the leader's gathering (holding a batch for the writers it just answered) runs
+//!   under the faults too;
 //! - `watchers`: watchers of the schedule's keys on random nodes, reconnecting from their last
 //!   revision across faults, checked against the cluster's history (once, in order, no gaps, no
 //!   phantoms); half of them over etcd's gRPC Watch, half over the HTTP event stream;
@@ -59,6 +62,7 @@ mod topology;
 mod totals;
 mod watchers;
 mod workload;
+mod writers;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -67,9 +71,11 @@ use crate::nemesis::PlanOpts;
 use crate::run::Opts;
 
 /// Flags of every chaos node: a 2 s bound on writes and reads (so clients mostly get the
-/// product's own verdict before their 3 s timeout) and frequent snapshots, so restarted and
-/// fresh nodes often catch up by snapshot.
-pub const NODE_FLAGS: &str = "--timeout-ms 2000 --snapshot-every 200";
+/// product's own verdict before their 3 s timeout), frequent snapshots, so restarted and
+/// fresh nodes often catch up by snapshot, and holds of up to 20 ms for gathered writes (the
+/// default 2 ms runs out before the keep-alive writers come back to a debug build, so no hold
+/// would fill), so held batches meet the faults.
+pub const NODE_FLAGS: &str = "--timeout-ms 2000 --snapshot-every 200 --write-gather-ms 20";
 
 /// Cluster-using tests run one at a time (two cores are shared with everything else).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -83,6 +89,7 @@ fn base_opts(name: &'static str) -> Opts {
         nodes: 3,
         keys: 24,
         clients: 5,
+        keepalive_writers: 16,
         watchers: 4,
         lease_keepers: 2,
         plan: PlanOpts {
@@ -123,6 +130,13 @@ fn assert_clean(t: &totals::Totals, min_write_ratio: f64) {
     assert!(
         t.failed.is_empty() && t.violations == 0 && t.lost == 0,
         "chaos found problems (see the FAILED lines and the !!!! reports above)"
+    );
+    // The keep-alive writers are there so that held batches meet the faults: a run in which no
+    // hold was ever released by its writers did not test that.
+    assert!(
+        t.holds_filled > 0,
+        "no held batch was released by its writers ({} holds ran out): gathering went untested",
+        t.holds_expired
     );
     let ratio = t.tally.write_success_ratio();
     assert!(

@@ -23,6 +23,7 @@ use crate::topology::{ChaosCluster, ConvergeError};
 use crate::totals::Totals;
 use crate::watchers::{WatchCounts, Watchers};
 use crate::workload::{self, Clients, FINAL_READER};
+use crate::writers::{self, KeepAliveWriters};
 
 /// Answers outside the documented contract printed per schedule (all are counted).
 const UNEXPECTED_SHOWN: usize = 3;
@@ -34,6 +35,9 @@ pub struct Opts {
     pub nodes: usize,
     pub keys: usize,
     pub clients: u32,
+    /// Closed-loop writers on keep-alive connections to the leader (`writers.rs`), each on a
+    /// key of its own: the load under which the leader gathers writes.
+    pub keepalive_writers: u32,
     /// Watchers of the schedule's keys (`watchers.rs`), reconnecting across faults.
     pub watchers: u32,
     /// Lease keepers (`leases.rs`), keeping short leases alive across faults.
@@ -75,6 +79,10 @@ pub struct ScheduleResult {
     /// Writes the members alive at the schedule's end proposed in shared log entries since
     /// they started (write batching): shows batches were under test.
     pub batched_writes: u64,
+    /// Held batches released because their writers came back, and holds that ran out, summed
+    /// the same way (gathering): shows holds were under test.
+    pub holds_filled: u64,
+    pub holds_expired: u64,
     pub watch: WatchCounts,
     pub leases: LeaseCounts,
     pub artifacts: Option<PathBuf>,
@@ -123,6 +131,8 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
     let watchers = Watchers::start(opts.watchers, &prefix, from, &cc.targets, &rng);
     let keepers = Keepers::start(opts.lease_keepers, n, &cc.targets, &rng);
     let clients = Clients::start(opts.clients, &keys, &cc.targets, opts.request_timeout, &rng);
+    let writer_keys = writers::keys(n, opts.keepalive_writers);
+    let writers = KeepAliveWriters::start(&writer_keys, &cc.targets, opts.request_timeout, &rng);
     let mut timeline = Timeline::new();
     std::thread::sleep(opts.warmup);
     for step in &plan {
@@ -142,6 +152,7 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
     timeline.push((crate::history::now_ns(), "healed".into()));
     std::thread::sleep(opts.recovery);
     let mut history = clients.stop();
+    history.extend(writers.stop());
     let (lease_violations, lease_summary, lease_counts) = keepers.finish();
     res.leases = lease_counts;
     eprintln!("   {lease_summary}");
@@ -156,11 +167,15 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
     }
     match cc.wait_converged(opts.heal_timeout) {
         Ok((index, digest)) => {
-            res.batched_writes = batched_writes(cc, opts);
+            res.batched_writes = metric_sum(cc, opts, "raftkv_server_batched_writes_total");
+            res.holds_filled = metric_sum(cc, opts, "raftkv_server_write_holds_filled_total");
+            res.holds_expired = metric_sum(cc, opts, "raftkv_server_write_holds_expired_total");
             eprintln!(
-                "   converged: all members at applied index {index}, digest {digest} ({:.1}s after healing); {} writes batched",
+                "   converged: all members at applied index {index}, digest {digest} ({:.1}s after healing); {} writes batched, holds {} filled / {} ran out",
                 t0.elapsed().as_secs_f64() + opts.recovery.as_secs_f64(),
-                res.batched_writes
+                res.batched_writes,
+                res.holds_filled,
+                res.holds_expired
             )
         }
         Err(ConvergeError::Diverged(e)) => res.diverged = Some(e),
@@ -169,7 +184,8 @@ pub fn run_schedule(cc: &mut ChaosCluster, opts: &Opts, seed: u64, n: u64) -> Sc
                 .get_or_insert(format!("no convergence after healing: {e}"));
         }
     }
-    let finals = final_reads(cc, &keys, opts, &mut history, &mut res);
+    let all_keys: Vec<String> = keys.iter().chain(&writer_keys).cloned().collect();
+    let finals = final_reads(cc, &all_keys, opts, &mut history, &mut res);
     // Every watcher drains to a last write under the prefix, made now that the clients have
     // stopped and the cluster converged, and must have seen exactly the cluster's history of
     // the schedule's keys up to it. (The store's revision is no end mark: lease keepers and
@@ -271,15 +287,15 @@ fn revision_now(cc: &ChaosCluster) -> i64 {
     cc.leader_now().map_or(0, |i| revision_of(cc, i))
 }
 
-/// `raftkv_server_batched_writes_total` summed over the members (0 for one that does not answer).
-fn batched_writes(cc: &ChaosCluster, opts: &Opts) -> u64 {
-    const NAME: &str = "raftkv_server_batched_writes_total ";
+/// Counter `name` summed over the members (0 for one that does not answer).
+fn metric_sum(cc: &ChaosCluster, opts: &Opts, name: &str) -> u64 {
+    let prefix = format!("{name} ");
     let http = workload::http_client(opts.request_timeout);
     let count = |i: usize| -> Option<u64> {
         let url = format!("http://{}/metrics", cc.c.node(i).http_addr());
         let body = http.get(url).send().ok()?.text().ok()?;
         body.lines()
-            .find_map(|line| line.strip_prefix(NAME))
+            .find_map(|line| line.strip_prefix(&prefix))
             .and_then(|v| v.trim().parse().ok())
     };
     cc.members.iter().filter_map(|&i| count(i)).sum()

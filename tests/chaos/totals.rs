@@ -18,6 +18,10 @@ pub struct Totals {
     pub digest_comparisons: u64,
     /// The largest [`ScheduleResult::batched_writes`] (the counters are per cluster, cumulative).
     pub batched_writes: u64,
+    /// The largest [`ScheduleResult::holds_filled`] and [`ScheduleResult::holds_expired`] (as
+    /// `batched_writes`).
+    pub holds_filled: u64,
+    pub holds_expired: u64,
     pub watch: WatchCounts,
     pub leases: LeaseCounts,
     pub faults: BTreeMap<String, u64>,
@@ -38,6 +42,8 @@ impl Totals {
         }
         self.digest_comparisons += r.digest_comparisons;
         self.batched_writes = self.batched_writes.max(r.batched_writes);
+        self.holds_filled = self.holds_filled.max(r.holds_filled);
+        self.holds_expired = self.holds_expired.max(r.holds_expired);
         self.watch.add(&r.watch);
         self.leases.add(&r.leases);
         self.violations += r.violations.len() as u64;
@@ -74,6 +80,10 @@ impl Totals {
         eprintln!(
             "  batching:   up to {} writes proposed in shared log entries on one cluster (its members' counters at a schedule's end)",
             self.batched_writes
+        );
+        eprintln!(
+            "  gathering:  up to {} held batches released by their writers and {} holds run out on one cluster (same)",
+            self.holds_filled, self.holds_expired
         );
         let (w, l) = (&self.watch, &self.leases);
         eprintln!(

@@ -126,17 +126,22 @@ fn client_loop(
         };
         let api = rng.below(2);
         let op = execute(&http, client, node, &addr, action, api);
-        let failed = op.outcome != Outcome::Ok;
-        ops.push(op);
-        if failed {
-            // Like a real client: back off before retrying (a refused connection or a quick
-            // 503 would otherwise turn into a tight loop of thousands of failed requests).
-            std::thread::sleep(Duration::from_millis(
-                rng.range(FAIL_BACKOFF_MS.0, FAIL_BACKOFF_MS.1),
-            ));
-        }
+        record(&mut ops, op, &mut rng);
     }
     ops
+}
+
+/// Keeps `op` in the history; after a failed or indeterminate one, backs off like a real client
+/// before the next (a refused connection or a quick 503 would otherwise turn into a tight loop
+/// of thousands of failed requests).
+pub fn record(ops: &mut Vec<Op>, op: Op, rng: &mut Rng) {
+    let failed = op.outcome != Outcome::Ok;
+    ops.push(op);
+    if failed {
+        std::thread::sleep(Duration::from_millis(
+            rng.range(FAIL_BACKOFF_MS.0, FAIL_BACKOFF_MS.1),
+        ));
+    }
 }
 
 /// What a client does next: one operation, or a compare-and-swap (a read, then the swap).

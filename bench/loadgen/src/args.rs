@@ -15,7 +15,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Measure one scenario (closed loop), print `key=value` lines.
+    /// Measure one scenario (closed loop, or with --think-ms pauses), print `key=value` lines.
     Run(RunArgs),
     /// Write keys 0..N once.
     Load(LoadArgs),
@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// `--op mixed`: the share of reads.
     #[arg(long, default_value_t = 90)]
     pub read_pct: u64,
+    /// Think time: each client pauses an exponential time with this mean (ms) after each
+    /// operation, so its requests arrive spaced out, not back to back; 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    pub think_ms: f64,
     #[arg(long, default_value_t = 10_000)]
     pub req_timeout_ms: u64,
     /// Server PIDs (comma-separated) whose CPU is measured over the window.

@@ -1,5 +1,10 @@
 //! `run`: the closed-loop measurement of one scenario (HTTP/1.1 or, with `--api grpc`, etcd's
 //! gRPC API; `--op watch` hands over to `watch.rs`), printing `key=value` lines.
+//!
+//! With `--think-ms F` each client pauses an exponential time (mean F ms) after every operation:
+//! clients that are idle between requests, as users of a service are, not back to back
+//! (bench/openloop.sh, ab.sh's `owrite`). Latency is still request sent to answer received; the
+//! pauses show only in `ops_per_s` (fewer ops) and `think_actual_ms`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,6 +25,19 @@ struct ClientResult {
     ok: u64,
     errors: BTreeMap<String, u64>,
     cas_conflicts: u64,
+    /// Pauses begun in the window and not cut short by its end: their count and total length.
+    thinks: u64,
+    think_total: Duration,
+}
+
+/// A think-time draw is capped at this many means, so one draw from the tail cannot idle a client
+/// for a large part of the window (exp(-20): about one draw in 500 million reaches it).
+const THINK_CAP_MEANS: f64 = 20.0;
+
+/// One exponential think time with mean `mean_ms` (inverse CDF of a uniform draw).
+fn think_time(rng: &mut Rng, mean_ms: f64) -> Duration {
+    let draw = -(1.0 - rng.unit()).ln(); // 1 - unit is in (0, 1]: ln is finite
+    Duration::from_secs_f64(draw.min(THINK_CAP_MEANS) * mean_ms / 1000.0)
 }
 
 /// A client's connection: HTTP/1.1 (the seed or etcd JSON APIs) or etcd's gRPC API.
@@ -56,6 +74,13 @@ pub fn cmd_run(a: &RunArgs) {
     let pids: Vec<String> = a.pids.clone().split(',').filter(|s| !s.is_empty()).map(|s| s.to_string()).collect();
     let value_size: usize = a.value_size;
     let threads: usize = a.threads;
+    let think_ms = a.think_ms;
+    if !(think_ms.is_finite() && think_ms >= 0.0) {
+        die(&format!("--think-ms {think_ms}: a mean in ms, 0 or more"));
+    }
+    if think_ms > 0.0 && a.op == "watch" {
+        die("--think-ms does not apply to --op watch (its writers are watch.rs's own closed loop)");
+    }
     let grpc_api = match a.api.clone().as_str() {
         "http" => false,
         "grpc" => true,
@@ -105,11 +130,16 @@ pub fn cmd_run(a: &RunArgs) {
             handles.push(tokio::spawn(async move {
                 let mut conn = conn;
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
+                // The pauses have their own stream: the keys and ops drawn stay the closed loop's.
+                let mut think_rng = Rng(0xD1B5_4A32_D192_ED03 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
+                let mut owed = Duration::ZERO; // pausing time overslept so far, not yet given back
                 let mut r = ClientResult {
                     hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("hist"),
                     ok: 0,
                     errors: BTreeMap::new(),
                     cas_conflicts: 0,
+                    thinks: 0,
+                    think_total: Duration::ZERO,
                 };
                 loop {
                     let start = Instant::now();
@@ -121,6 +151,9 @@ pub fn cmd_run(a: &RunArgs) {
                     let op = if (x >> 40) % 100 < write_pct { Op::Write } else { read_op };
                     let out = conn.call(op, &key, x >> 20, system, timeout).await;
                     let done = Instant::now();
+                    // An op counts if it was sent and answered inside the window, pauses or not:
+                    // ops_per_s is those ops / the window's seconds, and no latency includes a
+                    // pause (`start` is taken after it).
                     let counted = start >= warm_end && done <= end;
                     match out {
                         grpc::Done::Ok | grpc::Done::Conflict => {
@@ -141,6 +174,25 @@ pub fn cmd_run(a: &RunArgs) {
                             }
                         }
                     }
+                    if think_ms > 0.0 {
+                        // tokio's timer wakes on a 1 ms tick, after the deadline: a pause runs
+                        // ~1 ms longer than drawn (5.97 ms for a 5 ms mean). The overshoot is
+                        // owed and taken off the next pauses, so their mean is the one asked for
+                        // (think_actual_ms shows it); single pauses are off by up to a tick.
+                        let drawn = think_time(&mut think_rng, think_ms);
+                        let paused = Instant::now();
+                        let until = paused + drawn.saturating_sub(owed);
+                        if until > paused {
+                            // Never past the window's end: a pause there would only delay the result.
+                            tokio::time::sleep_until(until.min(end).into()).await;
+                        }
+                        let took = paused.elapsed();
+                        owed = (owed + took).saturating_sub(drawn);
+                        if paused >= warm_end && until <= end {
+                            r.thinks += 1;
+                            r.think_total += took;
+                        }
+                    }
                 }
                 r
             }));
@@ -154,12 +206,15 @@ pub fn cmd_run(a: &RunArgs) {
         let mut hist: Histogram<u64> = Histogram::new_with_bounds(1, 120_000_000, 3).expect("hist");
         let mut ok = 0;
         let mut cas_conflicts = 0;
+        let (mut thinks, mut think_total) = (0u64, Duration::ZERO);
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         for h in handles {
             let r = h.await.expect("client task");
             hist.add(&r.hist).expect("merge");
             ok += r.ok;
             cas_conflicts += r.cas_conflicts;
+            thinks += r.thinks;
+            think_total += r.think_total;
             for (k, v) in r.errors {
                 *errors.entry(k).or_default() += v;
             }
@@ -175,16 +230,17 @@ pub fn cmd_run(a: &RunArgs) {
             - srv1.saturating_sub(srv0) as f64
             - me1.saturating_sub(me0) as f64;
         let other_cores = (other_ticks / 100.0 / duration.as_secs_f64()).max(0.0);
-        (hist, ok, errors, srv1.saturating_sub(srv0), me1.saturating_sub(me0), busy, other_cores, cas_conflicts)
+        let think_actual_ms = think_total.as_secs_f64() * 1000.0 / thinks.max(1) as f64;
+        (hist, ok, errors, srv1.saturating_sub(srv0), me1.saturating_sub(me0), busy, other_cores, cas_conflicts, think_actual_ms)
     });
-    let (hist, ok, errors, srv_ticks, me_ticks, busy, other_cores, cas_conflicts) = res;
+    let (hist, ok, errors, srv_ticks, me_ticks, busy, other_cores, cas_conflicts, think_actual_ms) = res;
     let nerr: u64 = errors.values().sum();
     let secs = duration.as_secs_f64();
     let mut out = String::new();
     let ops = ok as f64 / secs;
     out += &format!("ops={ok}\nops_per_s={ops:.1}\n");
-    out += &format!("p50_us={}\np99_us={}\np999_us={}\nmax_us={}\nmean_us={:.1}\n",
-        hist.value_at_quantile(0.50), hist.value_at_quantile(0.99), hist.value_at_quantile(0.999), hist.max(), hist.mean());
+    out += &format!("p50_us={}\np90_us={}\np99_us={}\np999_us={}\nmax_us={}\nmean_us={:.1}\n",
+        hist.value_at_quantile(0.50), hist.value_at_quantile(0.90), hist.value_at_quantile(0.99), hist.value_at_quantile(0.999), hist.max(), hist.mean());
     out += &format!("errors={nerr}\nerror_pct={:.3}\n", if ok + nerr > 0 { 100.0 * nerr as f64 / (ok + nerr) as f64 } else { 0.0 });
     if read_op == Op::Cas {
         out += &format!("cas_conflicts={cas_conflicts}\n");
@@ -198,6 +254,10 @@ pub fn cmd_run(a: &RunArgs) {
         }
     }
     out += &format!("loadgen_cpu_s={:.2}\nmachine_busy_pct={busy:.1}\nother_cores={other_cores:.2}\nclients={clients}\nduration_s={secs}\n", me_ticks as f64 / 100.0);
+    out += &format!("think_ms={think_ms}\n");
+    if think_ms > 0.0 {
+        out += &format!("think_actual_ms={think_actual_ms:.3}\n");
+    }
     print!("{out}");
     if let Some(path) = &a.out {
         let mut f = std::fs::File::create(path).unwrap_or_else(|e| die(&format!("{path}: {e}")));

@@ -169,6 +169,11 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+
+    /// Uniform in [0, 1): the top 53 bits, as many as an f64 holds exactly.
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 pub fn value_bytes(n: usize) -> Bytes {

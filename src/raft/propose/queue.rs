@@ -52,12 +52,31 @@ pub(super) struct Queue {
 struct Hold {
     /// The writers the proposal before it answered (sorted, no duplicates).
     answered: Vec<u64>,
-    /// Writes from them since.
+    /// Which of them have written since (by position in `answered`): a connection that
+    /// carries several writes at once (HTTP/2) counts once.
+    back: Vec<bool>,
+    /// How many of `back` are set.
     returned: usize,
-    /// Release the batch once this many have come.
+    /// Release the batch once this many writers are back.
     target: usize,
     /// Which hold this is (`Queue::holds` when it started).
     id: u64,
+}
+
+impl Hold {
+    /// Notes a write from `writer`; true when it is one of the writers held for, back for the
+    /// first time.
+    fn came_back(&mut self, writer: u64) -> bool {
+        let Ok(i) = self.answered.binary_search(&writer) else {
+            return false;
+        };
+        if self.back[i] {
+            return false;
+        }
+        self.back[i] = true;
+        self.returned += 1;
+        true
+    }
 }
 
 pub(super) struct Waiting {
@@ -129,12 +148,10 @@ impl Proposer {
         queue.bytes += bytes;
         if let Some(hold) = &mut queue.hold
             && writer != 0
-            && hold.answered.binary_search(&writer).is_ok()
+            && hold.came_back(writer)
+            && hold.returned >= hold.target
         {
-            hold.returned += 1;
-            if hold.returned >= hold.target {
-                self.release_held(queue);
-            }
+            self.release_held(queue);
         }
         Place::Wait(answer)
     }
@@ -165,22 +182,22 @@ impl Proposer {
         let mut queue = self.lock();
         let wait = self.inner.config.gather_wait;
         if !wait.is_zero() && answered.len() >= GATHER_WRITERS_MIN && queue.hold_paused == 0 {
-            // Writers with several writes under way may have written again already.
-            let returned = queue
-                .waiting
-                .iter()
-                .filter(|w| answered.binary_search(&w.writer).is_ok())
-                .count();
             let target = (answered.len() * GATHER_PERCENT).div_ceil(100);
-            if returned < target {
+            let mut hold = Hold {
+                back: vec![false; answered.len()],
+                answered,
+                returned: 0,
+                target,
+                id: queue.holds + 1,
+            };
+            // Writers with several writes under way may have written again already.
+            for w in &queue.waiting {
+                hold.came_back(w.writer);
+            }
+            if hold.returned < target {
                 queue.holds += 1;
-                let id = queue.holds;
-                queue.hold = Some(Hold {
-                    answered,
-                    returned,
-                    target,
-                    id,
-                });
+                let id = hold.id;
+                queue.hold = Some(hold);
                 drop(queue);
                 self.release_after(id, wait);
                 return;
@@ -265,5 +282,27 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         self.proposer.hand_on(std::mem::take(&mut self.writers));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hold;
+
+    #[test]
+    fn a_writer_back_counts_once() {
+        let mut hold = Hold {
+            answered: vec![3, 5, 9],
+            back: vec![false; 3],
+            returned: 0,
+            target: 3,
+            id: 1,
+        };
+        assert!(hold.came_back(5));
+        assert!(!hold.came_back(5), "a second write on the same connection");
+        assert!(!hold.came_back(4), "a writer not held for");
+        assert_eq!(hold.returned, 1);
+        assert!(hold.came_back(3) && hold.came_back(9));
+        assert_eq!(hold.returned, hold.target);
     }
 }
