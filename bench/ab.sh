@@ -12,7 +12,8 @@
 # median p50 and p99 latency in µs (owrite's latency excludes the pauses); each round's log line
 # and result file also give each node's CPU-seconds over the run, leader first (`node_cpu_s`), and
 # how many batch entries the leader proposed and how many writes they held (`write_batches`,
-# `batched_writes`, from its /metrics).
+# `batched_writes`), and how many holds of a batch for the writers just answered filled or ran out
+# (`holds_filled`, `holds_expired`; gathering), from its /metrics.
 #
 # Environment: ROUNDS [3]  DURATION [8]  WARMUP [2]  CLIENTS [64]  KEYS [100000]
 #   OPEN_CLIENTS [48]  THINK_MS [5]   owrite's clients, each pausing an exponential time (mean
@@ -77,9 +78,11 @@ one() {   # one TAG BIN ROUND
     local before=() pid order=("${PID_OF[$LEADER]}") f
     for f in "${FOLLOWERS[@]}"; do order+=("${PID_OF[$f]}"); done
     for pid in "${order[@]}"; do before+=("$(cpu_ticks "$pid")"); done
-    local batches0 batched0
+    local batches0 batched0 filled0 expired0
     batches0="$(metric "$LEADER" raftkv_server_write_batches_total)"
     batched0="$(metric "$LEADER" raftkv_server_batched_writes_total)"
+    filled0="$(metric "$LEADER" raftkv_server_write_holds_filled_total)"
+    expired0="$(metric "$LEADER" raftkv_server_write_holds_expired_total)"
     timeout $((DURATION + WARMUP + 60)) "$LOADGEN" run --system raftkv --duration "$DURATION" --warmup "$WARMUP" \
       --keys "$KEYS" --clients "$clients" --pids "$pids" --target "$target" --out "$out" "${args[@]}" >/dev/null \
       || log "warning: $tag $op: loadgen failed"
@@ -92,8 +95,11 @@ one() {   # one TAG BIN ROUND
     done
     local batches=$(($(metric "$LEADER" raftkv_server_write_batches_total) - batches0))
     local batched=$(($(metric "$LEADER" raftkv_server_batched_writes_total) - batched0))
-    printf 'node_cpu_s=%s\nwrite_batches=%s\nbatched_writes=%s\n' "$split" "$batches" "$batched" >>"$out"
-    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|p50_us|p99_us|errors)=' "$out" | tr '\n' ' ')node_cpu_s(leader first)=$split write_batches=$batches batched_writes=$batched"
+    local filled=$(($(metric "$LEADER" raftkv_server_write_holds_filled_total) - filled0))
+    local expired=$(($(metric "$LEADER" raftkv_server_write_holds_expired_total) - expired0))
+    printf 'node_cpu_s=%s\nwrite_batches=%s\nbatched_writes=%s\nholds_filled=%s\nholds_expired=%s\n' \
+      "$split" "$batches" "$batched" "$filled" "$expired" >>"$out"
+    log "$tag round $round $op: $(grep -E '^(ops_per_s|cpu_s_per_1k|p50_us|p99_us|errors)=' "$out" | tr '\n' ' ')node_cpu_s(leader first)=$split write_batches=$batches batched_writes=$batched holds_filled=$filled holds_expired=$expired"
   done
   stop_cluster
   rm -rf "$dir"

@@ -74,8 +74,11 @@ use crate::run::Opts;
 /// product's own verdict before their 3 s timeout), frequent snapshots, so restarted and
 /// fresh nodes often catch up by snapshot, and holds of up to 20 ms for gathered writes (the
 /// default 2 ms runs out before the keep-alive writers come back to a debug build, so no hold
-/// would fill), so held batches meet the faults.
-pub const NODE_FLAGS: &str = "--timeout-ms 2000 --snapshot-every 200 --write-gather-ms 20";
+/// would fill), so held batches meet the faults; and the last 100,000 revisions kept (not
+/// 10,000), because the keep-alive writers make up to ≈ 35,000 per schedule in a release build
+/// and the watchers' check reads the schedule's whole history back (compaction still runs, on
+/// the revisions of earlier schedules).
+pub const NODE_FLAGS: &str = "--timeout-ms 2000 --snapshot-every 200 --write-gather-ms 20 --auto-compaction-retention 100000";
 
 /// Cluster-using tests run one at a time (two cores are shared with everything else).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
