@@ -105,8 +105,9 @@ pub struct Args {
     /// Milliseconds the leader may hold the next batch, after answering writes from 8 or more
     /// client connections, for those connections' next writes (closed-loop clients write again
     /// at once), so they share one entry instead of splitting into two groups that take turns.
-    /// 0: never hold.
-    #[arg(long, default_value_t = 2)]
+    /// Holds that run out pause holding (clients that pause between writes, or open a
+    /// connection per request, are not held for often). 0: never hold.
+    #[arg(long, default_value_t = 5)]
     pub write_gather_ms: u64,
     /// Raft heartbeat interval in ms; election timeout is 5–10 heartbeats.
     #[arg(long, default_value_t = 100)]

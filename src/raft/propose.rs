@@ -32,9 +32,13 @@
 //! that waited. Writes from other writers join the held batch but do not release it, so writers
 //! that do not come back at once (they think between writes, or are done) let the hold run out;
 //! that turns holding off for the next 16 proposals (`GATHER_PAUSE_PROPOSALS`), doubled for each
-//! further one that runs out (up to 1,024), so such clients pay it rarely (clients that open a
-//! connection per request look like that too). Fewer writers, one lone client, many writes over
-//! one connection and forwarded writes never start a hold.
+//! further one that runs out (up to 8,192), so such clients pay it rarely (clients that open a
+//! connection per request look like that too). While holding is off the leader still watches,
+//! holding nothing, whether the writers each proposal answered come back within `gather_wait`;
+//! when that happens 3 times in a row (`GATHER_WATCH_STREAK`) the clients are closed-loop again
+//! and holding resumes, so a phase of pausing clients does not keep gathering off for the
+//! closed-loop ones after them. Fewer writers, one lone client, many writes over one connection
+//! and forwarded writes never start a hold.
 //!
 //! A batch a follower forwards (`forward_batch.rs`) is already gathered: it goes out as a
 //! batch entry of its own at once when it fits one ([`Proposer::propose_all`]).

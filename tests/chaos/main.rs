@@ -73,8 +73,8 @@ use crate::run::Opts;
 /// Flags of every chaos node: a 2 s bound on writes and reads (so clients mostly get the
 /// product's own verdict before their 3 s timeout), frequent snapshots, so restarted and
 /// fresh nodes often catch up by snapshot, and holds of up to 20 ms for gathered writes (the
-/// default 2 ms runs out before the keep-alive writers come back to a debug build, so no hold
-/// would fill), so held batches meet the faults; and the last 100,000 revisions kept (not
+/// default 5 ms often runs out before the keep-alive writers come back to a debug build under
+/// faults), so held batches meet the faults; and the last 100,000 revisions kept (not
 /// 10,000), because the keep-alive writers make up to ≈ 35,000 per schedule in a release build
 /// and the watchers' check reads the schedule's whole history back (compaction still runs, on
 /// the revisions of earlier schedules).

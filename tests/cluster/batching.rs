@@ -311,3 +311,55 @@ fn a_few_writers_are_never_held() {
         "25 rounds of 4 writes took {took:?}: held 100 ms a round, they would take 2.5 s"
     );
 }
+
+#[test]
+fn gathering_resumes_when_writers_come_back_at_once_again() {
+    let c = Cluster::three_raftd("gather_resume", "--write-gather-ms 20");
+    let leader = c.leader();
+    let url = c.url(leader, "/db/");
+    let clients: Vec<reqwest::blocking::Client> = (0..WRITERS)
+        .map(|_| reqwest::blocking::Client::new())
+        .collect();
+    let expired = |c: &Cluster| counter(c, leader, "raftkv_server_write_holds_expired_total");
+    let filled = |c: &Cluster| counter(c, leader, "raftkv_server_write_holds_filled_total");
+
+    c.phase("16 clients write at once, then all pause 40 ms: holds run out, holding pauses");
+    let mut round = 0;
+    while expired(&c) < 3 {
+        round += 1;
+        assert!(round <= 300, "holds never ran out in {round} rounds");
+        std::thread::scope(|s| {
+            for (t, client) in clients.iter().enumerate() {
+                let url = &url;
+                s.spawn(move || {
+                    let r = client
+                        .post(format!("{url}p/{t}-{round}"))
+                        .body("v")
+                        .send()
+                        .expect("a write");
+                    assert_eq!(r.status().as_u16(), 200);
+                });
+            }
+        });
+        std::thread::sleep(Duration::from_millis(40)); // the clients' pause (the point of it)
+    }
+    // After the third hold that ran out, holding is paused for 64 proposals.
+    let filled_before = filled(&c);
+    println!("{round} rounds; holds filled so far: {filled_before}");
+
+    c.phase("the same 16 clients write 15 keys each back to back: gathering resumes at once");
+    let writes = keep_alive_writers(&c, leader, WRITERS, 15);
+    let filled_after = filled(&c);
+    let entries = per_entry(&writes).len();
+    println!(
+        "{} writes in {entries} entries; holds filled {filled_before} -> {filled_after}",
+        writes.len()
+    );
+    // 240 writes make ≈ 35 entries without holds, fewer than the 64 proposals of the pause: only
+    // a pause that ends when the writers are seen coming back at once lets holds fill here.
+    assert!(
+        filled_after >= filled_before + 3,
+        "no held batch filled after the writers turned closed-loop ({filled_before} -> \
+         {filled_after}): the pause outlived the writers that caused it"
+    );
+}

@@ -4,6 +4,7 @@
 
 use std::sync::MutexGuard;
 use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -25,9 +26,14 @@ pub const GATHER_WRITERS_MIN: usize = 8;
 /// ... until this share of them, in percent, has written again.
 pub const GATHER_PERCENT: usize = 90;
 /// Proposals that hold nothing after a hold ran out; doubled for each further one that runs
-/// out, up to [`GATHER_PAUSE_PROPOSALS_MAX`].
+/// out, up to [`GATHER_PAUSE_PROPOSALS_MAX`]. A pause ends early when the writers a proposal
+/// answered during it come back as a hold would have needed (`Queue::watch`).
 pub const GATHER_PAUSE_PROPOSALS: u32 = 16;
-pub const GATHER_PAUSE_PROPOSALS_MAX: u32 = 1024;
+pub const GATHER_PAUSE_PROPOSALS_MAX: u32 = 8192;
+/// Watches in a row that must fill to end a pause: writers that pause between writes now and
+/// then all come back within the hold time by chance (in one watch of 50), closed-loop writers
+/// every time.
+pub const GATHER_WATCH_STREAK: u32 = 3;
 
 /// The writes waiting for the next proposal.
 pub(super) struct Queue {
@@ -44,6 +50,14 @@ pub(super) struct Queue {
     /// How many proposals the next hold that runs out pauses holding for: doubles with each one
     /// that runs out, back to [`GATHER_PAUSE_PROPOSALS`] when one fills.
     hold_pause_next: u32,
+    /// While holding is paused: the writers the last proposal answered, watched without holding
+    /// anything, and when it ended. If enough of them write again within the hold time, a hold
+    /// would have filled: the clients are closed-loop (again), and the pause ends. So a phase of
+    /// clients that pause between writes does not keep gathering off for the closed-loop
+    /// clients that come after them.
+    watch: Option<(Hold, Instant)>,
+    /// Watches in a row that filled in time.
+    watch_streak: u32,
     waiting: Vec<Waiting>,
     /// The encoded size of the batch `waiting` would make.
     bytes: usize,
@@ -64,6 +78,16 @@ struct Hold {
 }
 
 impl Hold {
+    fn new(answered: Vec<u64>, id: u64) -> Self {
+        Self {
+            back: vec![false; answered.len()],
+            target: (answered.len() * GATHER_PERCENT).div_ceil(100),
+            answered,
+            returned: 0,
+            id,
+        }
+    }
+
     /// Notes a write from `writer`; true when it is one of the writers held for, back for the
     /// first time.
     fn came_back(&mut self, writer: u64) -> bool {
@@ -107,9 +131,20 @@ impl Queue {
             holds: 0,
             hold_paused: 0,
             hold_pause_next: GATHER_PAUSE_PROPOSALS,
+            watch: None,
+            watch_streak: 0,
             waiting: Vec::new(),
             bytes: EMPTY_BATCH_BYTES,
         }
+    }
+
+    /// Writers came back as a hold needs while holding was paused: hold again from the next
+    /// proposal on.
+    fn end_pause(&mut self) {
+        self.hold_paused = 0;
+        self.hold_pause_next = GATHER_PAUSE_PROPOSALS;
+        self.watch = None;
+        self.watch_streak = 0;
     }
 
     /// Takes the waiting writes, or marks the queue idle when there are none.
@@ -146,12 +181,29 @@ impl Proposer {
         let (reply, answer) = oneshot::channel();
         queue.waiting.push(Waiting { cmd, reply, writer });
         queue.bytes += bytes;
+        if writer == 0 {
+            return Place::Wait(answer);
+        }
         if let Some(hold) = &mut queue.hold
-            && writer != 0
             && hold.came_back(writer)
             && hold.returned >= hold.target
         {
             self.release_held(queue);
+        } else if let Some((watched, ended)) = &mut queue.watch
+            && watched.came_back(writer)
+            && watched.returned >= watched.target
+        {
+            // The clock is read only here: once per watch that fills.
+            if ended.elapsed() > self.inner.config.gather_wait {
+                queue.watch_streak = 0;
+            } else {
+                queue.watch_streak += 1;
+            }
+            if queue.watch_streak >= GATHER_WATCH_STREAK {
+                queue.end_pause();
+            } else {
+                queue.watch = None;
+            }
         }
         Place::Wait(answer)
     }
@@ -181,20 +233,15 @@ impl Proposer {
     fn hand_on(&self, answered: Vec<u64>) {
         let mut queue = self.lock();
         let wait = self.inner.config.gather_wait;
-        if !wait.is_zero() && answered.len() >= GATHER_WRITERS_MIN && queue.hold_paused == 0 {
-            let target = (answered.len() * GATHER_PERCENT).div_ceil(100);
-            let mut hold = Hold {
-                back: vec![false; answered.len()],
-                answered,
-                returned: 0,
-                target,
-                id: queue.holds + 1,
-            };
+        if !wait.is_zero() && answered.len() >= GATHER_WRITERS_MIN {
+            let mut hold = Hold::new(answered, queue.holds + 1);
             // Writers with several writes under way may have written again already.
             for w in &queue.waiting {
                 hold.came_back(w.writer);
             }
-            if hold.returned < target {
+            if queue.hold_paused > 0 {
+                self.watch_paused(&mut queue, hold, wait);
+            } else if hold.returned < hold.target {
                 queue.holds += 1;
                 let id = hold.id;
                 queue.hold = Some(hold);
@@ -205,6 +252,28 @@ impl Proposer {
         }
         queue.hold_paused = queue.hold_paused.saturating_sub(1);
         self.propose_waiting(queue);
+    }
+
+    /// Holding is paused: watch the writers just answered (`hold`, not held) unless a watch
+    /// started less than `wait` ago is still on.
+    fn watch_paused(&self, queue: &mut Queue, hold: Hold, wait: Duration) {
+        let now = Instant::now();
+        if let Some((_, since)) = &queue.watch {
+            if now.duration_since(*since) <= wait {
+                return;
+            }
+            queue.watch_streak = 0; // its writers did not come back in time
+        }
+        if hold.returned >= hold.target {
+            // Already back: a hold would have filled at once.
+            queue.watch = None;
+            queue.watch_streak += 1;
+            if queue.watch_streak >= GATHER_WATCH_STREAK {
+                queue.end_pause();
+            }
+        } else {
+            queue.watch = Some((hold, now));
+        }
     }
 
     /// Releases the batch held by hold `id` after `wait` if it is still held then.
