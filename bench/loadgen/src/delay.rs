@@ -23,14 +23,23 @@ pub fn cmd_delay_proxy(delay_ms: f64, pairs: &[String]) {
     let delay = Duration::from_secs_f64(delay_ms.max(0.0) / 1000.0);
     let mut acceptors = Vec::new();
     for p in pairs {
-        let parsed = p.split_once(':').and_then(|(l, t)| Some((l.parse::<u16>().ok()?, t.parse::<u16>().ok()?)));
-        let (listen, target) = parsed.unwrap_or_else(|| die(&format!("--pair {p}: want LISTEN_PORT:TARGET_PORT")));
-        let listener = TcpListener::bind(("127.0.0.1", listen)).unwrap_or_else(|e| die(&format!("bind 127.0.0.1:{listen}: {e}")));
+        let parsed = p
+            .split_once(':')
+            .and_then(|(l, t)| Some((l.parse::<u16>().ok()?, t.parse::<u16>().ok()?)));
+        let (listen, target) =
+            parsed.unwrap_or_else(|| die(&format!("--pair {p}: want LISTEN_PORT:TARGET_PORT")));
+        let listener = TcpListener::bind(("127.0.0.1", listen))
+            .unwrap_or_else(|e| die(&format!("bind 127.0.0.1:{listen}: {e}")));
         acceptors.push(thread::spawn(move || {
             for inbound in listener.incoming().flatten() {
-                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
                 let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
-                let (Ok(inbound2), Ok(outbound2)) = (inbound.try_clone(), outbound.try_clone()) else { continue };
+                let (Ok(inbound2), Ok(outbound2)) = (inbound.try_clone(), outbound.try_clone())
+                else {
+                    continue;
+                };
                 pump(inbound, outbound, delay);
                 pump(outbound2, inbound2, delay);
             }
@@ -51,7 +60,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -54,12 +54,29 @@ pub struct Conn {
 
 /// Connects to `addr` (host:port) and makes one call, so the connection is up before the clock
 /// starts.
-pub async fn connect(addr: &str, client: usize, value: Vec<u8>, timeout: Duration) -> Result<Conn, AnyErr> {
-    let options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+pub async fn connect(
+    addr: &str,
+    client: usize,
+    value: Vec<u8>,
+    timeout: Duration,
+) -> Result<Conn, AnyErr> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
     let client_ = Client::connect([format!("http://{addr}")], Some(options)).await?;
     let (mut kv, lease) = (client_.kv_client(), client_.lease_client());
-    kv.get("loadgen-warm-up", Some(GetOptions::new().with_serializable())).await?;
-    Ok(Conn { kv, lease, value, cas_seen: vec![0; CAS_KEYS_PER_CLIENT], client })
+    kv.get(
+        "loadgen-warm-up",
+        Some(GetOptions::new().with_serializable()),
+    )
+    .await?;
+    Ok(Conn {
+        kv,
+        lease,
+        value,
+        cas_seen: vec![0; CAS_KEYS_PER_CLIENT],
+        client,
+    })
 }
 
 /// 16-byte CAS key `j` of `client`: `cas` + 5 + 8 digits.
@@ -77,7 +94,12 @@ impl Conn {
         }
     }
 
-    async fn call_inner(&mut self, op: Op, key: &str, pick: u64) -> Result<Done, etcd_client::Error> {
+    async fn call_inner(
+        &mut self,
+        op: Op,
+        key: &str,
+        pick: u64,
+    ) -> Result<Done, etcd_client::Error> {
         match op {
             Op::Write => {
                 self.kv.put(key, self.value.clone(), None).await?;
@@ -86,12 +108,21 @@ impl Conn {
             Op::LinRead | Op::StaleRead => {
                 let options = (op == Op::StaleRead).then(|| GetOptions::new().with_serializable());
                 let r = self.kv.get(key, options).await?;
-                Ok(if r.kvs().is_empty() { Done::Err("miss".into()) } else { Done::Ok })
+                Ok(if r.kvs().is_empty() {
+                    Done::Err("miss".into())
+                } else {
+                    Done::Ok
+                })
             }
             Op::Lease => {
                 // 16 bytes: `l1` + 5 + 9 digits; revoking the lease deletes the key again.
-                let key = format!("l1{:05}{:09}", self.client, pick % CAS_KEYS_PER_CLIENT as u64);
-                crate::watch::lease_churn(&mut self.kv, &mut self.lease, &key, self.value.clone()).await?;
+                let key = format!(
+                    "l1{:05}{:09}",
+                    self.client,
+                    pick % CAS_KEYS_PER_CLIENT as u64
+                );
+                crate::watch::lease_churn(&mut self.kv, &mut self.lease, &key, self.value.clone())
+                    .await?;
                 Ok(Done::Ok)
             }
             Op::Cas => {
@@ -112,7 +143,9 @@ impl Conn {
                     .op_responses()
                     .into_iter()
                     .find_map(|o| match o {
-                        TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0)),
+                        TxnOpResponse::Get(g) => {
+                            Some(g.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0))
+                        }
                         _ => None,
                     })
                     .unwrap_or(0);

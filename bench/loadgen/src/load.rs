@@ -13,7 +13,11 @@ pub fn cmd_load(a: &LoadArgs) {
     let clients: u64 = a.clients;
     let value_size: usize = a.value_size;
     let limit = Duration::from_secs(a.max_seconds);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let value = value_bytes(value_size);
     let value_b64 = b64(&value);
     let t0 = Instant::now();
@@ -21,7 +25,12 @@ pub fn cmd_load(a: &LoadArgs) {
         let deadline = t0 + limit;
         let mut hs = Vec::new();
         for c in 0..clients {
-            let wire = Wire { system, host: addr.clone(), value: value.clone(), value_b64: value_b64.clone() };
+            let wire = Wire {
+                system,
+                host: addr.clone(),
+                value: value.clone(),
+                value_b64: value_b64.clone(),
+            };
             let addr = addr.clone();
             hs.push(tokio::spawn(async move {
                 let mut sender = None;
@@ -31,14 +40,26 @@ pub fn cmd_load(a: &LoadArgs) {
                     let key = key_name(i);
                     let mut done = false;
                     for attempt in 0..5 {
-                        let out = one(&mut sender, &addr, wire.request(Op::Write, &key), Op::Write, system, Duration::from_secs(10)).await;
+                        let out = one(
+                            &mut sender,
+                            &addr,
+                            wire.request(Op::Write, &key),
+                            Op::Write,
+                            system,
+                            Duration::from_secs(10),
+                        )
+                        .await;
                         if matches!(out, Outcome::Ok) {
                             done = true;
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                     }
-                    if done { ok += 1 } else { failed += 1 }
+                    if done {
+                        ok += 1
+                    } else {
+                        failed += 1
+                    }
                     i += clients;
                 }
                 (ok, failed)
@@ -53,7 +74,10 @@ pub fn cmd_load(a: &LoadArgs) {
         (ok, failed)
     });
     let secs = t0.elapsed().as_secs_f64();
-    println!("loaded={ok}\nload_failed={failed}\nload_s={secs:.1}\nload_ops_per_s={:.0}", ok as f64 / secs);
+    println!(
+        "loaded={ok}\nload_failed={failed}\nload_s={secs:.1}\nload_ops_per_s={:.0}",
+        ok as f64 / secs
+    );
     if failed > 0 || ok < keys {
         std::process::exit(1);
     }

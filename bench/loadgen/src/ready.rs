@@ -19,7 +19,10 @@ pub fn cmd_raftkv_ready(a: &RaftkvReadyArgs) {
             if let Ok((200, body)) = simple(&addr, "GET", "/status", String::new()).await {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
                     let members = v["members"].as_array().cloned().unwrap_or_default();
-                    let nvoters = members.iter().filter(|m| m["voter"] == serde_json::Value::Bool(true)).count();
+                    let nvoters = members
+                        .iter()
+                        .filter(|m| m["voter"] == serde_json::Value::Bool(true))
+                        .count();
                     let leader = v["leader"]["api_addr"].as_str().unwrap_or("").to_string();
                     if nvoters >= voters && !leader.is_empty() {
                         let followers: Vec<String> = members
@@ -35,7 +38,9 @@ pub fn cmd_raftkv_ready(a: &RaftkvReadyArgs) {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        die(&format!("raftkv cluster at {addr} not ready in time ({last})"));
+        die(&format!(
+            "raftkv cluster at {addr} not ready in time ({last})"
+        ));
     });
 }
 
@@ -50,7 +55,8 @@ pub fn cmd_etcd_ready(a: &EtcdReadyArgs) {
             for t in &targets {
                 match simple(t, "POST", "/v3/maintenance/status", "{}".into()).await {
                     Ok((200, body)) => {
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
                         let me = v["header"]["member_id"].as_str().unwrap_or("").to_string();
                         let l = v["leader"].as_str().unwrap_or("").to_string();
                         if !l.is_empty() && l != "0" {
@@ -65,9 +71,17 @@ pub fn cmd_etcd_ready(a: &EtcdReadyArgs) {
                 if let Some(l) = leader_id {
                     if let Some((leader, _)) = ids.iter().find(|(_, id)| *id == l) {
                         // a write must succeed before the cluster counts as ready
-                        let body = format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(b"bench-ready"), b64(b"1"));
+                        let body = format!(
+                            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                            b64(b"bench-ready"),
+                            b64(b"1")
+                        );
                         if let Ok((200, _)) = simple(leader, "POST", "/v3/kv/put", body).await {
-                            let followers: Vec<String> = ids.iter().filter(|(_, id)| *id != l).map(|(t, _)| t.clone()).collect();
+                            let followers: Vec<String> = ids
+                                .iter()
+                                .filter(|(_, id)| *id != l)
+                                .map(|(t, _)| t.clone())
+                                .collect();
                             println!("{} {}", leader, followers.join(" "));
                             return;
                         }
@@ -89,7 +103,17 @@ pub fn cmd_put(a: &KeyArgs) {
         match system {
             System::Raftkv => simple(&addr, "PUT", &format!("/db/{key}"), value).await,
             System::Etcd => {
-                simple(&addr, "POST", "/v3/kv/put", format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(key.as_bytes()), b64(value.as_bytes()))).await
+                simple(
+                    &addr,
+                    "POST",
+                    "/v3/kv/put",
+                    format!(
+                        "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                        b64(key.as_bytes()),
+                        b64(value.as_bytes())
+                    ),
+                )
+                .await
             }
         }
     });
@@ -110,15 +134,35 @@ pub fn cmd_wait_read(a: &KeyArgs, timeout_s: u64) {
     rt.block_on(async {
         while Instant::now() < deadline {
             let r = match system {
-                System::Raftkv => simple(&addr, "GET", &format!("/db/{key}?level=stale"), String::new()).await,
+                System::Raftkv => {
+                    simple(
+                        &addr,
+                        "GET",
+                        &format!("/db/{key}?level=stale"),
+                        String::new(),
+                    )
+                    .await
+                }
                 System::Etcd => {
-                    simple(&addr, "POST", "/v3/kv/range", format!("{{\"key\":\"{}\",\"serializable\":true}}", b64(key.as_bytes()))).await
+                    simple(
+                        &addr,
+                        "POST",
+                        "/v3/kv/range",
+                        format!(
+                            "{{\"key\":\"{}\",\"serializable\":true}}",
+                            b64(key.as_bytes())
+                        ),
+                    )
+                    .await
                 }
             };
             if let Ok((200, body)) = r {
                 let hit = match system {
                     System::Raftkv => body.as_ref() == value.as_bytes(),
-                    System::Etcd => contains(&body, format!("\"value\":\"{}\"", b64(value.as_bytes())).as_bytes()),
+                    System::Etcd => contains(
+                        &body,
+                        format!("\"value\":\"{}\"", b64(value.as_bytes())).as_bytes(),
+                    ),
                 };
                 if hit {
                     println!("{}", t0.elapsed().as_millis());

@@ -18,7 +18,9 @@ use crate::cpu::{cpu_totals, proc_ticks, ticks_of};
 use crate::die;
 use crate::grpc;
 use crate::watch;
-use crate::wire::{b64, connect, key_name, one, outcome_name, value_bytes, Op, Outcome, Rng, Sender, System, Wire};
+use crate::wire::{
+    b64, connect, key_name, one, outcome_name, value_bytes, Op, Outcome, Rng, Sender, System, Wire,
+};
 
 struct ClientResult {
     hist: Histogram<u64>,
@@ -42,12 +44,23 @@ fn think_time(rng: &mut Rng, mean_ms: f64) -> Duration {
 
 /// A client's connection: HTTP/1.1 (the seed or etcd JSON APIs) or etcd's gRPC API.
 enum Conn {
-    Http { sender: Option<Sender>, addr: String, wire: Wire },
+    Http {
+        sender: Option<Sender>,
+        addr: String,
+        wire: Wire,
+    },
     Grpc(Box<grpc::Conn>),
 }
 
 impl Conn {
-    async fn call(&mut self, op: Op, key: &str, pick: u64, system: System, timeout: Duration) -> grpc::Done {
+    async fn call(
+        &mut self,
+        op: Op,
+        key: &str,
+        pick: u64,
+        system: System,
+        timeout: Duration,
+    ) -> grpc::Done {
         match self {
             Conn::Grpc(c) => c.call(op, key, pick, timeout).await,
             Conn::Http { sender, addr, wire } => {
@@ -71,7 +84,13 @@ pub fn cmd_run(a: &RunArgs) {
     let keys: u64 = a.keys;
     let read_pct: u64 = a.read_pct;
     let timeout = Duration::from_millis(a.req_timeout_ms);
-    let pids: Vec<String> = a.pids.clone().split(',').filter(|s| !s.is_empty()).map(|s| s.to_string()).collect();
+    let pids: Vec<String> = a
+        .pids
+        .clone()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string())
+        .collect();
     let value_size: usize = a.value_size;
     let threads: usize = a.threads;
     let think_ms = a.think_ms;
@@ -97,7 +116,11 @@ pub fn cmd_run(a: &RunArgs) {
         "mixed" => (Op::LinRead, 100 - read_pct.min(100)),
         _ => die(&format!("unknown --op {op_name}")),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let value = value_bytes(value_size);
     let value_b64 = b64(&value);
     let pids2 = pids.clone();
@@ -117,8 +140,17 @@ pub fn cmd_run(a: &RunArgs) {
                     Ok(Ok(s)) => Some(s),
                     _ => die(&format!("cannot connect to {addr}")),
                 };
-                let wire = Wire { system, host: addr.clone(), value: value.clone(), value_b64: value_b64.clone() };
-                Conn::Http { sender: s, addr, wire }
+                let wire = Wire {
+                    system,
+                    host: addr.clone(),
+                    value: value.clone(),
+                    value_b64: value_b64.clone(),
+                };
+                Conn::Http {
+                    sender: s,
+                    addr,
+                    wire,
+                }
             };
             conns.push(conn);
         }
@@ -131,7 +163,8 @@ pub fn cmd_run(a: &RunArgs) {
                 let mut conn = conn;
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
                 // The pauses have their own stream: the keys and ops drawn stay the closed loop's.
-                let mut think_rng = Rng(0xD1B5_4A32_D192_ED03 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
+                let mut think_rng =
+                    Rng(0xD1B5_4A32_D192_ED03 ^ ((c as u64 + 1) * 0x1000_0000_01B3));
                 let mut owed = Duration::ZERO; // pausing time overslept so far, not yet given back
                 let mut r = ClientResult {
                     hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("hist"),
@@ -148,7 +181,11 @@ pub fn cmd_run(a: &RunArgs) {
                     }
                     let x = rng.next();
                     let key = key_name(x % keys);
-                    let op = if (x >> 40) % 100 < write_pct { Op::Write } else { read_op };
+                    let op = if (x >> 40) % 100 < write_pct {
+                        Op::Write
+                    } else {
+                        read_op
+                    };
                     let out = conn.call(op, &key, x >> 20, system, timeout).await;
                     let done = Instant::now();
                     // An op counts if it was sent and answered inside the window, pauses or not:
@@ -226,26 +263,59 @@ pub fn cmd_run(a: &RunArgs) {
         };
         // CPU used on the machine by everything that is neither the servers nor this process
         // (other people's jobs, kernel threads), in cores: the noise indicator of the run.
-        let other_ticks = (m1.0.saturating_sub(m0.0)).saturating_sub(m1.1.saturating_sub(m0.1)) as f64
+        let other_ticks = (m1.0.saturating_sub(m0.0)).saturating_sub(m1.1.saturating_sub(m0.1))
+            as f64
             - srv1.saturating_sub(srv0) as f64
             - me1.saturating_sub(me0) as f64;
         let other_cores = (other_ticks / 100.0 / duration.as_secs_f64()).max(0.0);
         let think_actual_ms = think_total.as_secs_f64() * 1000.0 / thinks.max(1) as f64;
-        (hist, ok, errors, srv1.saturating_sub(srv0), me1.saturating_sub(me0), busy, other_cores, cas_conflicts, think_actual_ms)
+        (
+            hist,
+            ok,
+            errors,
+            srv1.saturating_sub(srv0),
+            me1.saturating_sub(me0),
+            busy,
+            other_cores,
+            cas_conflicts,
+            think_actual_ms,
+        )
     });
-    let (hist, ok, errors, srv_ticks, me_ticks, busy, other_cores, cas_conflicts, think_actual_ms) = res;
+    let (hist, ok, errors, srv_ticks, me_ticks, busy, other_cores, cas_conflicts, think_actual_ms) =
+        res;
     let nerr: u64 = errors.values().sum();
     let secs = duration.as_secs_f64();
     let mut out = String::new();
     let ops = ok as f64 / secs;
     out += &format!("ops={ok}\nops_per_s={ops:.1}\n");
-    out += &format!("p50_us={}\np90_us={}\np99_us={}\np999_us={}\nmax_us={}\nmean_us={:.1}\n",
-        hist.value_at_quantile(0.50), hist.value_at_quantile(0.90), hist.value_at_quantile(0.99), hist.value_at_quantile(0.999), hist.max(), hist.mean());
-    out += &format!("errors={nerr}\nerror_pct={:.3}\n", if ok + nerr > 0 { 100.0 * nerr as f64 / (ok + nerr) as f64 } else { 0.0 });
+    out += &format!(
+        "p50_us={}\np90_us={}\np99_us={}\np999_us={}\nmax_us={}\nmean_us={:.1}\n",
+        hist.value_at_quantile(0.50),
+        hist.value_at_quantile(0.90),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max(),
+        hist.mean()
+    );
+    out += &format!(
+        "errors={nerr}\nerror_pct={:.3}\n",
+        if ok + nerr > 0 {
+            100.0 * nerr as f64 / (ok + nerr) as f64
+        } else {
+            0.0
+        }
+    );
     if read_op == Op::Cas {
         out += &format!("cas_conflicts={cas_conflicts}\n");
     }
-    out += &format!("error_kinds={}\n", errors.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(","));
+    out += &format!(
+        "error_kinds={}\n",
+        errors
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     if !pids.is_empty() {
         let cpu_s = srv_ticks as f64 / 100.0;
         out += &format!("server_cpu_s={cpu_s:.2}\n");

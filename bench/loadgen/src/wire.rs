@@ -33,7 +33,6 @@ pub enum Op {
     Lease,
 }
 
-
 /// 16-byte key: `k` + 15 digits.
 pub fn key_name(i: u64) -> String {
     format!("k{i:015}")
@@ -58,10 +57,14 @@ impl Wire {
                 .method("PUT")
                 .uri(format!("/db/{key}"))
                 .body(Full::new(self.value.clone())),
-            (System::Raftkv, Op::LinRead) => b.method("GET").uri(format!("/db/{key}")).body(Full::new(Bytes::new())),
-            (System::Raftkv, Op::StaleRead) => {
-                b.method("GET").uri(format!("/db/{key}?level=stale")).body(Full::new(Bytes::new()))
-            }
+            (System::Raftkv, Op::LinRead) => b
+                .method("GET")
+                .uri(format!("/db/{key}"))
+                .body(Full::new(Bytes::new())),
+            (System::Raftkv, Op::StaleRead) => b
+                .method("GET")
+                .uri(format!("/db/{key}?level=stale"))
+                .body(Full::new(Bytes::new())),
             (System::Etcd, Op::Write) => b
                 .method("POST")
                 .uri("/v3/kv/put")
@@ -75,7 +78,10 @@ impl Wire {
                 .method("POST")
                 .uri("/v3/kv/range")
                 .header(hyper::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(format!("{{\"key\":\"{}\"}}", b64(key.as_bytes()))))),
+                .body(Full::new(Bytes::from(format!(
+                    "{{\"key\":\"{}\"}}",
+                    b64(key.as_bytes())
+                )))),
             (_, Op::Cas | Op::Lease) => die("--op cas/lease needs --api grpc"),
             (System::Etcd, Op::StaleRead) => b
                 .method("POST")
@@ -110,14 +116,23 @@ pub async fn connect(addr: &str) -> Result<Sender, AnyErr> {
 }
 
 /// One request on the connection; `None` in `sender` afterwards means it must be reopened.
-pub async fn one(sender: &mut Option<Sender>, addr: &str, req: Request<Full<Bytes>>, op: Op, system: System, timeout: Duration) -> Outcome {
+pub async fn one(
+    sender: &mut Option<Sender>,
+    addr: &str,
+    req: Request<Full<Bytes>>,
+    op: Op,
+    system: System,
+    timeout: Duration,
+) -> Outcome {
     if sender.is_none() {
         match tokio::time::timeout(timeout, connect(addr)).await {
             Ok(Ok(s)) => *sender = Some(s),
             _ => return Outcome::Io,
         }
     }
-    let Some(s) = sender.as_mut() else { return Outcome::Io };
+    let Some(s) = sender.as_mut() else {
+        return Outcome::Io;
+    };
     let fut = async {
         s.ready().await?;
         let resp = s.send_request(req).await?;
@@ -180,7 +195,12 @@ pub fn value_bytes(n: usize) -> Bytes {
     Bytes::from((0..n).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>())
 }
 
-pub async fn simple(addr: &str, method: &str, path: &str, body: String) -> Result<(u16, Bytes), AnyErr> {
+pub async fn simple(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: String,
+) -> Result<(u16, Bytes), AnyErr> {
     let mut s = tokio::time::timeout(Duration::from_secs(2), connect(addr)).await??;
     let req = Request::builder()
         .method(method)
@@ -198,6 +218,8 @@ pub async fn simple(addr: &str, method: &str, path: &str, body: String) -> Resul
 }
 
 pub fn small_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
-
