@@ -72,12 +72,12 @@ use crate::run::Opts;
 
 /// Flags of every chaos node: a 2 s bound on writes and reads (so clients mostly get the
 /// product's own verdict before their 3 s timeout), frequent snapshots, so restarted and
-/// fresh nodes often catch up by snapshot, and holds of up to 20 ms for gathered writes (the
-/// default 5 ms often runs out before the keep-alive writers come back to a debug build under
-/// faults), so held batches meet the faults; and the last 100,000 revisions kept (not
-/// 10,000), because the keep-alive writers make up to ≈ 35,000 per schedule in a release build
-/// and the watchers' check reads the schedule's whole history back (compaction still runs, on
-/// the revisions of earlier schedules).
+/// fresh nodes often catch up by snapshot, and holds of up to 20 ms for gathered writes (with
+/// 2 ms, the default then, a debug short run filled no hold: the keep-alive writers come back
+/// to a debug build more slowly), so held batches meet the faults; and the last 100,000
+/// revisions kept (not 10,000), because with the keep-alive writers a schedule makes up to
+/// ≈ 46,000 writes in a release build and the watchers' check reads the schedule's whole
+/// history back (compaction still runs, on the revisions of earlier schedules).
 pub const NODE_FLAGS: &str = "--timeout-ms 2000 --snapshot-every 200 --write-gather-ms 20 --auto-compaction-retention 100000";
 
 /// Cluster-using tests run one at a time (two cores are shared with everything else).

@@ -139,6 +139,44 @@ impl Queue {
         }
     }
 
+    /// A hold (or a watch) for the writers `answered`, counting those already back among the
+    /// waiting writes (a writer with several writes under way may have written again).
+    fn hold_for(&self, answered: Vec<u64>) -> Hold {
+        let mut hold = Hold::new(answered, self.holds + 1);
+        for w in &self.waiting {
+            hold.came_back(w.writer);
+        }
+        hold
+    }
+
+    /// Holding is paused: watch the writers `answered` (nothing is held) unless a watch
+    /// started less than `wait` ago is still on.
+    fn watch_paused(&mut self, answered: Vec<u64>, wait: Duration) {
+        let now = Instant::now();
+        if let Some((_, since)) = &self.watch {
+            if now.duration_since(*since) <= wait {
+                return;
+            }
+            self.watch_streak = 0; // its writers did not come back in time
+        }
+        let watch = self.hold_for(answered);
+        if watch.returned >= watch.target {
+            self.watch_filled(true); // already back: a hold would have filled at once
+        } else {
+            self.watch = Some((watch, now));
+        }
+    }
+
+    /// The watch filled (its writers came back), `in_time` or not: enough in a row in time end
+    /// the pause.
+    fn watch_filled(&mut self, in_time: bool) {
+        self.watch = None;
+        self.watch_streak = if in_time { self.watch_streak + 1 } else { 0 };
+        if self.watch_streak >= GATHER_WATCH_STREAK {
+            self.end_pause();
+        }
+    }
+
     /// Writers came back as a hold needs while holding was paused: hold again from the next
     /// proposal on.
     fn end_pause(&mut self) {
@@ -195,16 +233,8 @@ impl Proposer {
             && watched.returned >= watched.target
         {
             // The clock is read only here: once per watch that fills.
-            if ended.elapsed() > self.inner.config.gather_wait {
-                queue.watch_streak = 0;
-            } else {
-                queue.watch_streak += 1;
-            }
-            if queue.watch_streak >= GATHER_WATCH_STREAK {
-                queue.end_pause();
-            } else {
-                queue.watch = None;
-            }
+            let in_time = ended.elapsed() <= self.inner.config.gather_wait;
+            queue.watch_filled(in_time);
         }
         Place::Wait(answer)
     }
@@ -235,46 +265,22 @@ impl Proposer {
         let mut queue = self.lock();
         let wait = self.inner.config.gather_wait;
         if !wait.is_zero() && answered.len() >= GATHER_WRITERS_MIN {
-            let mut hold = Hold::new(answered, queue.holds + 1);
-            // Writers with several writes under way may have written again already.
-            for w in &queue.waiting {
-                hold.came_back(w.writer);
-            }
             if queue.hold_paused > 0 {
-                self.watch_paused(&mut queue, hold, wait);
-            } else if hold.returned < hold.target {
-                queue.holds += 1;
-                let id = hold.id;
-                queue.hold = Some(hold);
-                drop(queue);
-                self.release_after(id, wait);
-                return;
+                queue.watch_paused(answered, wait);
+            } else {
+                let hold = queue.hold_for(answered);
+                if hold.returned < hold.target {
+                    queue.holds += 1;
+                    let id = hold.id;
+                    queue.hold = Some(hold);
+                    drop(queue);
+                    self.release_after(id, wait);
+                    return;
+                }
             }
         }
         queue.hold_paused = queue.hold_paused.saturating_sub(1);
         self.propose_waiting(queue);
-    }
-
-    /// Holding is paused: watch the writers just answered (`hold`, not held) unless a watch
-    /// started less than `wait` ago is still on.
-    fn watch_paused(&self, queue: &mut Queue, hold: Hold, wait: Duration) {
-        let now = Instant::now();
-        if let Some((_, since)) = &queue.watch {
-            if now.duration_since(*since) <= wait {
-                return;
-            }
-            queue.watch_streak = 0; // its writers did not come back in time
-        }
-        if hold.returned >= hold.target {
-            // Already back: a hold would have filled at once.
-            queue.watch = None;
-            queue.watch_streak += 1;
-            if queue.watch_streak >= GATHER_WATCH_STREAK {
-                queue.end_pause();
-            }
-        } else {
-            queue.watch = Some((hold, now));
-        }
     }
 
     /// Releases the batch held by hold `id` after `wait` if it is still held then.
