@@ -3,8 +3,9 @@
 # made raftkv faster or slower (this machine's noise between sittings is larger than most changes).
 #
 #   bash bench/ab.sh BIN_A BIN_B [OPS...]        # OPS from: write lread sread fwrite mixed gwrite glread
-#                                                 # gsread swrite owrite [write lread sread]; g* = through etcd's gRPC API,
-#                                                 # swrite = 1 client, owrite = HTTP writes with pauses (OPEN_CLIENTS, THINK_MS)
+#                                                 # gsread swrite sfwrite owrite [write lread sread]; g* = through etcd's
+#                                                 # gRPC API, swrite = 1 client (sfwrite: to a follower), owrite = HTTP
+#                                                 # writes with pauses (OPEN_CLIENTS, THINK_MS)
 #
 # Each round starts a fresh 3-node cluster of A, preloads, runs every OP, stops it; then the same for
 # B; rounds alternate A B A B ... so drift of the machine hits both. The table shows every round's
@@ -27,7 +28,7 @@
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-[ $# -ge 2 ] || { sed -n 2,19p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,20p "$0"; exit 2; }
 BIN_A="$(realpath "$1")" BIN_B="$(realpath "$2")"; shift 2
 OPS=("$@"); [ ${#OPS[@]} -gt 0 ] || OPS=(write lread sread)
 ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-8}" WARMUP="${WARMUP:-2}" CLIENTS="${CLIENTS:-64}"
@@ -64,6 +65,7 @@ one() {   # one TAG BIN ROUND
     local args=(--op "$op") target="$LEADER" clients="$CLIENTS"
     case "$op" in
       fwrite) args=(--op write); target="${FOLLOWERS[0]}" ;;
+      sfwrite) args=(--op write); target="${FOLLOWERS[0]}"; clients=1 ;;
       mixed) args=(--op mixed --read-pct 90) ;;
       gwrite|glread|gsread) args=(--api grpc --op "${op#g}") ;;
       swrite) args=(--op write); clients=1 ;;

@@ -104,7 +104,8 @@ pub struct Args {
     pub no_write_batching: bool,
     /// Milliseconds the leader may hold the next batch, after answering writes from 8 or more
     /// client connections, for those connections' next writes (closed-loop clients write again
-    /// at once), so they share one entry instead of splitting into two groups that take turns.
+    /// at once), so they share one entry instead of splitting into two groups that take turns;
+    /// a follower holds the next batch it forwards to the leader the same way.
     /// Holds that run out pause holding (clients that pause between writes, or open a
     /// connection per request, are not held for often). 0: never hold.
     #[arg(long, default_value_t = 5)]

@@ -171,12 +171,18 @@ pub async fn run(
         tracing::info!(cluster_id, "member of cluster");
     }
 
+    // Gathering (`raft::batch_queue`): the leader's batches and a follower's forwarded ones.
+    let gather = crate::raft::batch_queue::GatherConfig {
+        wait: config.write_gather,
+        holds_filled: metrics.write_holds_filled.clone(),
+        holds_expired: metrics.write_holds_expired.clone(),
+    };
     let app = Arc::new(App {
         raft: raft.clone(),
         state_machine,
         node_id,
         me,
-        forwarder: ForwardBatcher::new(peers.clone(), config.request_timeout),
+        forwarder: ForwardBatcher::new(peers.clone(), config.request_timeout, gather.clone()),
         proposer: crate::raft::propose::Proposer::new(crate::raft::propose::ProposerConfig {
             raft: raft.clone(),
             node_id,
@@ -184,11 +190,9 @@ pub async fn run(
             failed: metrics.proposals_failed.clone(),
             batches: metrics.write_batches.clone(),
             batched: metrics.batched_writes.clone(),
-            holds_filled: metrics.write_holds_filled.clone(),
-            holds_expired: metrics.write_holds_expired.clone(),
             value_bytes_max: config.max_value_bytes,
             batching: config.write_batching,
-            gather_wait: config.write_gather,
+            gather: gather.clone(),
             features: peers.features().clone(),
         }),
         peers,

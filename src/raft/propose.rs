@@ -21,27 +21,28 @@
 //! (`peer::features`); otherwise the writes of a batch are proposed as entries of their own
 //! (logged when it changes). So a rolling upgrade needs no flag.
 //!
-//! **Gathering** (`queue.rs`). Closed-loop clients (each waits for its answer, then writes
-//! again) would split into two groups that take turns: while one group's entry is committed, the
+//! **Gathering** (`batch_queue.rs`, also a follower's for the batches it forwards).
+//! Closed-loop clients (each waits for its answer, then writes again) would split into two groups that take turns: while one group's entry is committed, the
 //! other's writes wait, so each write waits about two commit cycles (BENCHMARKS.md, "64 HTTP
 //! clients: bounded by the commit loop"). So when a proposal that answered writes from 8 or more
 //! client connections (`GATHER_WRITERS_MIN`) ends, the next batch is held until 90 %
 //! (`GATHER_PERCENT`) of those connections have sent a write again, or for at most
-//! `gather_wait` (`--write-gather-ms`; tokio's timer counts whole milliseconds, so up to one
+//! `GatherConfig::wait` (`--write-gather-ms`; tokio's timer counts whole milliseconds, so up to one
 //! more): the group that was just answered comes back and goes in the same entry as the one
 //! that waited. Writes from other writers join the held batch but do not release it, so writers
 //! that do not come back at once (they think between writes, or are done) let the hold run out;
 //! that turns holding off for the next 16 proposals (`GATHER_PAUSE_PROPOSALS`), doubled for each
 //! further one that runs out (up to 8,192), so such clients pay it rarely (clients that open a
 //! connection per request look like that too). While holding is off the leader still watches,
-//! holding nothing, whether the writers each proposal answered come back within `gather_wait`;
+//! holding nothing, whether the writers each proposal answered come back within that time;
 //! when that happens 3 times in a row (`GATHER_WATCH_STREAK`) the clients are closed-loop again
 //! and holding resumes, so a phase of pausing clients does not keep gathering off for the
 //! closed-loop ones after them. Fewer writers, one lone client, many writes over one connection
 //! and forwarded writes never start a hold.
 //!
-//! A batch a follower forwards (`forward_batch.rs`) is already gathered: it goes out as a
-//! batch entry of its own at once when it fits one ([`Proposer::propose_all`]).
+//! A batch a follower forwards (`forward_batch.rs`) is already gathered (by the same queue, on
+//! the follower, for its own clients' connections): it goes out as a batch entry of its own at
+//! once when it fits one ([`Proposer::propose_all`]).
 //!
 //! Outcomes are each write's own: a batch refused before it was appended (this node no longer
 //! leads) is certainly not applied, and each write in it is retried as `forward::write` retries
@@ -50,8 +51,8 @@
 //! answers "unknown": its write may still be in a batch that commits. A write whose caller went
 //! away before its batch was formed is dropped, certainly not applied.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -74,12 +75,12 @@ use crate::raft::types::Outcome;
 use crate::raft::types::Raft;
 use crate::raft::types::TypeConfig;
 
-mod queue;
-use queue::EMPTY_BATCH_BYTES;
-use queue::Place;
-use queue::Queue;
-use queue::Turn;
-use queue::Waiting;
+use crate::raft::batch_queue::BatchQueue;
+use crate::raft::batch_queue::BatchSender;
+use crate::raft::batch_queue::EMPTY_BATCH_BYTES;
+use crate::raft::batch_queue::GatherConfig;
+use crate::raft::batch_queue::Place;
+use crate::raft::batch_queue::Waiting;
 
 /// What became of one proposal.
 pub enum Attempt {
@@ -92,6 +93,13 @@ pub enum Attempt {
 /// Proposes commands on this node; clones share one batch queue.
 #[derive(Clone)]
 pub struct Proposer {
+    core: Core,
+    queue: BatchQueue<Core>,
+}
+
+/// What proposes: entries alone, batches, and what they need.
+#[derive(Clone)]
+struct Core {
     inner: Arc<Inner>,
 }
 
@@ -99,7 +107,6 @@ struct Inner {
     config: ProposerConfig,
     /// Largest encoded batch: the largest command a client may send.
     batch_bytes_max: usize,
-    queue: Mutex<Queue>,
     /// The membership whose members must read batches.
     raft_metrics: RaftMetricsRx,
     /// The member that last kept this node from batching (`NO_MEMBER`: none), to log changes.
@@ -119,56 +126,51 @@ pub struct ProposerConfig {
     /// `raftkv_server_write_batches` and `raftkv_server_batched_writes`.
     pub batches: Counter,
     pub batched: Counter,
-    /// `raftkv_server_write_holds_filled` and `raftkv_server_write_holds_expired`.
-    pub holds_filled: Counter,
-    pub holds_expired: Counter,
     pub value_bytes_max: usize,
     /// Whether writes are batched at all (`--no-write-batching` turns it off).
     pub batching: bool,
-    /// How long the next batch may be held for the writers of the one just answered
-    /// (`--write-gather-ms`; zero: never).
-    pub gather_wait: Duration,
+    /// Gathering: how long the next batch may be held for the writers of the one just answered
+    /// (`--write-gather-ms`; zero: never), and its counters.
+    pub gather: GatherConfig,
     /// What each peer said it can do: batches only while every other member reads them.
     pub features: Arc<PeerFeatures>,
 }
 
 impl Proposer {
     pub fn new(config: ProposerConfig) -> Self {
-        Self {
+        let batch_bytes_max = crate::limits::command_bytes_max(config.value_bytes_max);
+        let gather = config.gather.clone();
+        let core = Core {
             inner: Arc::new(Inner {
-                batch_bytes_max: crate::limits::command_bytes_max(config.value_bytes_max),
-                queue: Mutex::new(Queue::new()),
+                batch_bytes_max,
                 raft_metrics: config.raft.metrics(),
                 kept_by: AtomicU64::new(NO_MEMBER),
                 config,
             }),
-        }
+        };
+        let queue = BatchQueue::new(core.clone(), gather, batch_bytes_max);
+        Self { core, queue }
     }
 
     /// Proposes a checked `cmd` on this node, batched with concurrent writes when it may be,
     /// and waits for its outcome until `deadline`.
     pub async fn propose(&self, cmd: Command, deadline: Instant) -> Attempt {
-        match self.place(cmd) {
-            Place::Alone(cmd) => self.propose_alone(cmd, deadline).await,
-            Place::Lead(cmd) => {
+        let batchable = self.core.inner.config.batching && cmd.batchable();
+        match self.queue.place(cmd, batchable) {
+            Place::Alone(cmd) => self.core.propose_alone(cmd, deadline).await,
+            Place::Lead(cmd, turn) => {
                 // Must hand the turn on when this proposal ends, however it ends (also when
                 // the caller's future is dropped), or the writes waiting behind it would wait
-                // until their deadlines.
-                // One writer is below `GATHER_WRITERS_MIN`: a lone write never holds the next
-                // batch, so its turn names no writers (and allocates nothing).
-                let _turn = Turn {
-                    proposer: self.clone(),
-                    writers: Vec::new(),
-                };
-                self.propose_alone(cmd, deadline).await
+                // until their deadlines: the turn is dropped with this future.
+                let attempt = self.core.propose_alone(cmd, deadline).await;
+                drop(turn);
+                attempt
             }
             Place::Wait(answer) => match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(attempt)) => attempt,
                 // The time ran out, or the batch task was dropped (the runtime is stopping):
                 // the write may be in a batch that commits.
-                Ok(Err(_)) | Err(_) => {
-                    Attempt::Done(Err(KvError::Timeout(self.inner.config.request_timeout)))
-                }
+                Ok(Err(_)) | Err(_) => Attempt::Done(Err(self.core.unknown())),
             },
         }
     }
@@ -179,14 +181,35 @@ impl Proposer {
     /// measured 1.11× the follower writes of joining the queue), else they join this leader's
     /// batches like its own clients' writes; without batching, each is an entry of its own.
     pub async fn propose_all(&self, cmds: Vec<Command>, deadline: Instant) -> Vec<Attempt> {
-        if !self.inner.config.batching {
-            return self.propose_each(cmds, deadline).await;
+        let core = &self.core;
+        if !core.inner.config.batching {
+            return core.propose_each(cmds, deadline).await;
         }
-        if self.fits_one_batch(&cmds) && self.members_read_batches() {
-            return self.propose_batch_entry(cmds, deadline).await;
+        if core.fits_one_batch(&cmds) && core.members_read_batches() {
+            return core.propose_batch_entry(cmds, deadline).await;
         }
         let proposals = cmds.into_iter().map(|cmd| self.propose(cmd, deadline));
         futures::future::join_all(proposals).await
+    }
+
+    /// Proposes `cmd` as an entry of its own, never batched.
+    pub async fn propose_alone(&self, cmd: Command, deadline: Instant) -> Attempt {
+        self.core.propose_alone(cmd, deadline).await
+    }
+}
+
+impl BatchSender for Core {
+    type Reply = Attempt;
+
+    fn send(&self, batch: Vec<Waiting<Attempt>>) -> impl Future<Output = ()> + Send {
+        self.propose_batch(batch)
+    }
+}
+
+impl Core {
+    /// The outcome of a write whose answer did not come in time: unknown.
+    fn unknown(&self) -> KvError {
+        KvError::Timeout(self.inner.config.request_timeout)
     }
 
     /// Whether `cmds` make one batch entry as they are: several, all batchable, within a
@@ -200,8 +223,9 @@ impl Proposer {
 
     /// Proposes the writes of `batch` whose callers still wait, as one entry if there are
     /// several and every member reads batches, and answers each.
-    async fn propose_batch(&self, batch: Vec<Waiting>) {
-        let batch: Vec<Waiting> = batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
+    async fn propose_batch(&self, batch: Vec<Waiting<Attempt>>) {
+        let batch: Vec<Waiting<Attempt>> =
+            batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
         let deadline = Instant::now() + self.inner.config.request_timeout;
         if batch.len() <= 1 {
             for w in batch {
@@ -329,7 +353,7 @@ impl Proposer {
     }
 
     /// Proposes `cmd` as an entry of its own.
-    pub async fn propose_alone(&self, cmd: Command, deadline: Instant) -> Attempt {
+    async fn propose_alone(&self, cmd: Command, deadline: Instant) -> Attempt {
         let attempt = self.propose_once(cmd, deadline).await;
         if matches!(attempt, Attempt::Done(Err(_))) {
             self.inner.config.failed.inc();

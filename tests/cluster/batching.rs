@@ -6,8 +6,8 @@
 //! an entry of its own. While a member has not said it reads batches (as an older version
 //! would not; a test-only hook makes a node answer like one), the leader does not batch.
 //! Closed-loop writers are gathered: the leader holds the next batch for the writers it just
-//! answered, so they share one entry instead of taking turns in two; fewer than 8 writers are
-//! never held.
+//! answered, so they share one entry instead of taking turns in two, and so does a follower
+//! for the batches it forwards; fewer than 8 writers are never held.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -290,6 +290,36 @@ fn closed_loop_writers_are_gathered_into_one_entry() {
         mean >= 9.0,
         "the writers just answered go in one entry with those that waited: {mean:.1} per entry"
     );
+    let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
+    assert_eq!(revisions.len(), writes.len(), "still a revision per write");
+}
+
+#[test]
+fn closed_loop_writers_on_a_follower_are_gathered_into_one_forwarded_batch() {
+    let c = Cluster::three_raftd("gather_follower", "--write-gather-ms 100");
+    let leader = c.leader();
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+
+    c.phase("16 clients write 40 keys each to a follower, each waiting for its answer");
+    let writes = keep_alive_writers(&c, follower, 16, 40);
+    let entries = per_entry(&writes);
+    let mean = writes.len() as f64 / entries.len() as f64;
+    let filled = counter(&c, follower, "raftkv_server_write_holds_filled_total");
+    println!(
+        "{} writes in {} log entries ({mean:.1} per entry); the follower's holds filled: {filled}",
+        writes.len(),
+        entries.len()
+    );
+    // The follower forwards the writes that wait while a batch is out as the next batch, and
+    // the leader proposes each forwarded batch as an entry. Without the hold (`--write-gather-ms
+    // 0`) the writers take turns in groups: 7.4–7.6 per entry measured; held for the
+    // connections just answered: 12.5 measured.
+    assert!(
+        mean >= 9.0,
+        "the writers just answered go in one forwarded batch with those that waited: {mean:.1} \
+         per entry"
+    );
+    assert!(filled > 0, "the follower held no batch for its writers");
     let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
     assert_eq!(revisions.len(), writes.len(), "still a revision per write");
 }

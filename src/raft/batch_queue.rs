@@ -1,15 +1,22 @@
-//! The batch queue (the writes waiting for the next proposal), the turn to propose client
-//! writes, and gathering: holding the next batch for the writers just answered (the module
-//! doc of `raft::propose`, "Gathering").
+//! The batch queue under both write paths: the leader's proposals of client writes
+//! (`raft::propose`) and a follower's batches of writes forwarded to the leader
+//! (`raft::forward_batch`). At most one batch is under way; the writes that arrive meanwhile wait
+//! and go together as the next one. And gathering: holding the next batch for the writers just
+//! answered (`raft::propose`'s module doc, "Gathering").
+//!
+//! What a batch *is* (a log entry, a request to the leader) is the [`BatchSender`]'s; the queue
+//! decides only when a write waits, when a batch goes, and when it is held.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::time::Duration;
 use std::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
-use super::Attempt;
-use super::Proposer;
 use crate::limits::BATCH_COMMANDS_MAX;
 use crate::raft::types::Command;
 
@@ -36,8 +43,50 @@ pub const GATHER_PAUSE_PROPOSALS_MAX: u32 = 8192;
 /// with 3: BENCHMARKS.md, tenth sitting.)
 pub const GATHER_WATCH_STREAK: u32 = 3;
 
-/// The writes waiting for the next proposal.
-pub(super) struct Queue {
+/// Sends the batches of one [`BatchQueue`].
+pub trait BatchSender: Send + Sync + 'static {
+    /// What each write's caller is answered.
+    type Reply: Send + 'static;
+
+    /// Sends the writes of `batch` (each caller still waiting or not) and answers each through
+    /// its [`Waiting::reply`]; a caller whose reply is dropped unanswered gets "unknown".
+    fn send(&self, batch: Vec<Waiting<Self::Reply>>) -> impl Future<Output = ()> + Send;
+}
+
+/// Gathering's time and counters (clones count into the same counters).
+#[derive(Clone)]
+pub struct GatherConfig {
+    /// How long the next batch may be held for the writers of the one just answered (zero:
+    /// never held).
+    pub wait: Duration,
+    /// `raftkv_server_write_holds_filled` and `raftkv_server_write_holds_expired`.
+    pub holds_filled: Counter,
+    pub holds_expired: Counter,
+}
+
+/// A batch queue; clones share it.
+pub struct BatchQueue<S: BatchSender> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: BatchSender> Clone for BatchQueue<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<S: BatchSender> {
+    sender: S,
+    gather: GatherConfig,
+    /// Largest encoded batch ([`EMPTY_BATCH_BYTES`] and its commands).
+    batch_bytes_max: usize,
+    queue: Mutex<Queue<S::Reply>>,
+}
+
+/// The writes waiting for the next batch.
+struct Queue<R> {
     /// A proposal of client writes is under way, or the next batch is being held (`hold`):
     /// writes that arrive now wait.
     busy: bool,
@@ -59,7 +108,7 @@ pub(super) struct Queue {
     watch: Option<(Hold, Instant)>,
     /// Watches in a row that filled in time.
     watch_streak: u32,
-    waiting: Vec<Waiting>,
+    waiting: Vec<Waiting<R>>,
     /// The encoded size of the batch `waiting` would make.
     bytes: usize,
 }
@@ -104,28 +153,31 @@ impl Hold {
     }
 }
 
-pub(super) struct Waiting {
-    pub(super) cmd: Command,
-    pub(super) reply: oneshot::Sender<Attempt>,
+/// A write waiting for the next batch.
+pub struct Waiting<R> {
+    pub cmd: Command,
+    pub reply: oneshot::Sender<R>,
     /// Its writer (see [`current_writer`]).
     writer: u64,
 }
 
 /// Where a write goes when it arrives.
-pub(super) enum Place {
-    /// Nothing is under way: its caller proposes it now, then hands the turn on.
-    Lead(Command),
+pub enum Place<S: BatchSender> {
+    /// Nothing is under way: its caller sends it now, alone, holding the turn until it is
+    /// answered (dropping the [`Turn`] hands it on).
+    Lead(Command, Turn<S>),
     /// It waits for the next batch.
-    Wait(oneshot::Receiver<Attempt>),
-    /// It is proposed alone at once (not batchable, batching is off, or the batch is full).
+    Wait(oneshot::Receiver<S::Reply>),
+    /// Its caller sends it alone at once, outside the turn (not batchable, or the batch is
+    /// full).
     Alone(Command),
 }
 
 /// The encoded size of an empty batch: its tag and the longest count prefix.
-pub(super) const EMPTY_BATCH_BYTES: usize = 1 + crate::limits::varint_len(BATCH_COMMANDS_MAX);
+pub const EMPTY_BATCH_BYTES: usize = 1 + crate::limits::varint_len(BATCH_COMMANDS_MAX);
 
-impl Queue {
-    pub(super) fn new() -> Self {
+impl<R> Queue<R> {
+    fn new() -> Self {
         Self {
             busy: false,
             hold: None,
@@ -187,7 +239,7 @@ impl Queue {
     }
 
     /// Takes the waiting writes, or marks the queue idle when there are none.
-    fn take(&mut self) -> Option<Vec<Waiting>> {
+    fn take(&mut self) -> Option<Vec<Waiting<R>>> {
         self.hold = None;
         if self.waiting.is_empty() {
             self.busy = false;
@@ -198,16 +250,46 @@ impl Queue {
     }
 }
 
-impl Proposer {
-    pub(super) fn place(&self, cmd: Command) -> Place {
-        if !self.inner.config.batching || !cmd.batchable() {
+impl<S: BatchSender> BatchQueue<S> {
+    /// A queue whose batches `sender` sends, each at most `batch_bytes_max` encoded.
+    pub fn new(sender: S, gather: GatherConfig, batch_bytes_max: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sender,
+                gather,
+                batch_bytes_max,
+                queue: Mutex::new(Queue::new()),
+            }),
+        }
+    }
+
+    /// What sends this queue's batches.
+    pub fn sender(&self) -> &S {
+        &self.inner.sender
+    }
+
+    /// Whether nothing is under way, held or waiting.
+    pub fn is_idle(&self) -> bool {
+        !self.lock().busy
+    }
+
+    /// Places a write that arrives: `batchable` is whether it may share a batch at all.
+    pub fn place(&self, cmd: Command, batchable: bool) -> Place<S> {
+        if !batchable {
             return Place::Alone(cmd);
         }
         let bytes = crate::limits::command_encoded_len(&cmd);
         let mut queue = self.lock();
         if !queue.busy {
             queue.busy = true;
-            return Place::Lead(cmd);
+            drop(queue);
+            // One writer is below `GATHER_WRITERS_MIN`: a lone write never holds the next
+            // batch, so its turn names no writers (and allocates nothing).
+            let turn = Turn {
+                queue: self.clone(),
+                writers: Vec::new(),
+            };
+            return Place::Lead(cmd, turn);
         }
         let fits = queue.waiting.len() < BATCH_COMMANDS_MAX
             && queue.bytes + bytes <= self.inner.batch_bytes_max;
@@ -233,23 +315,23 @@ impl Proposer {
             && watched.returned >= watched.target
         {
             // The clock is read only here: once per watch that fills.
-            let in_time = ended.elapsed() <= self.inner.config.gather_wait;
+            let in_time = ended.elapsed() <= self.inner.gather.wait;
             queue.watch_filled(in_time);
         }
         Place::Wait(answer)
     }
 
     /// Releases the held batch, if one is held: its writers came back (or it is full).
-    fn release_held(&self, mut queue: MutexGuard<'_, Queue>) {
+    fn release_held(&self, mut queue: MutexGuard<'_, Queue<S::Reply>>) {
         if queue.hold.is_none() {
             return;
         }
-        self.inner.config.holds_filled.inc();
+        self.inner.gather.holds_filled.inc();
         queue.hold_pause_next = GATHER_PAUSE_PROPOSALS;
         self.propose_waiting(queue);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+    fn lock(&self) -> MutexGuard<'_, Queue<S::Reply>> {
         // The queue's state is whole after every statement that changes it: a panic elsewhere
         // while it was held leaves nothing half-done.
         self.inner
@@ -258,12 +340,12 @@ impl Proposer {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The proposal under way, which answered writes from `answered` (sorted writers), has
+    /// The batch under way, which answered writes from `answered` (sorted writers), has
     /// ended: the writes that waited go out as the next batch, from a task of their own, or the
     /// queue goes idle — unless the next batch is held for those writers (see "Gathering").
     fn hand_on(&self, answered: Vec<u64>) {
         let mut queue = self.lock();
-        let wait = self.inner.config.gather_wait;
+        let wait = self.inner.gather.wait;
         if !wait.is_zero() && answered.len() >= GATHER_WRITERS_MIN {
             if queue.hold_paused > 0 {
                 queue.watch_paused(answered, wait);
@@ -304,14 +386,14 @@ impl Proposer {
         // Its writers did not come back in time: they may not be closed-loop clients, and
         // holding would only delay the writes that join. Hold again only after a pause, longer
         // each time.
-        self.inner.config.holds_expired.inc();
+        self.inner.gather.holds_expired.inc();
         queue.hold_paused = queue.hold_pause_next;
         queue.hold_pause_next = (queue.hold_pause_next * 2).min(GATHER_PAUSE_PROPOSALS_MAX);
         self.propose_waiting(queue);
     }
 
-    /// Proposes the waiting writes as the next batch, or lets the queue go idle when none wait.
-    fn propose_waiting(&self, mut queue: MutexGuard<'_, Queue>) {
+    /// Sends the waiting writes as the next batch, or lets the queue go idle when none wait.
+    fn propose_waiting(&self, mut queue: MutexGuard<'_, Queue<S::Reply>>) {
         let batch = queue.take();
         drop(queue);
         if let Some(batch) = batch {
@@ -319,35 +401,35 @@ impl Proposer {
         }
     }
 
-    /// Proposes `batch` from a task of its own, which holds the turn until it ends.
-    fn spawn_batch(&self, batch: Vec<Waiting>) {
+    /// Sends `batch` from a task of its own, which holds the turn until it ends.
+    fn spawn_batch(&self, batch: Vec<Waiting<S::Reply>>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // The runtime is gone (the node is stopping): the callers' receivers are dropped
             // with `batch`, and they answer "unknown".
             return;
         };
         let this = self.clone();
-        let writers = Turn::writers(batch.iter().map(|w| w.writer));
+        let writers = Turn::<S>::writers(batch.iter().map(|w| w.writer));
         runtime.spawn(async move {
             let _turn = Turn {
-                proposer: this.clone(),
+                queue: this.clone(),
                 writers,
             };
-            this.propose_batch(batch).await;
+            this.inner.sender.send(batch).await;
         });
     }
 }
 
-/// The turn to propose client writes, held by a proposal of writes from `writers`; dropping it
+/// The turn to send a batch, held by the batch of writes from `writers` under way; dropping it
 /// hands the turn on.
-pub(super) struct Turn {
-    pub(super) proposer: Proposer,
+pub struct Turn<S: BatchSender> {
+    queue: BatchQueue<S>,
     /// Sorted, no duplicates, none unknown (0).
-    pub(super) writers: Vec<u64>,
+    writers: Vec<u64>,
 }
 
-impl Turn {
-    pub(super) fn writers(writers: impl IntoIterator<Item = u64>) -> Vec<u64> {
+impl<S: BatchSender> Turn<S> {
+    fn writers(writers: impl IntoIterator<Item = u64>) -> Vec<u64> {
         let mut writers: Vec<u64> = writers.into_iter().filter(|&w| w != 0).collect();
         writers.sort_unstable();
         writers.dedup();
@@ -355,9 +437,9 @@ impl Turn {
     }
 }
 
-impl Drop for Turn {
+impl<S: BatchSender> Drop for Turn<S> {
     fn drop(&mut self) {
-        self.proposer.hand_on(std::mem::take(&mut self.writers));
+        self.queue.hand_on(std::mem::take(&mut self.writers));
     }
 }
 
