@@ -84,7 +84,8 @@ pub struct Args {
     /// Trace-level logging.
     #[arg(long)]
     pub trace: bool,
-    /// Build a snapshot (and compact the log) every N applied entries.
+    /// Build a snapshot (and compact the log) every N applied entries or writes (store
+    /// revisions), whichever comes first.
     #[arg(long, default_value_t = config::DEFAULT_SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
     /// Largest accepted value in bytes (413 above it); at most 33554432 (32 MiB).

@@ -87,8 +87,8 @@ struct Inner<S: BatchSender> {
 
 /// The writes waiting for the next batch.
 struct Queue<R> {
-    /// A proposal of client writes is under way, or the next batch is being held (`hold`):
-    /// writes that arrive now wait.
+    /// A batch (or a lone write that found the queue idle) is under way, or the next batch is
+    /// being held (`hold`): writes that arrive now wait.
     busy: bool,
     /// The next batch is held for the writers just answered (until they write again or its
     /// timer runs out).

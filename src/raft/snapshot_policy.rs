@@ -1,10 +1,14 @@
 //! When this node builds a snapshot (and so compacts its log): once `--snapshot-every` entries
-//! were applied since the last one, or — for a store of more than `ENTRIES_PER_KEY_INVERSE` ×
-//! that many keys — once a quarter as many entries as the store holds keys. A snapshot rewrites
-//! the whole store, so at 5M keys a build every 100,000 writes never ended before the next was
-//! due: the node was always writing 850 MB and writes slowed 5× (BENCHMARKS.md, "The scale
-//! curve"). With the bound, a build's cost per applied entry stays at most that of rewriting 4
-//! keys; the price is a longer log to replay at a restart (at most keys / 4 entries).
+//! were applied since the last one, or as many writes (store revisions: with write batching one
+//! entry holds up to 512 writes, so counting entries alone let 1M writes go by in 17,130 entries
+//! without a snapshot, and a restart replayed them all: 2.3 s against ≈ 1 s reading a snapshot
+//! of the same store, BENCHMARKS.md, "Follower writes gathered") — or, for a store of more than
+//! `ENTRIES_PER_KEY_INVERSE` × that many keys, once a quarter as many as the store holds keys.
+//! A snapshot rewrites the whole store, so at 5M keys a build every 100,000 writes never ended
+//! before the next was due: the node was always writing 850 MB and writes slowed 5×
+//! (BENCHMARKS.md, "The scale curve"). With the bound, a build's cost per applied write stays at
+//! most that of rewriting 4 keys; the price is a longer log to replay at a restart (at most
+//! keys / 4 writes).
 //!
 //! openraft's own policy counts entries only, so it is off (`SnapshotPolicy::Never`) and this
 //! task triggers the builds; openraft drops a trigger while a build runs, and the next look
@@ -21,7 +25,7 @@ pub const ENTRIES_PER_KEY_INVERSE: u64 = 4;
 /// How often the node looks whether a snapshot is due.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 
-/// Applied entries after which a snapshot is due, for a store of `keys` keys.
+/// Applied entries (or writes) after which a snapshot is due, for a store of `keys` keys.
 pub fn threshold(snapshot_every: u64, keys: u64) -> u64 {
     snapshot_every.max(keys / ENTRIES_PER_KEY_INVERSE)
 }
@@ -41,7 +45,9 @@ pub async fn run(app: SharedApp, snapshot_every: u64) {
             )
         };
         let (_, _, keys) = app.state_machine.digest();
-        let since = applied.saturating_sub(snapshot);
+        let sm = &app.state_machine;
+        let writes = u64::try_from(sm.revision() - sm.snapshot_revision()).unwrap_or(0);
+        let since = applied.saturating_sub(snapshot).max(writes);
         if since >= threshold(snapshot_every, keys as u64)
             && app.raft.trigger().snapshot().await.is_err()
         {

@@ -101,6 +101,8 @@ struct State {
 struct Current {
     path: PathBuf,
     meta: SnapshotMeta,
+    /// The store's revision in it.
+    revision: i64,
 }
 
 fn poisoned(what: &str) -> io::Error {
@@ -137,11 +139,16 @@ impl StateMachineStore {
             let (keys, bytes) = (map.len(), fs::metadata(&path).map_or(0, |m| m.len()));
             let took_ms = started.elapsed().as_millis() as u64;
             tracing::info!(path = %path.display(), keys, bytes, took_ms, meta = %meta, "loaded snapshot");
+            let revision = map.revision();
             state = State {
                 map,
                 applied: meta.clone(),
             };
-            current = Some(Current { path, meta });
+            current = Some(Current {
+                path,
+                meta,
+                revision,
+            });
         }
         let keep = current.as_ref().map(|c| c.path.as_path());
         let removed = snapshot::remove_others(dir, keep).map_err(open_err)?;
@@ -242,6 +249,14 @@ impl StateMachineStore {
     /// The store's current revision (1 before any write).
     pub fn revision(&self) -> i64 {
         self.inner.read_state().map.revision()
+    }
+
+    /// The store's revision in the newest durable snapshot (1, an empty store's, before there
+    /// is one): the writes since it are what a restart replays from the log.
+    pub fn snapshot_revision(&self) -> i64 {
+        let current = self.inner.current.lock();
+        let current = current.unwrap_or_else(|poison| poison.into_inner());
+        current.as_ref().map_or(1, |c| c.revision)
     }
 
     /// Index of the last applied log entry (None before anything was applied).
@@ -353,16 +368,20 @@ impl Inner {
         self.current.lock().map_err(|_| poisoned("snapshot"))
     }
 
-    /// Records a durable snapshot as current if it is the newest, then deletes every other
-    /// snapshot file. Call with the `files` lock held.
-    fn publish(&self, path: PathBuf, meta: SnapshotMeta) -> io::Result<()> {
+    /// Records a durable snapshot (of the store at `revision`) as current if it is the newest,
+    /// then deletes every other snapshot file. Call with the `files` lock held.
+    fn publish(&self, path: PathBuf, meta: SnapshotMeta, revision: i64) -> io::Result<()> {
         let keep = {
             let mut current = self.lock_current()?;
             let newest = current
                 .as_ref()
                 .is_none_or(|c| meta.last_log_id >= c.meta.last_log_id);
             if newest {
-                *current = Some(Current { path, meta });
+                *current = Some(Current {
+                    path,
+                    meta,
+                    revision,
+                });
             }
             current.as_ref().map(|c| c.path.clone())
         };
@@ -434,7 +453,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             inner.snapshot_metrics.installed(bytes, started.elapsed());
             tracing::info!(path = %path.display(), keys = map.len(), bytes,
                 took_ms = started.elapsed().as_millis() as u64, "installed snapshot file");
-            inner.publish(path, task_meta)?;
+            inner.publish(path, task_meta, map.revision())?;
             Ok(map)
         })
         .await

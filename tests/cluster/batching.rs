@@ -15,7 +15,9 @@ use reqwest::Method;
 
 use std::time::Duration;
 
-use crate::harness::{Cluster, Level, Resp, StartOpts, argv, wait_until_with};
+use crate::harness::{
+    CONVERGE_TIMEOUT, Cluster, Level, Resp, StartOpts, argv, wait_until, wait_until_with,
+};
 use crate::watch::{open_events, take};
 
 const WRITERS: usize = 16;
@@ -322,6 +324,35 @@ fn closed_loop_writers_on_a_follower_are_gathered_into_one_forwarded_batch() {
     assert!(filled > 0, "the follower held no batch for its writers");
     let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
     assert_eq!(revisions.len(), writes.len(), "still a revision per write");
+}
+
+#[test]
+fn batched_writes_count_toward_snapshots() {
+    let c = Cluster::three_raftd(
+        "gather_snapshot",
+        "--write-gather-ms 100 --snapshot-every 100",
+    );
+    let leader = c.leader();
+
+    c.phase(
+        "16 clients write 40 keys each to the leader: 640 writes in far fewer than 100 entries",
+    );
+    let writes = keep_alive_writers(&c, leader, 16, 40);
+    let entries = per_entry(&writes).len();
+    println!("{} writes in {entries} log entries", writes.len());
+    assert!(
+        entries < 100,
+        "the writes were not batched: {entries} entries"
+    );
+
+    c.phase("a snapshot is built: 640 writes are past the threshold (640 keys / 4 = 160)");
+    // `--snapshot-every` counts writes as well as entries: counting entries alone, the leader
+    // would never build one here, and a restart would replay every write.
+    wait_until(CONVERGE_TIMEOUT, "the leader built a snapshot", || {
+        c.status(leader)["snapshot_index"]
+            .as_u64()
+            .is_some_and(|s| s > 0)
+    });
 }
 
 #[test]

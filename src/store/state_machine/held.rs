@@ -247,7 +247,7 @@ fn write_held(inner: &Inner, held: &Held) -> io::Result<File> {
     inner.snapshot_metrics.built(bytes, started.elapsed());
     tracing::info!(path = %path.display(), keys, bytes,
         took_ms = started.elapsed().as_millis() as u64, "built snapshot");
-    inner.publish(path, meta.clone())?;
+    inner.publish(path, meta.clone(), held.view.revision)?;
     Ok(file)
 }
 
