@@ -328,7 +328,7 @@ impl<S: BatchSender> BatchQueue<S> {
         }
         self.inner.gather.holds_filled.inc();
         queue.hold_pause_next = GATHER_PAUSE_PROPOSALS;
-        self.propose_waiting(queue);
+        self.send_waiting(queue);
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue<S::Reply>> {
@@ -362,7 +362,7 @@ impl<S: BatchSender> BatchQueue<S> {
             }
         }
         queue.hold_paused = queue.hold_paused.saturating_sub(1);
-        self.propose_waiting(queue);
+        self.send_waiting(queue);
     }
 
     /// Releases the batch held by hold `id` after `wait` if it is still held then.
@@ -389,11 +389,11 @@ impl<S: BatchSender> BatchQueue<S> {
         self.inner.gather.holds_expired.inc();
         queue.hold_paused = queue.hold_pause_next;
         queue.hold_pause_next = (queue.hold_pause_next * 2).min(GATHER_PAUSE_PROPOSALS_MAX);
-        self.propose_waiting(queue);
+        self.send_waiting(queue);
     }
 
     /// Sends the waiting writes as the next batch, or lets the queue go idle when none wait.
-    fn propose_waiting(&self, mut queue: MutexGuard<'_, Queue<S::Reply>>) {
+    fn send_waiting(&self, mut queue: MutexGuard<'_, Queue<S::Reply>>) {
         let batch = queue.take();
         drop(queue);
         if let Some(batch) = batch {
@@ -409,7 +409,7 @@ impl<S: BatchSender> BatchQueue<S> {
             return;
         };
         let this = self.clone();
-        let writers = Turn::<S>::writers(batch.iter().map(|w| w.writer));
+        let writers = known_writers(batch.iter().map(|w| w.writer));
         runtime.spawn(async move {
             let _turn = Turn {
                 queue: this.clone(),
@@ -428,13 +428,12 @@ pub struct Turn<S: BatchSender> {
     writers: Vec<u64>,
 }
 
-impl<S: BatchSender> Turn<S> {
-    fn writers(writers: impl IntoIterator<Item = u64>) -> Vec<u64> {
-        let mut writers: Vec<u64> = writers.into_iter().filter(|&w| w != 0).collect();
-        writers.sort_unstable();
-        writers.dedup();
-        writers
-    }
+/// `writers` sorted, without duplicates and without the unknown one (0): a [`Turn`]'s.
+fn known_writers(writers: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut writers: Vec<u64> = writers.into_iter().filter(|&w| w != 0).collect();
+    writers.sort_unstable();
+    writers.dedup();
+    writers
 }
 
 impl<S: BatchSender> Drop for Turn<S> {

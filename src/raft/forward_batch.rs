@@ -60,12 +60,12 @@ impl BatchSender for Target {
     }
 }
 
-/// One batch queue per leader (address and id).
+/// One batch queue per leader (by id, for the address it was last seen at).
 pub struct ForwardBatcher {
     peers: PeerClients,
     batch_timeout: Duration,
     gather: GatherConfig,
-    queues: Mutex<HashMap<(String, NodeId), BatchQueue<Target>>>,
+    queues: Mutex<HashMap<NodeId, BatchQueue<Target>>>,
 }
 
 impl ForwardBatcher {
@@ -100,16 +100,18 @@ impl ForwardBatcher {
         }
     }
 
+    /// The queue to leader `leader_id` at `addr` (no allocation when it exists: this runs for
+    /// every forwarded write).
     fn queue(&self, addr: &str, leader_id: NodeId) -> BatchQueue<Target> {
         let mut queues = self
             .queues
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let key = (addr.to_string(), leader_id);
-        if let Some(q) = queues.get(&key) {
+        if let Some(q) = queues.get(&leader_id).filter(|q| q.sender().addr == addr) {
             return q.clone();
         }
-        // A new leader: forget the idle queues of former ones (bounds the map).
+        // A new leader (or one at a new address): forget the idle queues of former ones (bounds
+        // the map). A replaced queue still busy lives on in its callers until they are answered.
         queues.retain(|_, q| !q.is_idle());
         let target = Target {
             peers: self.peers.clone(),
@@ -118,7 +120,7 @@ impl ForwardBatcher {
             timeout: self.batch_timeout,
         };
         let queue = BatchQueue::new(target, self.gather.clone(), BATCH_BYTES_MAX);
-        queues.insert(key, queue.clone());
+        queues.insert(leader_id, queue.clone());
         queue
     }
 }

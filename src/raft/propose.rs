@@ -281,7 +281,7 @@ impl Core {
             Ok(Err(fatal)) => answers = failed_all(&self.fatal_error(&fatal), count),
             Err(_elapsed) => {}
         }
-        let unknown = KvError::Timeout(self.inner.config.request_timeout);
+        let unknown = self.unknown();
         answers.resize_with(count, || Attempt::Done(Err(unknown.clone())));
         self.count_failed(answers)
     }
@@ -364,9 +364,7 @@ impl Core {
     async fn propose_once(&self, cmd: Command, deadline: Instant) -> Attempt {
         let write = self.inner.config.raft.client_write(cmd);
         match tokio::time::timeout_at(deadline, write).await {
-            Err(_elapsed) => {
-                Attempt::Done(Err(KvError::Timeout(self.inner.config.request_timeout)))
-            }
+            Err(_elapsed) => Attempt::Done(Err(self.unknown())),
             Ok(Ok(resp)) => Attempt::Done(Ok(WriteOk {
                 index: resp.log_id.index,
                 response: resp.data,
@@ -382,7 +380,7 @@ impl Core {
     /// exits).
     fn fatal_error(&self, e: &openraft::errors::Fatal<TypeConfig>) -> KvError {
         match e {
-            openraft::errors::Fatal::Stopped => KvError::Timeout(self.inner.config.request_timeout),
+            openraft::errors::Fatal::Stopped => self.unknown(),
             other => KvError::Internal(other.to_string()),
         }
     }
@@ -396,9 +394,7 @@ impl Core {
                 Attempt::RetryAfterLeaderChange(Some(self.inner.config.node_id))
             }
             // Appended, then dropped by a leader change: it may still commit elsewhere.
-            ClientWriteError::LogEntryDiscarded(_) => {
-                Attempt::Done(Err(KvError::Timeout(self.inner.config.request_timeout)))
-            }
+            ClientWriteError::LogEntryDiscarded(_) => Attempt::Done(Err(self.unknown())),
             other => Attempt::Done(Err(KvError::Internal(other.to_string()))),
         }
     }
