@@ -15,13 +15,12 @@
 //! Integers little-endian. Every length is bounded before anything is allocated
 //! ([`KEY_BYTES_MAX`], [`VALUE_BYTES_MAX`]), and decoding re-checks the store's invariants
 //! (ascending keys and revisions, well-formed generations, revisions within the header's), so a
-//! damaged or truncated stream is an error, never a different store. [`decode`] reads exactly
-//! the encoded bytes (no read-ahead): pass a buffered reader, and embed the stream in a larger
-//! file if you like. Version 2 ends with a mark instead of starting with a count, so a writer
+//! damaged or truncated stream is an error, never a different store. [`decode`] consumes exactly
+//! the encoded bytes from its buffered reader, so the stream may be embedded in a larger file. Version 2 ends with a mark instead of starting with a count, so a writer
 //! need not count the keys first (an O(keys) pass while a compaction's removal is owed).
 
 use std::io;
-use std::io::Read;
+use std::io::BufRead;
 use std::io::Write;
 
 use bytes::Bytes;
@@ -31,12 +30,10 @@ use crate::mvcc::LiveRef;
 use crate::mvcc::NEVER_COMPACTED;
 use crate::mvcc::Store;
 use crate::mvcc::VALUE_BYTES_MAX;
-use crate::mvcc::history::Entry;
 use crate::mvcc::history::KeyHistory;
 use crate::mvcc::keys::Keys;
 use crate::mvcc::keys::Shared;
 use crate::mvcc::keys::to_bytes;
-use crate::mvcc::revision::Revision;
 
 pub const MAGIC: [u8; 8] = *b"RAFTKVMV";
 /// The version written. 2: keys end with a zero length.
@@ -46,6 +43,9 @@ const FORMAT_VERSION_COUNTED: u8 = 1;
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
 /// Entries are preallocated up to this many; a larger (claimed) count grows as it is read.
 const ENTRIES_PREALLOC_MAX: usize = 1024;
+
+mod reader;
+use reader::CrcReader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -207,7 +207,7 @@ fn write_len(w: &mut impl Write, len: usize, max: usize) -> io::Result<()> {
 }
 
 /// Read a store written by [`encode`]; `txn_ops_max` as in [`Store::new`].
-pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotError> {
+pub fn decode(input: impl BufRead, txn_ops_max: usize) -> Result<Store, SnapshotError> {
     decode_with(input, txn_ops_max, |_| {})
 }
 
@@ -215,16 +215,11 @@ pub fn decode(input: impl Read, txn_ops_max: usize) -> Result<Store, SnapshotErr
 /// (while its bytes are in the cache): what a caller would otherwise gather in a second pass
 /// over the whole store. Keys come ascending; a store that fails to decode may have lent some.
 pub fn decode_with(
-    input: impl Read,
+    input: impl BufRead,
     txn_ops_max: usize,
     mut on_live: impl FnMut(LiveRef<'_>),
 ) -> Result<Store, SnapshotError> {
-    let mut r = CrcReader {
-        inner: input,
-        crc: crc32fast::Hasher::new(),
-        offset: 0,
-        scratch: Vec::new(),
-    };
+    let mut r = CrcReader::new(input);
     if r.array::<8>()? != MAGIC {
         return Err(r.corrupt("not an mvcc snapshot (bad magic)"));
     }
@@ -287,10 +282,8 @@ pub fn decode_with(
         sorted.push((key, history));
     }
     store.keys = Keys::from_sorted(sorted);
-    let want = r.crc.clone().finalize();
-    let mut crc = [0u8; 4];
-    r.inner.read_exact(&mut crc).map_err(|e| r.io(e))?;
-    if u32::from_le_bytes(crc) != want {
+    let want = r.crc()?;
+    if u32::from_le_bytes(r.trailer()?) != want {
         return Err(r.corrupt("checksum mismatch"));
     }
     Ok(store)
@@ -309,109 +302,6 @@ impl<W: Write> Write for CrcWriter<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-struct CrcReader<R: Read> {
-    inner: R,
-    crc: crc32fast::Hasher,
-    offset: u64,
-    /// Reused by [`CrcReader::bytes`] (at most `WRITE_BUFFER_BYTES` kept).
-    scratch: Vec<u8>,
-}
-
-impl<R: Read> CrcReader<R> {
-    fn corrupt(&self, detail: impl Into<String>) -> SnapshotError {
-        SnapshotError::Corrupt {
-            offset: self.offset,
-            detail: detail.into(),
-        }
-    }
-
-    fn io(&self, e: io::Error) -> SnapshotError {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            self.corrupt("truncated")
-        } else {
-            SnapshotError::Io(e)
-        }
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
-        self.inner.read_exact(buf).map_err(|e| self.io(e))?;
-        self.crc.update(buf);
-        self.offset += buf.len() as u64;
-        Ok(())
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], SnapshotError> {
-        let mut buf = [0u8; N];
-        self.fill(&mut buf)?;
-        Ok(buf)
-    }
-
-    fn i64(&mut self) -> Result<i64, SnapshotError> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, SnapshotError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn len(&mut self, max: usize, what: &str) -> Result<usize, SnapshotError> {
-        let n = u32::from_le_bytes(self.array()?) as usize;
-        if n > max {
-            return Err(self.corrupt(format!("{what} {n} over {max}")));
-        }
-        Ok(n)
-    }
-
-    fn bytes(&mut self, max: usize, what: &str) -> Result<Shared, SnapshotError> {
-        let n = self.len(max, what)?;
-        // Grow as bytes arrive: a damaged length costs no more memory than the stream holds.
-        // The scratch buffer is reused; the store's copy is one allocation of exactly `n`.
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        buf.reserve(n.min(WRITE_BUFFER_BYTES));
-        let got = (&mut self.inner)
-            .take(n as u64)
-            .read_to_end(&mut buf)
-            .map_err(SnapshotError::Io)?;
-        if got < n {
-            self.offset += got as u64;
-            return Err(self.corrupt("truncated"));
-        }
-        self.crc.update(&buf);
-        self.offset += n as u64;
-        let out = Shared::from(&buf[..]);
-        if buf.capacity() <= WRITE_BUFFER_BYTES {
-            self.scratch = buf;
-        }
-        Ok(out)
-    }
-
-    fn entry(&mut self) -> Result<Entry, SnapshotError> {
-        let rev = Revision::new(self.i64()?, self.i64()?);
-        match self.array::<1>()? {
-            [0] => Ok(Entry {
-                rev,
-                create: 0,
-                version: 0,
-                lease: 0,
-                value: None,
-            }),
-            [1] => {
-                let (create, version, lease) = (self.i64()?, self.i64()?, self.i64()?);
-                let value = Some(self.bytes(VALUE_BYTES_MAX, "value")?);
-                Ok(Entry {
-                    rev,
-                    create,
-                    version,
-                    lease,
-                    value,
-                })
-            }
-            [k] => Err(self.corrupt(format!("unknown entry kind {k}"))),
-        }
     }
 }
 

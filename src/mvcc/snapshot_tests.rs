@@ -89,6 +89,40 @@ fn every_flipped_byte_is_rejected() {
     }
 }
 
+/// The reader decodes in place from its input's buffer and hashes a buffer's worth at once;
+/// fields that span two buffers take another path. Buffers of a few bytes put every field
+/// across a boundary somewhere: the same store, the same bytes consumed, the same damage found.
+#[test]
+fn fields_across_buffer_boundaries_decode_and_hash_the_same() {
+    let s = sample();
+    let mut buf = encoded(&s);
+    let len = buf.len();
+    buf.extend_from_slice(b"trailer");
+    for capacity in [1, 2, 3, 7, 8, 13, 64] {
+        let mut reader = std::io::BufReader::with_capacity(capacity, &buf[..]);
+        assert_eq!(decode(&mut reader, 128).expect("decode"), s, "{capacity}");
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut rest).expect("rest");
+        assert_eq!(
+            rest, b"trailer",
+            "capacity {capacity}: {len} bytes consumed"
+        );
+        for cut in 0..len {
+            let small = std::io::BufReader::with_capacity(capacity, &buf[..cut]);
+            assert!(!corrupt_detail(decode(small, 128)).is_empty(), "cut {cut}");
+        }
+        for i in 0..len {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x01;
+            let small = std::io::BufReader::with_capacity(capacity, &bad[..]);
+            assert!(
+                decode(small, 128).is_err(),
+                "byte {i} flipped, capacity {capacity}"
+            );
+        }
+    }
+}
+
 /// Builds a stream by hand, with a correct checksum, to reach the checks behind it.
 struct Raw(Vec<u8>);
 

@@ -20,7 +20,6 @@
 use std::fs;
 use std::fs::File;
 use std::io;
-use std::io::BufReader;
 use std::io::BufWriter;
 use std::io::Read;
 use std::io::Seek;
@@ -36,6 +35,7 @@ use crate::raft::types::LogId;
 use crate::raft::types::SnapshotMeta;
 use crate::store::kv::KvState;
 use crate::store::kv::LiveSummary;
+use hashed::HashedReader;
 
 /// What openraft passes between the state machine and the network: an open snapshot file,
 /// positioned at offset 0.
@@ -186,9 +186,10 @@ fn write_len(w: &mut impl Write, len: usize, max: usize, what: &str) -> io::Resu
 }
 
 /// Decodes and validates a whole snapshot from `input` (magic, version, lengths, the store's
-/// own checks, checksum, end of file). `file` names the source in errors.
+/// own checks, checksum, end of file). `file` names the source in errors. Buffered here:
+/// `input` is read in pieces of `BUFFER_BYTES`.
 pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState)> {
-    let mut r = Crc::new(input);
+    let mut r = HashedReader::with_capacity(BUFFER_BYTES, input);
     let eof = |e: io::Error| match e.kind() {
         io::ErrorKind::UnexpectedEof => corrupt(file, "truncated"),
         io::ErrorKind::InvalidData => e,
@@ -238,14 +239,16 @@ pub fn decode(input: impl Read, file: &str) -> io::Result<(SnapshotMeta, KvState
             leases.push((id, ttl));
         }
     }
-    let computed = r.crc.finalize();
-    let stored = u32::from_le_bytes(read_array(&mut r.inner).map_err(eof)?);
+    let computed = r.crc();
+    let mut stored = [0u8; 4];
+    r.unhashed(&mut stored).map_err(eof)?;
+    let stored = u32::from_le_bytes(stored);
     if stored != computed {
         let detail =
             format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})");
         return Err(corrupt(file, detail));
     }
-    if r.inner.read(&mut [0u8; 1]).map_err(eof)? != 0 {
+    if r.read(&mut [0u8; 1]).map_err(eof)? != 0 {
         return Err(corrupt(file, "trailing bytes after the checksum"));
     }
     Ok((meta, KvState::from_summary(store, leases, live)))
@@ -323,7 +326,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn read_snapshot(path: &Path) -> io::Result<(SnapshotMeta, KvState)> {
     let label = path.display().to_string();
     let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{label}: {e}")))?;
-    let (meta, map) = decode(BufReader::with_capacity(BUFFER_BYTES, file), &label)?;
+    let (meta, map) = decode(file, &label)?;
     let want = file_name(meta.last_log_id.as_ref());
     if path.file_name().is_some_and(|n| *n != *want) {
         return Err(corrupt(&label, format!("holds the snapshot of {want}")));
@@ -343,7 +346,6 @@ pub fn import_snapshot(
     // 1. As in `write_snapshot`, but the bytes are validated while they are copied.
     let tmp = dir.join(INCOMING_TMP);
     let out = BufWriter::with_capacity(BUFFER_BYTES, SyncingFile::new(File::create(&tmp)?));
-    let src = BufReader::with_capacity(BUFFER_BYTES, src);
     let mut tee = Tee { src, out };
     let label = "received snapshot";
     let decoded = decode(&mut tee, label).and_then(|(meta, map)| match meta == *expected {
@@ -409,7 +411,7 @@ pub fn remove_others(dir: &Path, keep: Option<&Path>) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Hashes every byte read from or written to `inner`.
+/// Hashes every byte written to `inner`.
 struct Crc<T> {
     inner: T,
     crc: crc32fast::Hasher,
@@ -434,14 +436,6 @@ impl<W: Write> Write for Crc<W> {
     }
 }
 
-impl<R: Read> Read for Crc<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.crc.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Reads from `src` and writes every byte read to `out`.
 struct Tee<R, W> {
     src: R,
@@ -456,6 +450,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
+mod hashed;
 mod syncing;
 #[cfg(test)]
 mod tests;
