@@ -233,7 +233,7 @@ big() {   # big SYSTEM
   local cmd
   read -r -a cmd <<<"${CMD_OF[$victim]}"    # raftkv: no -join (data dir has the cluster state)
   local t0; t0=$(date +%s%N)
-  spawn "$victim" "$dir/restart.log" "${cmd[@]}"
+  spawn "$victim" "$dir/restart-$sys.log" "${cmd[@]}"
   if "$LOADGEN" wait-read --system "$sys" --target "$victim" --key bench-marker --value "$marker" --timeout 600 >/dev/null; then
     echo "restart_s=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN{printf "%.2f", (b-a)/1e9}')" >> "$out"
   else
