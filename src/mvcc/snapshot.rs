@@ -16,8 +16,9 @@
 //! ([`KEY_BYTES_MAX`], [`VALUE_BYTES_MAX`]), and decoding re-checks the store's invariants
 //! (ascending keys and revisions, well-formed generations, revisions within the header's), so a
 //! damaged or truncated stream is an error, never a different store. [`decode`] consumes exactly
-//! the encoded bytes from its buffered reader, so the stream may be embedded in a larger file. Version 2 ends with a mark instead of starting with a count, so a writer
-//! need not count the keys first (an O(keys) pass while a compaction's removal is owed).
+//! the encoded bytes from its buffered reader, so the stream may be embedded in a larger file.
+//! Version 2 ends with a mark instead of starting with a count, so a writer need not count the
+//! keys first (an O(keys) pass while a compaction's removal is owed).
 
 use std::io;
 use std::io::BufRead;
