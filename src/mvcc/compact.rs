@@ -23,9 +23,7 @@ impl Store {
     pub fn compact(&mut self, rev: i64) -> Result<i64, MvccError> {
         let current = self.compact_later(rev)?;
         if self.compaction_holds == 0 {
-            let owed: Vec<crate::mvcc::keys::Shared> = std::mem::take(&mut self.compaction_pending)
-                .into_iter()
-                .collect();
+            let owed = std::mem::take(&mut self.compaction_pending);
             self.keys.compact_keys(&owed, rev);
             self.compaction_owed = false;
         }
@@ -71,11 +69,8 @@ impl Store {
         if !self.compaction_owed || self.compaction_holds > 0 {
             return self.compaction_owed;
         }
-        let batch: Vec<crate::mvcc::keys::Shared> = self
-            .compaction_pending
-            .extract_if(|_| true)
-            .take(keys_max)
-            .collect();
+        let from = self.compaction_pending.len().saturating_sub(keys_max);
+        let batch = self.compaction_pending.split_off(from);
         self.keys.compact_keys(&batch, self.compacted);
         self.compaction_owed = !self.compaction_pending.is_empty();
         self.compaction_owed

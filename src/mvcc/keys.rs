@@ -2,17 +2,20 @@
 //! is one hash and one compare, where a B-tree walk was ~40 key compares at 100k keys), and the
 //! keys in order beside it for ranges, snapshots and hashes.
 //!
-//! Invariants: `order` holds exactly the keys of `map`; `multi` holds exactly the keys whose
-//! history has more than one entry (the only ones a compaction can shrink: a history never
-//! starts with a tombstone), so a compaction visits those, not every key — except while a
-//! compaction is owed: the keys it has yet to visit are then held by the store
-//! (`take_with_history`), and visiting puts them back. Anything whose result
-//! depends on order (a range, a snapshot, `hash_kv`) iterates `order`: the hash maps' own order
-//! is random per process and must never reach a response, the disk or a hash.
+//! Invariants: `order` holds exactly the keys of `map`; every key whose history has more than
+//! one entry (the only ones a compaction can shrink: a history never starts with a tombstone)
+//! is in `multi`, so a compaction visits those, not every key — except while a compaction is
+//! owed: the keys it has yet to visit are then held by the store (`take_with_history`), and
+//! visiting puts back those that keep history. `multi` is a list, not a set: a key goes in when
+//! an append gives it its second entry, so it may also hold keys that lost their history since
+//! (an aborted txn's append) or were removed, and rarely a key twice (aborted, then appended
+//! again); a compaction's visit of those is a no-op. A set cost a hash per entry and rehashed
+//! every key as it grew (≈ 13 % of a replay of overwrites, BENCHMARKS.md). Anything whose
+//! result depends on order (a range, a snapshot, `hash_kv`) iterates `order`: the hash map's own
+//! order is random per process and must never reach a response, the disk or a hash.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -32,12 +35,22 @@ pub(crate) fn to_bytes(a: &Shared) -> Bytes {
     Bytes::from_owner(a.clone())
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Keys {
     map: HashMap<Shared, KeyHistory>,
     order: BTreeSet<Shared>,
-    multi: HashSet<Shared>,
+    multi: Vec<Shared>,
 }
+
+/// Two key spaces are equal when their keys and histories are: `order` follows from the map, and
+/// `multi` is an index whose order and stale entries depend on how the histories were made.
+impl PartialEq for Keys {
+    fn eq(&self, other: &Keys) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for Keys {}
 
 impl Keys {
     pub fn len(&self) -> usize {
@@ -72,7 +85,7 @@ impl Keys {
     /// one B-tree walk per key, and the map is sized once.
     pub fn from_sorted(sorted: Vec<(Shared, KeyHistory)>) -> Keys {
         let order: BTreeSet<Shared> = sorted.iter().map(|(k, _)| k.clone()).collect();
-        let multi: HashSet<Shared> = sorted
+        let multi: Vec<Shared> = sorted
             .iter()
             .filter(|(_, h)| h.entries.len() > 1)
             .map(|(k, _)| k.clone())
@@ -82,76 +95,66 @@ impl Keys {
         Keys { map, order, multi }
     }
 
+    /// Removes `key` (it may stay listed in `multi`: see the module's invariants).
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyHistory> {
         self.order.remove(key);
-        self.multi.remove(key);
         self.map.remove(key)
     }
 
-    /// Must be called after `key`'s history changed length to `len` through [`Keys::entry`] or
-    /// [`Keys::get_mut`] (an append, or an aborted one), to keep `multi` exact.
-    pub fn note_len(&mut self, key: &[u8], len: usize) {
-        if len > 1 {
-            if !self.multi.contains(key)
-                && let Some((k, _)) = self.map.get_key_value(key)
-            {
-                self.multi.insert(k.clone());
-            }
-        } else {
-            self.multi.remove(key);
+    /// Must be called after an entry was appended to `key`'s history through [`Keys::entry`] or
+    /// [`Keys::get_mut`], making it `len` long: the append that gives a key its second entry
+    /// lists it in `multi`. Other appends cost nothing here: a key with more entries is listed
+    /// already or held by an owed compaction, which lists it again after its visit.
+    pub fn note_appended(&mut self, key: &[u8], len: usize) {
+        if len == 2
+            && let Some((k, _)) = self.map.get_key_value(key)
+        {
+            self.multi.push(k.clone());
         }
     }
 
-    /// Checks the invariant of the set of keys with history: every key in it has more than one
-    /// entry, and every key with more than one entry is in it or in `held` (the keys an owed
-    /// compaction has yet to visit). O(keys).
+    /// Checks the invariant of the list of keys with history: every key with more than one
+    /// entry is in it or in `held` (the keys an owed compaction has yet to visit). O(keys).
     #[cfg(test)]
-    pub fn check_with_history(&self, held: &HashSet<Shared>) -> Result<(), String> {
-        if let Some(k) = self.multi.iter().find(|k| {
-            self.map
-                .get(&k[..])
-                .is_none_or(|h: &KeyHistory| h.entries.len() < 2)
-        }) {
-            return Err(format!("key {k:?} in the history set without history"));
-        }
+    pub fn check_with_history(&self, held: &[Shared]) -> Result<(), String> {
+        let listed: std::collections::HashSet<&Shared> = self.multi.iter().chain(held).collect();
         match self
             .map
             .iter()
-            .find(|(k, h)| h.entries.len() > 1 && !self.multi.contains(*k) && !held.contains(*k))
+            .find(|(k, h)| h.entries.len() > 1 && !listed.contains(k))
         {
             Some((k, _)) => Err(format!(
-                "key {k:?} with history missing from the history set"
+                "key {k:?} with history missing from the history list"
             )),
             None => Ok(()),
         }
     }
 
-    /// The keys a compaction may shrink (more than one entry), in no particular order.
+    /// The keys listed as having history (see the module's invariants), in no particular
+    /// order.
     #[cfg(test)]
     pub fn with_history(&self) -> Vec<Shared> {
-        self.multi.iter().cloned().collect()
+        self.multi.clone()
     }
 
-    /// Takes the set of keys with history (O(1)), for a compaction to visit: until each is
-    /// visited by [`Keys::compact_keys`] (which puts it back if it still has history) it may be
-    /// missing from the set, so the set is exact again only once the compaction is done.
-    pub fn take_with_history(&mut self) -> HashSet<Shared> {
+    /// Takes the list of keys with history (O(1)), for a compaction to visit: until each is
+    /// visited by [`Keys::compact_keys`] (which lists it again if it still has history) it may
+    /// be missing from the list.
+    pub fn take_with_history(&mut self) -> Vec<Shared> {
         std::mem::take(&mut self.multi)
     }
 
     /// Compacts the histories of `keys` at `at` ([`KeyHistory::compact`]), removing the keys
-    /// whose history it emptied.
+    /// whose history it emptied and listing again those that keep history.
     pub fn compact_keys(&mut self, keys: &[Shared], at: i64) {
         for key in keys {
             let Some(h) = self.map.get_mut(&key[..]) else {
-                continue;
+                continue; // removed since it was listed
             };
-            let emptied = h.compact(at);
-            let len = h.entries.len();
-            if emptied {
+            if h.compact(at) {
                 self.remove(key);
-            } else {
-                self.note_len(key, len);
+            } else if h.entries.len() > 1 {
+                self.multi.push(key.clone());
             }
         }
     }
@@ -244,7 +247,7 @@ mod tests {
             let h = k.entry(&key);
             h.put(Revision { main, sub: 0 }, Shared::from(&b"v"[..]), 0);
             let len = h.entries.len();
-            k.note_len(&key, len);
+            k.note_appended(&key, len);
         };
         for name in ["a", "b", "c", "d", "c", "d", "d"] {
             put(&mut k, name);
@@ -258,7 +261,8 @@ mod tests {
         assert!(k.remove(b"b").is_some());
         assert!(k.remove(b"b").is_none());
         // Compacting at the newest revision leaves one entry per key: no key has history left.
-        k.compact_keys(&k.with_history(), main);
+        let held = k.take_with_history();
+        k.compact_keys(&held, main);
         assert!(k.with_history().is_empty());
         assert_eq!(names(k.iter()), vec![&b"a"[..], b"c", b"d"]);
         assert_eq!((k.len(), k.order.len()), (3, 3));

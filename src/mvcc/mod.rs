@@ -99,7 +99,7 @@ pub struct LiveRef<'a> {
 }
 
 /// The store. Reads take `&self`; writes take `&mut self` and apply one log entry each.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Store {
     /// Every key with retained history; a key whose whole history was compacted away is absent.
     keys: Keys,
@@ -112,8 +112,27 @@ pub struct Store {
     /// A compaction's removal is owed (held, or deferred: [`Store::compact_later`]).
     compaction_owed: bool,
     /// The keys an owed compaction has still to visit ([`Store::compact_step`]).
-    compaction_pending: std::collections::HashSet<keys::Shared>,
+    compaction_pending: Vec<keys::Shared>,
 }
+
+/// Equal stores answer alike: same keys and histories, revisions and limits, and the same keys
+/// owed a compaction's visit (a list whose order depends on how it was made).
+impl PartialEq for Store {
+    fn eq(&self, other: &Store) -> bool {
+        let owed = |s: &Store| -> std::collections::HashSet<keys::Shared> {
+            s.compaction_pending.iter().cloned().collect()
+        };
+        self.keys == other.keys
+            && self.current == other.current
+            && self.compacted == other.compacted
+            && self.txn_ops_max == other.txn_ops_max
+            && self.compaction_holds == other.compaction_holds
+            && self.compaction_owed == other.compaction_owed
+            && owed(self) == owed(other)
+    }
+}
+
+impl Eq for Store {}
 
 impl Default for Store {
     fn default() -> Self {
@@ -211,6 +230,8 @@ impl Store {
 impl Store {
     /// Every key history's invariants, and no key with an empty history.
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let pending: std::collections::HashSet<&keys::Shared> =
+            self.compaction_pending.iter().collect();
         for (k, h) in self.keys.iter() {
             h.check(self.current)
                 .map_err(|e| format!("key {k:?}: {e}"))?;
@@ -218,7 +239,7 @@ impl Store {
             if h.entries
                 .get(1)
                 .is_some_and(|e| e.rev.main <= self.compacted)
-                && !self.compaction_pending.contains(k)
+                && !pending.contains(k)
             {
                 return Err(format!("key {k:?}: history below the compacted revision"));
             }

@@ -88,7 +88,7 @@ impl<'a> WriteTxn<'a> {
             .to_kv_of(req.key.clone())
             .unwrap_or_default();
         let len = history.entries.len();
-        self.store.keys.note_len(&req.key, len);
+        self.store.keys.note_appended(&req.key, len);
         self.changes.push(Change {
             kind: ChangeKind::Put,
             revision: rev,
@@ -114,7 +114,7 @@ impl<'a> WriteTxn<'a> {
             if let Some(h) = self.store.keys.get_mut(&prev.key) {
                 h.tombstone(rev);
                 let len = h.entries.len();
-                self.store.keys.note_len(&prev.key, len);
+                self.store.keys.note_appended(&prev.key, len);
             }
             let kv = KeyValue {
                 key: prev.key.clone(),
@@ -151,11 +151,9 @@ impl<'a> WriteTxn<'a> {
             if h.entries.last().is_some_and(|e| e.rev == c.revision) {
                 h.entries.pop();
             }
-            let len = h.entries.len();
-            if len == 0 {
+            // A key left with one entry may stay listed as having history (`Keys`' invariants).
+            if h.entries.is_empty() {
                 self.store.keys.remove(&c.kv.key);
-            } else {
-                self.store.keys.note_len(&c.kv.key, len);
             }
         }
     }

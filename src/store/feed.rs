@@ -98,25 +98,34 @@ impl Feed {
         self.head.subscribe()
     }
 
-    /// Publishes one applied revision's changes. Called by the state machine only, in apply
-    /// order, after the store holds the revision.
-    pub fn publish(&self, revision: i64, changes: Vec<Change>) {
-        let batch = Arc::new(Batch { revision, changes });
+    /// Publishes applied revisions' changes (`(revision, changes)`, ascending: one log entry's,
+    /// up to a batch of 512 writes), under one lock and with one wake-up of the watchers.
+    /// Called by the state machine only, in apply order, after the store holds the revisions.
+    pub fn publish(&self, revisions: Vec<(i64, Vec<Change>)>) {
+        let Some(head) = revisions.last().map(|(revision, _)| *revision) else {
+            return;
+        };
+        // Dropped after the lock is released: freeing evicted changes is most of a publish.
+        let mut evicted = Vec::new();
         {
             let mut ring = self.lock();
-            ring.bytes += batch.bytes();
-            ring.batches.push_back(batch);
+            for (revision, changes) in revisions {
+                let batch = Arc::new(Batch { revision, changes });
+                ring.bytes += batch.bytes();
+                ring.batches.push_back(batch);
+            }
             while ring.batches.len() > RING_REVISIONS_MAX || ring.bytes > RING_BYTES_MAX {
                 let Some(old) = ring.batches.pop_front() else {
                     break;
                 };
                 ring.bytes = ring.bytes.saturating_sub(old.bytes());
                 ring.base = old.revision + 1;
+                evicted.push(old);
             }
         }
-        // Must publish the head after the batch is in the ring: a watcher woken by the new head
-        // finds its changes there.
-        self.head.send_replace(revision);
+        // Must publish the head after the batches are in the ring: a watcher woken by the new
+        // head finds their changes there.
+        self.head.send_replace(head);
     }
 
     /// The store jumped to `revision` (a snapshot was installed): the ring restarts empty above
@@ -182,7 +191,7 @@ mod tests {
     fn batches_from_a_revision_in_order_and_empty_above_the_head() {
         let feed = Feed::new(1);
         for rev in 2..=5 {
-            feed.publish(rev, vec![change(rev, 1)]);
+            feed.publish(vec![(rev, vec![change(rev, 1)])]);
         }
         assert_eq!(feed.head(), 5);
         assert_eq!(revisions(feed.batches_from(2, 100)), Some(vec![2, 3, 4, 5]));
@@ -205,7 +214,7 @@ mod tests {
         let feed = Feed::new(1);
         let big = RING_BYTES_MAX / 3;
         for rev in 2..=5 {
-            feed.publish(rev, vec![change(rev, big)]);
+            feed.publish(vec![(rev, vec![change(rev, big)])]);
         }
         assert_eq!(revisions(feed.batches_from(2, 100)), None);
         assert_eq!(revisions(feed.batches_from(3, 100)), None);
@@ -215,12 +224,25 @@ mod tests {
     #[test]
     fn a_reset_restarts_above_the_snapshot() {
         let feed = Feed::new(1);
-        feed.publish(2, vec![change(2, 1)]);
+        feed.publish(vec![(2, vec![change(2, 1)])]);
         feed.reset(10);
         assert_eq!(feed.head(), 10);
         assert_eq!(revisions(feed.batches_from(3, 100)), None);
         assert_eq!(revisions(feed.batches_from(11, 100)), Some(vec![]));
-        feed.publish(11, vec![change(11, 1)]);
+        feed.publish(vec![(11, vec![change(11, 1)])]);
         assert_eq!(revisions(feed.batches_from(11, 100)), Some(vec![11]));
+    }
+
+    #[test]
+    fn one_publish_of_many_revisions_keeps_them_all_in_order_and_the_ring_bounded() {
+        let feed = Feed::new(1);
+        let head = 1 + RING_REVISIONS_MAX as i64 + 10;
+        feed.publish((2..=head).map(|rev| (rev, vec![change(rev, 1)])).collect());
+        assert_eq!(feed.head(), head);
+        assert_eq!(revisions(feed.batches_from(11, 1)), None, "evicted");
+        let kept = revisions(feed.batches_from(12, usize::MAX)).expect("in the ring");
+        assert_eq!(kept, (12..=head).collect::<Vec<_>>());
+        feed.publish(Vec::new());
+        assert_eq!(feed.head(), head, "nothing published, the head stays");
     }
 }

@@ -12,9 +12,12 @@
 use bytes::Bytes;
 
 mod digest;
+#[cfg(test)]
+mod replay_tests;
 
+use digest::DigestDelta;
 pub use digest::LiveSummary;
-use digest::kv_hash;
+use digest::borrowed;
 
 use crate::mvcc;
 use crate::mvcc::Change;
@@ -35,7 +38,7 @@ pub struct KvState {
     store: mvcc::Store,
     /// Keys live at the current revision.
     live_keys: usize,
-    /// Wrapping sum of [`kv_hash`] over the live keys.
+    /// Wrapping sum of the live kvs' hashes (`digest.rs`).
     digest_sum: u64,
     /// The leases and the keys they hold.
     leases: Leases,
@@ -109,8 +112,23 @@ impl KvState {
     /// commands as if it were an entry of its own, at its own revision, and answers
     /// [`Outcome::Batch`] with each one's response.
     pub fn apply_with_changes(&mut self, cmd: Command) -> (Response, Vec<Revision>) {
+        // The digest's change is summed over the whole command, a batch's commands included,
+        // and must be added before the command's answer can be read (`digest` is read only
+        // after `apply_with_changes` returns: under the state machine's lock).
+        let mut delta = DigestDelta::default();
+        let answer = self.apply_gathering(cmd, &mut delta);
+        self.digest_sum = self.digest_sum.wrapping_add(delta.finish());
+        answer
+    }
+
+    /// [`KvState::apply_with_changes`] with the digest's change gathered into `delta`.
+    fn apply_gathering(
+        &mut self,
+        cmd: Command,
+        delta: &mut DigestDelta,
+    ) -> (Response, Vec<Revision>) {
         let Command::Batch(cmds) = cmd else {
-            let (response, changes) = self.apply_one(cmd);
+            let (response, changes) = self.apply_one(cmd, delta);
             let revisions = if changes.is_empty() {
                 Vec::new()
             } else {
@@ -122,7 +140,7 @@ impl KvState {
         let mut responses = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             let (response, changes) = if cmd.batchable() {
-                self.apply_one(cmd)
+                self.apply_one(cmd, delta)
             } else {
                 self.refuse_in_batch(&cmd)
             };
@@ -152,7 +170,7 @@ impl KvState {
     }
 
     /// Applies one command that is not a batch.
-    fn apply_one(&mut self, cmd: Command) -> (Response, Vec<Change>) {
+    fn apply_one(&mut self, cmd: Command, delta: &mut DigestDelta) -> (Response, Vec<Change>) {
         let leases = &self.leases;
         let exists = |id: i64| leases.exists(id);
         let (written, outcome) = match cmd {
@@ -202,7 +220,7 @@ impl KvState {
         };
         let changes = match written {
             Ok(changes) => {
-                self.account(&changes);
+                self.account(&changes, delta);
                 changes
             }
             Err(e) if outcome.is_some() => {
@@ -222,17 +240,18 @@ impl KvState {
         (response, changes)
     }
 
-    /// Keeps the live count, digest and lease key sets current with one write's changes.
-    fn account(&mut self, changes: &[Change]) {
+    /// Keeps the live count and lease key sets current with one write's changes, and gathers
+    /// the digest's change into `delta`.
+    fn account(&mut self, changes: &[Change], delta: &mut DigestDelta) {
         self.leases.track(changes);
         for change in changes {
             if let Some(prev) = &change.prev_kv {
                 self.live_keys -= 1;
-                self.digest_sum = self.digest_sum.wrapping_sub(kv_hash(prev));
+                delta.sub(borrowed(prev));
             }
             if change.kind == ChangeKind::Put {
                 self.live_keys += 1;
-                self.digest_sum = self.digest_sum.wrapping_add(kv_hash(&change.kv));
+                delta.add(borrowed(&change.kv));
             }
         }
     }

@@ -411,9 +411,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Must publish after the store holds the revisions (the write lock is released by
             // now, so watchers reading history see them) and before answering the client, so a
             // client that saw its write acknowledged finds it in the feed.
-            for (revision, changes) in revisions {
-                self.inner.feed.publish(revision, changes);
-            }
+            self.inner.feed.publish(revisions);
             // Every responder must be answered, or the client's `client_write` never returns.
             if let Some(responder) = responder {
                 responder.send(response);
