@@ -44,7 +44,10 @@ fn overwrites_as_replayed() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     for round in 0..stride {
         let state = &mut loaded;
-        let cmds = batches((0..OVERWRITES).map(|i| i * stride + round), BATCH);
+        // In a scattered order (a stride coprime with OVERWRITES): no locality a store laid
+        // out in key order could profit from.
+        let scattered = (0..OVERWRITES).map(|i| (i * 7_919) % OVERWRITES);
+        let cmds = batches(scattered.map(|i| i * stride + round), BATCH);
         let started = std::time::Instant::now();
         let mut changes = 0;
         for cmd in cmds {
