@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
 done
 
 NODES=1
-RAFTKV="$REPO/target/release/raftkv"
+RAFTKV="${RAFTKV:-$REPO/target/release/raftkv}"   # RAFTKV=path: another build (with --no-build)
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
 RAFTKV_ARGS=""
 WORK="$(mktemp -d "$REPO/bench/tmp.XXXXXX")"

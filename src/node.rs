@@ -140,6 +140,9 @@ pub async fn run(
     let wal_metrics = log_store.metrics();
     let recovery =
         crate::metrics::progress::Recovery::begin(started, &log_store, &state_machine).await;
+    if let Some(committed) = recovery.replay_through() {
+        state_machine.replay_quietly_through(committed);
+    }
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),

@@ -108,6 +108,8 @@ pub struct Recovery {
     /// Whether the data dir held a log or a snapshot (a restart, not a first start).
     restart: bool,
     applied_before: u64,
+    /// The committed index the log holds, if above the snapshot's: the replay ends there.
+    committed: Option<u64>,
     replay_started: Instant,
 }
 
@@ -141,8 +143,15 @@ impl Recovery {
             started,
             restart,
             applied_before,
+            committed: committed.filter(|c| *c > applied_before),
             replay_started: Instant::now(),
         }
+    }
+
+    /// The last log index `Raft::new` will replay (the committed index the log holds), if it
+    /// replays anything.
+    pub fn replay_through(&self) -> Option<u64> {
+        self.committed
     }
 
     /// Logs the replay's outcome; call right after `Raft::new` returned (it replays the

@@ -89,6 +89,9 @@ struct Inner {
     generation: AtomicU64,
     /// Whether the compactor thread runs (see [`Inner::kick_compactor`]).
     compacting: AtomicBool,
+    /// The last log index of a restart's replay ([`StateMachineStore::replay_quietly_through`];
+    /// 0: none).
+    replay_through: AtomicU64,
 }
 
 #[derive(Default)]
@@ -167,8 +170,22 @@ impl StateMachineStore {
                 mvcc: MvccMetrics::default(),
                 generation: AtomicU64::new(0),
                 compacting: AtomicBool::new(false),
+                replay_through: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Marks the committed log up to `index` as a restart's replay (call before `Raft::new`,
+    /// which replays it; no client, watcher or peer is served before). Its changes are not
+    /// published to the watch feed: the feed restarts empty above the store's revision once
+    /// `index` is applied, and a watcher asking for an older revision reads it from the store's
+    /// history, as it does for any revision the feed's ring no longer holds. And a compaction it
+    /// replays is freed after it, not beside it. Both cost a replay more than the writes
+    /// themselves: dropping 25,000-revision-old changes as the ring turned over, and the
+    /// compactor taking the store's lock on the other core (BENCHMARKS.md, "The worst-case
+    /// restart").
+    pub fn replay_quietly_through(&self, index: u64) {
+        self.inner.replay_through.store(index, Ordering::Relaxed);
     }
 
     /// The snapshot instruments and read counters (see `metrics::storage`).
@@ -321,8 +338,8 @@ impl StateMachineStore {
             EntryPayload::Normal(cmd) => {
                 let compaction = matches!(cmd, Command::Compact { .. });
                 let applied = state.map.apply_with_changes(cmd);
-                if compaction && state.map.store().compaction_owed() {
-                    self.inner.kick_compactor();
+                if compaction && !self.replaying(entry.log_id.index) {
+                    self.kick_compactor_if_owed(&state);
                 }
                 applied
             }
@@ -332,8 +349,23 @@ impl StateMachineStore {
                 (unchanged, Vec::new())
             }
         };
+        if entry.log_id.index == self.inner.replay_through.load(Ordering::Relaxed) {
+            // The replay's last entry: what it owes is freed now.
+            self.kick_compactor_if_owed(&state);
+        }
         state.applied.last_log_id = Some(entry.log_id);
         Ok(applied)
+    }
+
+    /// Whether the entry at `index` is part of a restart's replay (and not its last entry).
+    fn replaying(&self, index: u64) -> bool {
+        index < self.inner.replay_through.load(Ordering::Relaxed)
+    }
+
+    fn kick_compactor_if_owed(&self, state: &State) {
+        if state.map.store().compaction_owed() {
+            self.inner.kick_compactor();
+        }
     }
 }
 
@@ -407,11 +439,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            let index = entry.log_id.index;
             let (response, revisions) = self.apply_entry(entry)?;
             // Must publish after the store holds the revisions (the write lock is released by
             // now, so watchers reading history see them) and before answering the client, so a
-            // client that saw its write acknowledged finds it in the feed.
-            self.inner.feed.publish(revisions);
+            // client that saw its write acknowledged finds it in the feed. A restart's replay
+            // publishes nothing, and its last entry restarts the feed above the store's
+            // revision: that must happen before any later entry's revisions are published, so
+            // the ring never misses a revision between its base and its head.
+            if self.replaying(index) {
+                drop(revisions);
+            } else if index == self.inner.replay_through.load(Ordering::Relaxed) {
+                self.inner.feed.reset(response.revision);
+            } else {
+                self.inner.feed.publish(revisions);
+            }
             // Every responder must be answered, or the client's `client_write` never returns.
             if let Some(responder) = responder {
                 responder.send(response);

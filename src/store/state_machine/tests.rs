@@ -231,3 +231,40 @@ async fn a_snapshot_holds_its_moment_while_apply_goes_on() {
         .check_invariants()
         .expect("no history below the compacted revision");
 }
+
+fn fed_revisions(sm: &StateMachineStore, from: i64) -> Option<Vec<i64>> {
+    match sm.feed().batches_from(from, usize::MAX) {
+        crate::store::feed::Since::Batches(b) => Some(b.iter().map(|b| b.revision).collect()),
+        crate::store::feed::Since::Evicted => None,
+    }
+}
+
+#[tokio::test]
+async fn a_replay_publishes_nothing_and_the_feed_restarts_above_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = StateMachineStore::open(&dir.path().join("snapshots")).expect("open");
+    // A restart whose log holds entries 1..=3 committed; 4 and 5 come after the replay.
+    sm.replay_quietly_through(3);
+    sm.apply(stream_of(vec![set(1, "a"), set(2, "b")]))
+        .await
+        .expect("apply");
+    assert_eq!(sm.feed().head(), 1, "nothing published during the replay");
+    sm.apply(stream_of(vec![set(3, "c")])).await.expect("apply");
+    let replayed = sm.revision();
+    assert_eq!(replayed, 4, "three writes after the store's first revision");
+    assert_eq!(
+        sm.feed().head(),
+        replayed,
+        "the feed restarted at the replay's end"
+    );
+    assert_eq!(
+        fed_revisions(&sm, replayed),
+        None,
+        "replayed revisions are read from history"
+    );
+    sm.apply(stream_of(vec![set(4, "d"), set(5, "e")]))
+        .await
+        .expect("apply");
+    assert_eq!(fed_revisions(&sm, replayed + 1), Some(vec![5, 6]));
+    assert_eq!(sm.feed().head(), 6);
+}
