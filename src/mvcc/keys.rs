@@ -19,8 +19,9 @@
 //! (an aborted txn's append) or were removed, and rarely a key twice (aborted, then appended
 //! again); a compaction's visit of those is a no-op. A set cost a hash per entry and rehashed
 //! every key as it grew (≈ 13 % of a replay of overwrites, BENCHMARKS.md). Anything whose
-//! result depends on order (a range, a snapshot, `hash_kv`) iterates `order`: the hash map's own
-//! order is random per process and must never reach a response, the disk or a hash.
+//! result depends on order (a range, a snapshot, `hash_kv`) iterates `order`: the map's own order
+//! (insertions and swap-removals) differs between replicas and must never reach a response, the
+//! disk or a hash.
 
 use std::collections::BTreeSet;
 use std::ops::Bound;

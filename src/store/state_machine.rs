@@ -349,7 +349,7 @@ impl StateMachineStore {
                 (unchanged, Vec::new())
             }
         };
-        if entry.log_id.index == self.inner.replay_through.load(Ordering::Relaxed) {
+        if self.replay_ends_at(entry.log_id.index) {
             // The replay's last entry: what it owes is freed now.
             self.kick_compactor_if_owed(&state);
         }
@@ -360,6 +360,12 @@ impl StateMachineStore {
     /// Whether the entry at `index` is part of a restart's replay (and not its last entry).
     fn replaying(&self, index: u64) -> bool {
         index < self.inner.replay_through.load(Ordering::Relaxed)
+    }
+
+    /// Whether the entry at `index` is a restart's replay's last entry.
+    fn replay_ends_at(&self, index: u64) -> bool {
+        let through = self.inner.replay_through.load(Ordering::Relaxed);
+        through > 0 && index == through
     }
 
     fn kick_compactor_if_owed(&self, state: &State) {
@@ -449,7 +455,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // the ring never misses a revision between its base and its head.
             if self.replaying(index) {
                 drop(revisions);
-            } else if index == self.inner.replay_through.load(Ordering::Relaxed) {
+            } else if self.replay_ends_at(index) {
                 self.inner.feed.reset(response.revision);
             } else {
                 self.inner.feed.publish(revisions);
