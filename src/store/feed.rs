@@ -11,7 +11,8 @@
 //! - every revision in `base..=head` that changed something has its changes in the ring, in
 //!   revision order (revisions that changed nothing have no batch);
 //! - `head` only grows, except when a snapshot is installed (a jump: the ring restarts empty
-//!   above the snapshot's revision, and every watcher below it catches up from the store).
+//!   above the snapshot's revision, and every watcher below it catches up from the store); a
+//!   restart's replay, published nowhere, ends with the same jump (`state_machine.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -128,8 +129,9 @@ impl Feed {
         self.head.send_replace(head);
     }
 
-    /// The store jumped to `revision` (a snapshot was installed): the ring restarts empty above
-    /// it, and watchers below it catch up from the new store's history.
+    /// The store jumped to `revision` (a snapshot was installed, or a restart replayed its log
+    /// without publishing it): the ring restarts empty above it, and watchers below it catch up
+    /// from the store's history.
     pub fn reset(&self, revision: i64) {
         {
             let mut ring = self.lock();
