@@ -140,6 +140,10 @@ pub async fn run(
     let wal_metrics = log_store.metrics();
     let recovery =
         crate::metrics::progress::Recovery::begin(started, &log_store, &state_machine).await;
+    // The replay must be marked before `Raft::new` applies it, and the listeners (so every
+    // watcher) must start after it returns: a watcher's revisions from the replay then come
+    // from the store's history, never from a feed that skipped them (see
+    // `StateMachineStore::replay_quietly_through`; test in `store/state_machine/tests.rs`).
     if let Some(committed) = recovery.replay_through() {
         state_machine.replay_quietly_through(committed);
     }
