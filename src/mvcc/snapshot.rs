@@ -1,12 +1,14 @@
 //! The store's snapshot format: the whole retained state, streamed.
 //!
 //! ```text
-//! version 2 (written):
-//! magic "RAFTKVMV" | version u8 (= 2) | current_revision i64 | compact_revision i64
+//! version 3 (written):
+//! magic "RAFTKVMV" | version u8 (= 3) | current_revision i64 | compact_revision i64
+//! keys_hint u64                                     -- the store's key count at the view
 //! ( key_len u32 (≥ 1) | key | entry_count u32 | entry_count × entry )*   -- keys ascending
 //! end: key_len u32 = 0
 //! crc32 u32 (IEEE, of every byte before it)
 //!
+//! version 2 (still read): version 3 without keys_hint
 //! version 1 (still read): the header then key_count u64, then key_count keys (no end mark)
 //!
 //! entry = main i64 | sub i64 | kind u8 (0 tombstone, 1 put)
@@ -18,11 +20,15 @@
 //! damaged or truncated stream is an error, never a different store. [`decode`] consumes exactly
 //! the encoded bytes from its buffered reader, so the stream may be embedded in a larger file.
 //! Version 2 ends with a mark instead of starting with a count, so a writer need not count the
-//! keys first (an O(keys) pass while a compaction's removal is owed).
+//! keys first (an O(keys) pass while a compaction's removal is owed). Version 3 adds the count
+//! the store knows in O(1), a bound on the keys written (a key created after the view is skipped;
+//! none is removed while compaction is held), so a reader sizes its map once: only a hint, so
+//! a key more or less is no error.
 
 use std::io;
 use std::io::BufRead;
 use std::io::Write;
+use std::sync::mpsc;
 
 use bytes::Bytes;
 
@@ -34,13 +40,20 @@ use crate::mvcc::VALUE_BYTES_MAX;
 use crate::mvcc::history::KeyHistory;
 use crate::mvcc::keys::Keys;
 use crate::mvcc::keys::Shared;
+use crate::mvcc::keys::SortedKeys;
 use crate::mvcc::keys::to_bytes;
 
 pub const MAGIC: [u8; 8] = *b"RAFTKVMV";
-/// The version written. 2: keys end with a zero length.
-pub const FORMAT_VERSION: u8 = 2;
+/// The version written. 3: a key count hint, then keys ending with a zero length.
+pub const FORMAT_VERSION: u8 = 3;
+/// Keys ending with a zero length, no hint. Still read.
+const FORMAT_VERSION_ENDED: u8 = 2;
 /// The first version: a key count before the keys. Still read.
 const FORMAT_VERSION_COUNTED: u8 = 1;
+/// A reader reserves room for at most this many keys from a header's count (more grow the map
+/// as they come): what a damaged count can make it reserve before the checksum fails (≈ 400 MiB
+/// of address space, of which the table's 16 MiB of control bytes are touched).
+const KEYS_PREALLOC_MAX: u64 = 1 << 23;
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
 /// Entries are preallocated up to this many; a larger (claimed) count grows as it is read.
 const ENTRIES_PREALLOC_MAX: usize = 1024;
@@ -63,6 +76,8 @@ pub enum SnapshotError {
 pub struct View {
     pub revision: i64,
     pub compacted: i64,
+    /// The store's key count: at least the keys a snapshot of the view holds.
+    pub keys: u64,
 }
 
 impl View {
@@ -71,6 +86,7 @@ impl View {
         View {
             revision: store.current,
             compacted: store.compacted,
+            keys: store.keys.len() as u64,
         }
     }
 }
@@ -115,6 +131,7 @@ impl<W: Write> Encoder<W> {
         w.write_all(&[FORMAT_VERSION])?;
         w.write_all(&view.revision.to_le_bytes())?;
         w.write_all(&view.compacted.to_le_bytes())?;
+        w.write_all(&view.keys.to_le_bytes())?;
         Ok(Encoder { w, written: 0 })
     }
 
@@ -212,22 +229,34 @@ pub fn decode(input: impl BufRead, txn_ops_max: usize) -> Result<Store, Snapshot
     decode_with(input, txn_ops_max, |_| {})
 }
 
-/// [`decode`], lending every key live at the store's revision to `on_live` as it is read
-/// (while its bytes are in the cache): what a caller would otherwise gather in a second pass
-/// over the whole store. Keys come ascending; a store that fails to decode may have lent some.
+/// Keys the reader hands the index builder at a time, and how many such batches may wait.
+const KEYS_PER_BATCH: usize = 4096;
+const BATCHES_QUEUED_MAX: usize = 4;
+
+type Batch = Vec<(Shared, KeyHistory)>;
+
+/// [`decode`], lending every key live at the store's revision to `on_live` (while its bytes are
+/// in the cache): what a caller would otherwise gather in a second pass over the whole store.
+/// Keys come ascending; a store that fails to decode may have lent some.
+///
+/// Two threads: this one reads, checks and allocates the keys and their histories; a second
+/// one (`snapshot-index`) puts them in the key map, sized by the header's key count, and lends
+/// them to `on_live`, in batches of [`KEYS_PER_BATCH`] keys, at most [`BATCHES_QUEUED_MAX`]
+/// waiting: the map's inserts and the digest (cache misses) and their first touches of fresh
+/// memory were half of a 1M-key load (BENCHMARKS.md, "A load on two cores").
 pub fn decode_with(
     input: impl BufRead,
     txn_ops_max: usize,
-    mut on_live: impl FnMut(LiveRef<'_>),
+    on_live: impl FnMut(LiveRef<'_>) + Send,
 ) -> Result<Store, SnapshotError> {
     let mut r = CrcReader::new(input);
     if r.array::<8>()? != MAGIC {
         return Err(r.corrupt("not an mvcc snapshot (bad magic)"));
     }
     let [version] = r.array::<1>()?;
-    if version != FORMAT_VERSION && version != FORMAT_VERSION_COUNTED {
+    if !(FORMAT_VERSION_COUNTED..=FORMAT_VERSION).contains(&version) {
         return Err(r.corrupt(format!(
-            "format version {version}, this build reads {FORMAT_VERSION_COUNTED} and {FORMAT_VERSION}"
+            "format version {version}, this build reads {FORMAT_VERSION_COUNTED} to {FORMAT_VERSION}"
         )));
     }
     let current = r.i64()?;
@@ -237,16 +266,73 @@ pub fn decode_with(
             "bad revisions: current {current}, compacted {compacted}"
         )));
     }
-    // Version 1 counts its keys; version 2 ends them with an empty key.
-    let mut counted = match version {
-        FORMAT_VERSION_COUNTED => Some(r.u64()?),
-        _ => None,
+    // Version 1 counts its keys; later versions end them with an empty key, and version 3 says
+    // how many keys its store had (at least those written) first.
+    let (counted, keys_hint) = match version {
+        FORMAT_VERSION_COUNTED => {
+            let count = r.u64()?;
+            (Some(count), count)
+        }
+        FORMAT_VERSION_ENDED => (None, 0),
+        _ => (None, r.u64()?),
     };
+    let header = Header {
+        current,
+        compacted,
+        counted,
+    };
+    // The checksum comes last: a damaged count may only cost this bounded reservation.
+    let capacity = usize::try_from(keys_hint.min(KEYS_PREALLOC_MAX)).unwrap_or(0);
+    let keys = std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(BATCHES_QUEUED_MAX);
+        let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
+        let builder = std::thread::Builder::new()
+            .name("snapshot-index".into())
+            .spawn_scoped(scope, move || {
+                build_keys(
+                    SortedKeys::with_capacity(capacity),
+                    full_rx,
+                    empty_tx,
+                    on_live,
+                )
+            })?;
+        let read = read_keys(&mut r, &header, full_tx, empty_rx);
+        // `read_keys` dropped its sender, so the builder ends once it took every batch.
+        let keys = match builder.join() {
+            Ok(keys) => keys,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        read.map(|()| keys)
+    })?;
+    let want = r.crc()?;
+    if u32::from_le_bytes(r.trailer()?) != want {
+        return Err(r.corrupt("checksum mismatch"));
+    }
     let mut store = Store::new(txn_ops_max);
     store.current = current;
     store.compacted = compacted;
+    store.keys = keys;
+    Ok(store)
+}
+
+struct Header {
+    current: i64,
+    compacted: i64,
+    /// The key count of a version 1 stream.
+    counted: Option<u64>,
+}
+
+/// Reads every key and its history, checking them, and sends them in ascending batches to
+/// `full`; reuses the batches `empty` hands back.
+fn read_keys<R: BufRead>(
+    r: &mut CrcReader<R>,
+    header: &Header,
+    full: mpsc::SyncSender<Batch>,
+    empty: mpsc::Receiver<Batch>,
+) -> Result<(), SnapshotError> {
+    let mut counted = header.counted;
     let mut last_key: Option<Shared> = None;
-    let mut sorted = Vec::new();
+    let mut batch = Batch::with_capacity(KEYS_PER_BATCH);
     loop {
         if let Some(left) = counted.as_mut() {
             if *left == 0 {
@@ -268,26 +354,50 @@ pub fn decode_with(
         for _ in 0..n {
             history.entries.push(r.entry()?);
         }
-        history.check(current).map_err(|d| r.corrupt(d))?;
+        history.check(header.current).map_err(|d| r.corrupt(d))?;
         if history
             .entries
             .get(1)
-            .is_some_and(|e| e.rev.main <= compacted)
+            .is_some_and(|e| e.rev.main <= header.compacted)
         {
             return Err(r.corrupt("history below the compacted revision"));
         }
-        if let Some(kv) = history.live().and_then(|e| e.live_ref(&key)) {
-            on_live(kv);
-        }
         last_key = Some(key.clone());
-        sorted.push((key, history));
+        batch.push((key, history));
+        if batch.len() == KEYS_PER_BATCH {
+            let next = empty
+                .try_recv()
+                .unwrap_or_else(|_| Batch::with_capacity(KEYS_PER_BATCH));
+            if full.send(std::mem::replace(&mut batch, next)).is_err() {
+                // The builder is gone: only a panic ends it early, and `decode_with` raises it.
+                return Ok(());
+            }
+        }
     }
-    store.keys = Keys::from_sorted(sorted);
-    let want = r.crc()?;
-    if u32::from_le_bytes(r.trailer()?) != want {
-        return Err(r.corrupt("checksum mismatch"));
+    // A send fails only if the builder panicked (raised by the caller).
+    let _ = full.send(batch);
+    Ok(())
+}
+
+/// Puts the keys of every batch from `full` in `keys`, in order, lending the live ones to
+/// `on_live`; hands the emptied batches back on `empty`.
+fn build_keys(
+    mut keys: SortedKeys,
+    full: mpsc::Receiver<Batch>,
+    empty: mpsc::Sender<Batch>,
+    mut on_live: impl FnMut(LiveRef<'_>),
+) -> Keys {
+    for mut batch in full {
+        for (key, history) in batch.drain(..) {
+            if let Some(kv) = history.live().and_then(|e| e.live_ref(&key)) {
+                on_live(kv);
+            }
+            keys.push(key, history);
+        }
+        // The reader may be done and gone: then the batch is simply freed.
+        let _ = empty.send(batch);
     }
-    Ok(store)
+    keys.finish()
 }
 
 struct CrcWriter<W: Write> {

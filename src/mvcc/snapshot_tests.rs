@@ -36,6 +36,26 @@ fn encoded(s: &Store) -> Vec<u8> {
     buf
 }
 
+/// `body` with its checksum appended.
+fn sealed(mut body: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    body
+}
+
+/// `stream` (a version 3 stream) with its key count hint set to `hint` and its checksum made
+/// again.
+fn with_hint(mut stream: Vec<u8>, hint: u64) -> Vec<u8> {
+    assert_eq!(stream[8], 3, "a version 3 stream");
+    stream[25..33].copy_from_slice(&hint.to_le_bytes());
+    stream.truncate(stream.len() - 4);
+    sealed(stream)
+}
+
+fn without_hint(stream: Vec<u8>) -> Vec<u8> {
+    with_hint(stream, 0)
+}
+
 fn corrupt_detail(r: Result<Store, SnapshotError>) -> String {
     match r {
         Err(SnapshotError::Corrupt { detail, .. }) => detail,
@@ -246,8 +266,8 @@ fn a_valid_checksum_does_not_hide_broken_invariants() {
         assert!(detail.contains(want), "wanted {want:?}, got {detail:?}");
     }
     let mut wrong_version = Raw::header(3, -1, 0).done();
-    wrong_version[8] = 3;
-    assert!(corrupt_detail(decode(&wrong_version[..], 128)).contains("format version 3"));
+    wrong_version[8] = 4;
+    assert!(corrupt_detail(decode(&wrong_version[..], 128)).contains("format version 4"));
     assert!(corrupt_detail(decode(&b"RAFTKVSN\x01"[..], 128)).contains("bad magic"));
 }
 
@@ -280,7 +300,8 @@ fn a_held_view_is_written_as_it_was_while_writes_and_a_compaction_go_on() {
     ran.check_invariants()
         .expect("invariants after the owed removal");
     assert_eq!(s.hash_kv(0), ran.hash_kv(0));
-    assert_eq!(encoded(&s), encoded(&ran));
+    // The same bytes but for the key count hint: the owed removal's keys are still counted.
+    assert_eq!(without_hint(encoded(&s)), without_hint(encoded(&ran)));
     assert_eq!(get_at(&s, "b", 0), get_at(&ran, "b", 0));
     s.release_compaction();
     while s.compact_step(1) {}
@@ -339,8 +360,39 @@ fn a_version_1_snapshot_with_a_key_count_is_still_read() {
     v1.extend_from_slice(&view.compacted.to_le_bytes());
     v1.extend_from_slice(&chunk.keys.to_le_bytes());
     v1.extend_from_slice(&keys);
-    let crc = crc32fast::hash(&v1);
-    v1.extend_from_slice(&crc.to_le_bytes());
+    let v1 = sealed(v1);
     assert_eq!(decode(&v1[..], TXN_OPS_MAX_DEFAULT).expect("decode v1"), s);
-    assert_eq!(encoded(&s)[8], snapshot::FORMAT_VERSION, "writes version 2");
+}
+
+#[test]
+fn a_version_2_snapshot_without_a_key_count_is_still_read() {
+    let s = sample();
+    let v3 = encoded(&s);
+    assert_eq!(v3[8], 3, "writes version 3");
+    // Version 3's header: magic, version, two revisions, then the key count hint.
+    let hint = u64::from_le_bytes(v3[25..33].try_into().expect("8 bytes"));
+    assert_eq!(
+        hint,
+        s.keys.len() as u64,
+        "the hint is the store's key count"
+    );
+    let mut v2 = v3[..25].to_vec();
+    v2[8] = 2;
+    v2.extend_from_slice(&v3[33..v3.len() - 4]);
+    let v2 = sealed(v2);
+    assert_eq!(decode(&v2[..], TXN_OPS_MAX_DEFAULT).expect("decode v2"), s);
+}
+
+#[test]
+fn a_wrong_key_count_hint_only_sizes_the_map() {
+    let s = sample();
+    assert!(s.keys.len() > 1, "a sample with keys");
+    for hint in [0u64, 1, u64::MAX] {
+        let v3 = with_hint(encoded(&s), hint);
+        assert_eq!(
+            decode(&v3[..], TXN_OPS_MAX_DEFAULT).expect("decode"),
+            s,
+            "hint {hint}"
+        );
+    }
 }
