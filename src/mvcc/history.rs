@@ -7,6 +7,7 @@
 //! - the history is never empty and never starts with a tombstone (compaction drops both).
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::mvcc::LiveRef;
 use crate::mvcc::keys::Shared;
@@ -25,9 +26,15 @@ pub(crate) struct Entry {
     pub value: Option<Shared>,
 }
 
+/// A key's entries: the first one inside the history itself (most keys have one), more on the
+/// heap. One allocation and one pointer to follow less per key than a `Vec`: a read or a write
+/// of a key with one revision touches the key map's entry and the value, not a third place
+/// (BENCHMARKS.md, "One entry inline").
+pub(crate) type Entries = SmallVec<[Entry; 1]>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct KeyHistory {
-    pub entries: Vec<Entry>,
+    pub entries: Entries,
 }
 
 impl Entry {
@@ -94,8 +101,9 @@ impl KeyHistory {
         &self.entries[self.entries.len() - 1]
     }
 
-    /// Most keys have one entry: grow by half (1, 2, 3, 4, 6, 9, …) instead of `Vec`'s
-    /// doubling from 4, which would cost four entries (224 bytes) per key with no history.
+    /// Most keys have one entry (inline) and overwritten ones two until a compaction: grow by
+    /// half (1 inline, then 2, 3, 4, 6, 9, … on the heap) instead of doubling from 4, which
+    /// would cost four entries (224 bytes) per key with history.
     fn push(&mut self, e: Entry) {
         if self.entries.len() == self.entries.capacity() {
             self.entries.reserve_exact((self.entries.len() / 2).max(1));
@@ -119,7 +127,9 @@ impl KeyHistory {
         let keep_from = self.retained_from(at);
         if keep_from > 0 {
             self.entries.drain(..keep_from);
-            if self.entries.capacity() > 2 * self.entries.len() {
+            // One entry left goes back inline (its heap allocation freed); a longer history
+            // gives back slack past twice its length.
+            if self.entries.len() <= 1 || self.entries.capacity() > 2 * self.entries.len() {
                 self.entries.shrink_to_fit();
             }
         }
@@ -182,5 +192,30 @@ impl KeyHistory {
             prev = Some(e);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(h: &mut KeyHistory, main: i64) {
+        h.put(Revision { main, sub: 0 }, Shared::from(&b"v"[..]), 0);
+    }
+
+    #[test]
+    fn one_entry_lives_inline_and_goes_back_inline_after_a_compaction() {
+        let mut h = KeyHistory::default();
+        put(&mut h, 2);
+        assert!(!h.entries.spilled(), "a key's first entry is inline");
+        put(&mut h, 3);
+        put(&mut h, 4);
+        assert!(h.entries.spilled(), "history goes to the heap");
+        assert!(!h.compact(3));
+        assert_eq!(h.entries.len(), 2);
+        assert!(!h.compact(4));
+        assert_eq!(h.entries.len(), 1);
+        assert!(!h.entries.spilled(), "one entry left: inline again");
+        assert_eq!(h.live().map(|e| e.rev.main), Some(4));
     }
 }

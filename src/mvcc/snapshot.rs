@@ -37,6 +37,7 @@ use crate::mvcc::LiveRef;
 use crate::mvcc::NEVER_COMPACTED;
 use crate::mvcc::Store;
 use crate::mvcc::VALUE_BYTES_MAX;
+use crate::mvcc::history::Entries;
 use crate::mvcc::history::KeyHistory;
 use crate::mvcc::keys::Keys;
 use crate::mvcc::keys::Shared;
@@ -349,7 +350,7 @@ fn read_keys<R: BufRead>(
         }
         let n = r.len(u32::MAX as usize, "entry count")?;
         let mut history = KeyHistory {
-            entries: Vec::with_capacity(n.min(ENTRIES_PREALLOC_MAX)),
+            entries: Entries::with_capacity(n.min(ENTRIES_PREALLOC_MAX)),
         };
         for _ in 0..n {
             history.entries.push(r.entry()?);
