@@ -52,9 +52,9 @@ const FORMAT_VERSION_ENDED: u8 = 2;
 /// The first version: a key count before the keys. Still read.
 const FORMAT_VERSION_COUNTED: u8 = 1;
 /// A reader reserves room for at most this many keys from a header's count (more grow the map
-/// as they come): what a damaged count can make it reserve before the checksum fails (≈ 400 MiB
-/// of address space, of which the table's 16 MiB of control bytes are touched).
-const KEYS_PREALLOC_MAX: u64 = 1 << 23;
+/// as they come): what a damaged count can make it reserve before the checksum fails (≈ 420 MiB
+/// of address space, untouched until used, and the table's 8 MiB of control bytes written).
+const KEYS_PREALLOC_MAX: u64 = 1 << 22;
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
 /// Entries are preallocated up to this many; a larger (claimed) count grows as it is read.
 const ENTRIES_PREALLOC_MAX: usize = 1024;
