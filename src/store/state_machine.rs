@@ -333,15 +333,13 @@ impl StateMachineStore {
             revision: state.map.revision(),
             outcome: None,
         };
+        let index = entry.log_id.index;
+        let mut compaction = false;
         let applied = match entry.payload {
             EntryPayload::Blank => (unchanged, Vec::new()),
             EntryPayload::Normal(cmd) => {
-                let compaction = matches!(cmd, Command::Compact { .. });
-                let applied = state.map.apply_with_changes(cmd);
-                if compaction && !self.replaying(entry.log_id.index) {
-                    self.kick_compactor_if_owed(&state);
-                }
-                applied
+                compaction = matches!(cmd, Command::Compact { .. });
+                state.map.apply_with_changes(cmd)
             }
             EntryPayload::Membership(membership) => {
                 state.applied.last_membership =
@@ -349,8 +347,9 @@ impl StateMachineStore {
                 (unchanged, Vec::new())
             }
         };
-        if self.replay_ends_at(entry.log_id.index) {
-            // The replay's last entry: what it owes is freed now.
+        // A compaction's removal is freed by the compactor, except during a restart's replay:
+        // what the replay owes is freed after its last entry.
+        if (compaction && !self.replaying(index)) || self.replay_ends_at(index) {
             self.kick_compactor_if_owed(&state);
         }
         state.applied.last_log_id = Some(entry.log_id);
