@@ -35,6 +35,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+mod authority;
 mod streams;
 use streams::InlineStreams;
 use streams::WithStreams;
@@ -295,12 +296,13 @@ async fn serve_connection<S, H>(
 {
     let activity = Arc::new(Activity::default());
     let start = Instant::now();
-    let io = TokioIo::new(Watched {
+    // etcdctl's own dials send a URL as the HTTP/2 :authority, which h2 refuses: mended here.
+    let io = TokioIo::new(authority::Mended::new(Watched {
         inner: stream,
         prefix,
         activity: activity.clone(),
         start,
-    });
+    }));
     let service_activity = activity.clone();
     let connection_id = CONNECTIONS_SERVED.fetch_add(1, Ordering::Relaxed);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {

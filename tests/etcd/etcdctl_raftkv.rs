@@ -1,6 +1,7 @@
 //! etcdctl 3.4 against a 3-node raftkv, the way the README shows it: what works today
-//! (member list, endpoint status, endpoint health, put/get, move-leader, member remove and add
-//! through a follower), and what answers `Unimplemented` (Auth).
+//! (member list, endpoint status and health, `--cluster` and `http://` endpoints included,
+//! put/get, move-leader, member remove and add through a follower), and what answers
+//! `Unimplemented` (Auth).
 
 use serde_json::Value;
 
@@ -69,6 +70,41 @@ fn etcdctl_sees_the_raftkv_cluster() {
         assert!(s["dbSize"].as_u64().is_some_and(|n| n > 0), "{s}");
     }
 
+    c.phase(
+        "etcdctl endpoint status --cluster, and with http:// endpoints: etcdctl sends the URL \
+         as the HTTP/2 :authority (mended; h2 alone refuses it)",
+    );
+    let out = etcdctl::run(
+        &all[..1],
+        &["endpoint", "status", "--cluster", "-w", "json"],
+        None,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let statuses: Value = serde_json::from_str(&out.stdout).expect("json");
+    let mut seen: Vec<(String, u64)> = statuses
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| {
+            let ep = s["Endpoint"].as_str().expect("Endpoint").to_string();
+            (ep, s["Status"]["header"]["member_id"].as_u64().expect("id"))
+        })
+        .collect();
+    seen.sort();
+    let mut want: Vec<(String, u64)> = (0..3)
+        .map(|i| (format!("http://localhost:{}", c.node(i).ports.http), ids[i]))
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "{out:?}");
+    let urls: Vec<String> = all.iter().map(|ep| format!("http://{ep}")).collect();
+    let out = etcdctl::run(&urls, &["endpoint", "status"], None);
+    assert_eq!((out.code, out.stdout.lines().count()), (0, 3), "{out:?}");
+    let out = etcdctl::run(&urls, &["endpoint", "hashkv"], None);
+    assert_eq!((out.code, out.stdout.lines().count()), (0, 3), "{out:?}");
+    let out = etcdctl::run(&all[..1], &["endpoint", "health", "--cluster"], None);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stderr.matches("is healthy").count(), 3, "{out:?}");
+
     c.phase("etcdctl endpoint health (a linearizable Range of the key 'health') on every member");
     let out = etcdctl::run(&all, &["endpoint", "health"], None);
     assert_eq!(out.code, 0, "{out:?}");
@@ -101,9 +137,9 @@ fn etcdctl_sees_the_raftkv_cluster() {
         .expect_error(&[404], &["not_found"]);
     c.wait_db_value(1, "foo", "bar", Level::Linearizable);
 
-    c.phase("etcdctl move-leader: openraft's leader transfer");
+    c.phase("etcdctl move-leader (endpoints given as URLs): openraft's leader transfer");
     let target = c.followers(leader)[0];
-    let out = etcdctl::run(&all, &["move-leader", &format!("{:x}", ids[target])], None);
+    let out = etcdctl::run(&urls, &["move-leader", &format!("{:x}", ids[target])], None);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(
         out.stdout.trim(),
