@@ -15,7 +15,8 @@
 //! enter the server's HPACK table (the client's table then lives here, in the decoder); every
 //! other frame still passes through as it came. What the server writes is never touched.
 //!
-//! Bounds: a header block of at most [`HEADER_BLOCK_BYTES_MAX`]; anything this reader cannot
+//! Bounds: a header block of at most [`HEADER_BLOCK_BYTES_MAX`] (and, before the first one is
+//! complete, at most [`HEADER_FRAMES_BYTES_MAX`] of its frames held); anything this reader cannot
 //! follow (a frame it does not expect, a block it cannot decode, a block too large) on a
 //! connection it has not started mending is handed on as it came, for `h2` to judge; on a
 //! connection it mends, it ends the connection with an I/O error.
@@ -33,6 +34,9 @@ const FRAME_HEADER_BYTES: usize = 9;
 /// The largest header block (HEADERS and CONTINUATION payloads together) followed; the server's
 /// own limit on a decoded header list is 64 KiB (src/serve.rs), and HPACK only shrinks.
 pub const HEADER_BLOCK_BYTES_MAX: usize = 64 * 1024;
+/// The most bytes of header frames (frame headers and padding included) held as they came while
+/// the first block is gathered: empty CONTINUATION frames add to these, not to the block.
+const HEADER_FRAMES_BYTES_MAX: usize = 2 * HEADER_BLOCK_BYTES_MAX;
 /// Header block fragments are written in frames of at most this many bytes: the smallest
 /// SETTINGS_MAX_FRAME_SIZE a peer may set, so always allowed.
 const FRAME_PAYLOAD_BYTES_MAX: usize = 16 * 1024;
@@ -294,6 +298,7 @@ impl Filter {
                     }
                     if len > HEADER_BLOCK_BYTES_MAX
                         || self.block.len() + len > HEADER_BLOCK_BYTES_MAX
+                        || self.raw.len() + FRAME_HEADER_BYTES + len > HEADER_FRAMES_BYTES_MAX
                     {
                         return self.cannot_follow("header block too large");
                     }

@@ -333,7 +333,16 @@ fn what_it_cannot_follow_goes_on_unchanged_before_mending() {
     let inside = [frame(TYPE_HEADERS, 0, 1, &[0x82]), frame(DATA, 0, 1, b"x")].concat();
     let undecodable = frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff]);
     let stray = frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &[0x82]);
-    for case in [big, inside, undecodable, stray] {
+    // Empty CONTINUATIONs without end: held only up to the bound on held frames.
+    let mut flood = frame(TYPE_HEADERS, 0, 1, &[0x82]);
+    for _ in 0..HEADER_FRAMES_BYTES_MAX / FRAME_HEADER_BYTES {
+        flood.extend(frame(TYPE_CONTINUATION, 0, 1, &[]));
+    }
+    let mut f = Filter::default();
+    f.feed(&[PREFACE.to_vec(), flood.clone()].concat()).unwrap();
+    assert_eq!(f.mode, Mode::Pass);
+    assert!(f.raw.is_empty() && f.input.is_empty());
+    for case in [big, inside, undecodable, stray, flood] {
         let input = [PREFACE.to_vec(), case, frame(DATA, 0, 1, b"after")].concat();
         for piece in [0, 1, 4096] {
             assert_eq!(through(&input, piece), (input.clone(), Mode::Pass));
