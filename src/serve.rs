@@ -37,6 +37,10 @@ use tower::ServiceExt;
 
 mod authority;
 mod streams;
+
+/// The largest HTTP/2 header list a request may carry (RFC 9113's count: names, values and 32
+/// bytes a field), for h2 and for the `:authority` mend alike.
+const HEADER_LIST_BYTES_MAX: usize = 64 * 1024;
 use streams::InlineStreams;
 use streams::WithStreams;
 
@@ -325,7 +329,7 @@ async fn serve_connection<S, H>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(HEADER_LIST_BYTES_MAX as u32);
     let conn = WithStreams::new(builder.serve_connection_with_upgrades(io, service), exec);
     tokio::pin!(conn);
     loop {

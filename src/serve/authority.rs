@@ -16,7 +16,8 @@
 //! other frame still passes through as it came. What the server writes is never touched.
 //!
 //! Bounds: a header block of at most [`HEADER_BLOCK_BYTES_MAX`] (and, before the first one is
-//! complete, at most [`HEADER_FRAMES_BYTES_MAX`] of its frames held); anything this reader cannot
+//! complete, at most [`HEADER_FRAMES_BYTES_MAX`] of its frames held), decoding to a header list
+//! of at most the server's own limit (`HEADER_LIST_BYTES_MAX`); anything this reader cannot
 //! follow (a frame it does not expect, a block it cannot decode, a block too large) on a
 //! connection it has not started mending is handed on as it came, for `h2` to judge; on a
 //! connection it mends, it ends the connection with an I/O error.
@@ -377,12 +378,21 @@ impl Filter {
             d.set_max_allowed_table_size(HPACK_TABLE_BYTES_MAX);
             d
         });
+        // A small block may name large table entries many times: the list is counted as it
+        // is decoded, and nothing is kept once it is over the server's own limit.
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut list_bytes = 0usize;
         let decoded = decoder.decode_with_cb(&block, |name, value| {
-            fields.push((name.into_owned(), value.into_owned()));
+            list_bytes = list_bytes.saturating_add(name.len() + value.len() + 32);
+            if list_bytes <= super::HEADER_LIST_BYTES_MAX {
+                fields.push((name.into_owned(), value.into_owned()));
+            }
         });
         if decoded.is_err() {
             return self.cannot_follow("header block not decodable");
+        }
+        if list_bytes > super::HEADER_LIST_BYTES_MAX {
+            return self.cannot_follow("header list too large");
         }
         let mut mended = false;
         for (name, value) in &mut fields {

@@ -350,6 +350,53 @@ fn what_it_cannot_follow_goes_on_unchanged_before_mending() {
     }
 }
 
+/// A block that puts a 4,000-byte field in the table, then one naming it 1,000 times: 4 MB
+/// of header list from 4 KB of block.
+fn table_bomb() -> Vec<u8> {
+    let mut put = vec![0x40];
+    put_string(&mut put, b"x-big");
+    put_string(&mut put, &[b'v'; 4000]);
+    let mut b = frame(TYPE_HEADERS, FLAG_END_HEADERS, 7, &put);
+    b.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 9, &[0x80 | 62; 1000]));
+    b
+}
+
+#[test]
+fn a_block_that_decodes_past_the_list_limit_is_not_followed() {
+    // A first block with a URL authority that would be mended, but decodes past the limit:
+    // handed on as it came, for h2 to refuse.
+    let mut block = vec![0x41]; // :authority, incremental indexing
+    put_string(&mut block, b"http://h:1");
+    block.push(0x40);
+    put_string(&mut block, b"x-big");
+    put_string(&mut block, &[b'v'; 4000]);
+    block.extend([0x80 | 62; 1000]);
+    let input = [
+        PREFACE.to_vec(),
+        frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block),
+    ]
+    .concat();
+    assert_eq!(through(&input, 0), (input.clone(), Mode::Pass));
+    let mut block = vec![0x41];
+    put_string(&mut block, b"http://h:1");
+    let input = [
+        PREFACE.to_vec(),
+        frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block),
+    ]
+    .concat();
+    assert_eq!(
+        through(&input, 0).1,
+        Mode::Mend,
+        "the same block without the bomb"
+    );
+    // On a mended connection it ends the connection, holding no more than the limit.
+    let mut f = Filter::default();
+    f.feed(&client_bytes("http://h:1")).unwrap();
+    let err = f.feed(&table_bomb()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("header list too large"), "{err}");
+}
+
 #[test]
 fn what_it_cannot_follow_ends_a_mended_connection() {
     let input = client_bytes("http://h:1");
