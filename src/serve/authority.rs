@@ -32,9 +32,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An HTTP/2 frame header's bytes.
 const FRAME_HEADER_BYTES: usize = 9;
-/// The largest header block (HEADERS and CONTINUATION payloads together) followed; the server's
-/// own limit on a decoded header list is 64 KiB (src/serve.rs), and HPACK only shrinks.
-pub const HEADER_BLOCK_BYTES_MAX: usize = 64 * 1024;
+/// The largest header block (HEADERS and CONTINUATION payloads together) followed: the server's
+/// own limit on the decoded header list, which counts each field 32 bytes more than its literal
+/// encoding takes, so a longer block would not be taken anyway.
+const HEADER_BLOCK_BYTES_MAX: usize = super::HEADER_LIST_BYTES_MAX;
 /// The most bytes of header frames (frame headers and padding included) held as they came while
 /// the first block is gathered: empty CONTINUATION frames add to these, not to the block.
 const HEADER_FRAMES_BYTES_MAX: usize = 2 * HEADER_BLOCK_BYTES_MAX;
