@@ -40,7 +40,7 @@ RK_PORTS_LIST="25001 25002 25003" NODES=3 RAFTKV_ARGS=""
 # shellcheck source=bench/cluster.sh
 source "$BENCH/cluster.sh"   # log, die, the cleanup trap, start_raftkv, stop_cluster, preload
 
-[ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
+need_loadgen
 [ -x "$BIN_A" ] && [ -x "$BIN_B" ] || die "both binaries must exist and be executable"
 check_ports_free "${RK_PORTS[@]}"
 mkdir -p "$RESULTS"

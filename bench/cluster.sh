@@ -11,6 +11,8 @@
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+need_loadgen() { [ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"; }
+need_perf() { command -v perf >/dev/null || die "perf not installed (apt-get install linux-perf)"; }
 
 read -r -a RK_PORTS <<<"${RK_PORTS_LIST:-24001 24002 24003 24004 24005}"
 ET_CPORTS=(24101 24102 24103 24104 24105)

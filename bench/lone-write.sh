@@ -20,8 +20,8 @@ LOADGEN="$BENCH/loadgen/target/release/loadgen"
 RK_PORTS_LIST="25001 25002 25003" NODES=3 RAFTKV_ARGS=""
 # shellcheck source=bench/cluster.sh
 source "$BENCH/cluster.sh"
-[ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
-command -v perf >/dev/null || die "perf not installed (apt-get install linux-perf)"
+need_loadgen
+need_perf
 RESULTS="${RESULTS:-$BENCH/results/lone-write-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$RESULTS"
 WORK="$(mktemp -d "$BENCH/tmp.lone.XXXX")"

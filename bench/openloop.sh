@@ -19,7 +19,7 @@ LOADGEN="$BENCH/loadgen/target/release/loadgen"
 DURATION=10 WARMUP=2
 # shellcheck source=bench/cluster.sh
 source "$BENCH/cluster.sh"   # log, die, the cleanup trap, start_raftkv, stop_cluster, pidlist, field
-[ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
+need_loadgen
 check_ports_free "${RK_PORTS[@]}"
 WORK="$(mktemp -d "$BENCH/tmp.openloop.XXXX")"
 

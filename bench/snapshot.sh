@@ -15,7 +15,7 @@ BENCH="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=bench/cluster.sh
 source "$BENCH/cluster.sh"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
-[ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
+need_loadgen
 KEYS="${KEYS:-1000000}" ROUNDS="${ROUNDS:-1}" RAFTKV_ARGS="-v" DURATION=0 WARMUP=0
 WORK="$(mktemp -d "$BENCH/tmp.snap.XXXX")"
 rss_mib() { awk '/^VmRSS/{printf "%.0f", $2/1024}' "/proc/$1/status"; }

@@ -17,8 +17,8 @@ LOADGEN="$BENCH/loadgen/target/release/loadgen"
 RK_PORTS_LIST="25001 25002 25003" NODES=3 RAFTKV_ARGS=""
 # shellcheck source=bench/cluster.sh
 source "$BENCH/cluster.sh"
-[ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
-command -v perf >/dev/null || die "perf not installed (apt-get install linux-perf)"
+need_loadgen
+need_perf
 command -v python3 >/dev/null || die "python3 not installed"
 check_ports_free "${RK_PORTS[@]}"
 WORK="$(mktemp -d "$BENCH/tmp.timeline.XXXX")"

@@ -25,7 +25,7 @@ RK_PORTS_LIST="26001 26002 26003" NODES=3
 # shellcheck source=bench/cluster.sh
 source "$BENCH/cluster.sh"   # log, die, spawn, stop_pids, field, median, the cleanup trap
 
-[ -x "$LOADGEN" ] || die "build the load generator first: (cd bench/loadgen && cargo build --release --locked)"
+need_loadgen
 [ -x "$BIN_A" ] && [ -x "$BIN_B" ] || die "both binaries must exist and be executable"
 check_ports_free 26001 26002 26003 26101 26102 26103 26201 26202 26203
 mkdir -p "$RESULTS"
