@@ -17,8 +17,11 @@
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
+use tokio::time::Instant;
 
+use crate::app::App;
 use crate::app::SharedApp;
+use crate::error::KvError;
 
 /// A snapshot is due after at least keys / this many applied entries.
 pub const ENTRIES_PER_KEY_INVERSE: u64 = 4;
@@ -53,6 +56,52 @@ pub async fn run(app: SharedApp, snapshot_every: u64) {
         {
             return; // the Raft core stopped
         }
+    }
+}
+
+/// How long [`build_now`] waits for the snapshot it asked for before asking again (openraft
+/// drops a trigger while a build runs, and that build may cover less than wanted).
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(500);
+
+/// Builds a snapshot now (etcd's `Defragment`): one covering at least every entry this node had
+/// applied at the call, after which openraft purges the log it covers (but the last
+/// `max_in_snapshot_log_to_keep` entries). Answers at once when the newest snapshot already
+/// covers them. Waits at most `timeout` (a build at millions of keys takes seconds; it goes on
+/// after a timeout). Returns the snapshot's last index.
+pub async fn build_now(app: &App, timeout: Duration) -> Result<u64, KvError> {
+    let deadline = Instant::now() + timeout;
+    let target = app
+        .raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .map_or(0, |l| l.index);
+    let covered = |m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>| {
+        m.snapshot.map_or(0, |l| l.index)
+    };
+    loop {
+        let now_covered = covered(&app.raft.metrics().borrow_watched());
+        if now_covered >= target {
+            return Ok(now_covered);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(KvError::Timeout(timeout));
+        }
+        app.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| KvError::Internal(e.to_string()))?;
+        // A timeout here only means: look and ask again.
+        let _ = app
+            .raft
+            .wait(Some(remaining.min(ASK_AGAIN_AFTER)))
+            .metrics(
+                |m| covered(m) >= target,
+                "a snapshot covering the applied log",
+            )
+            .await;
     }
 }
 
