@@ -174,6 +174,15 @@ fn normalize_cell(cell: &str, volatile: &Volatile) -> String {
     if is_addr(cell) {
         return "<addr>".into();
     }
+    // `member[ADDR]` (etcdctl defrag), `[ADDR]`.
+    if let Some((head, rest)) = cell.split_once('[')
+        && let Some(inner) = rest.strip_suffix(']')
+    {
+        let n = normalize_cell(inner, volatile);
+        if n.starts_with('<') || n.ends_with('>') {
+            return format!("{head}[{n}]");
+        }
+    }
     // Member ids are printed in hex without padding; terms and indexes never get that long.
     if cell.len() >= 12 && cell.chars().all(|c| c.is_ascii_hexdigit()) {
         return "<id>".into();

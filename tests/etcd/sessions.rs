@@ -146,10 +146,12 @@ pub const CLUSTER: &[Step] = &[
     all(&["endpoint", "status"]),
     all(&["endpoint", "status", "-w", "table"]),
     all(&["endpoint", "status", "-w", "json"]),
-    // Not `endpoint status --cluster`: its lines come in member-list order, where the two
-    // clusters' leaders need not sit alike; tests/etcd/etcdctl_raftkv.rs checks it on raftkv
-    // (etcdctl sends each member's URL as the HTTP/2 `:authority`, which src/serve/authority.rs
-    // mends for h2).
+    // etcdctl sends each member's URL as the HTTP/2 `:authority` here, which
+    // src/serve/authority.rs mends for h2.
+    first(&["endpoint", "status", "--cluster"]),
+    first(&["endpoint", "health", "--cluster"]),
+    first(&["defrag"]),
+    first(&["defrag", "--cluster"]),
     all(&["alarm", "list"]),
     all(&["alarm", "disarm"]),
     // Error cases: etcd's codes and exact texts.
