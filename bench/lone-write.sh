@@ -7,9 +7,10 @@
 #   bash bench/lone-write.sh [RAFTKV_BIN]      # default target/release/raftkv; etcd too if installed
 #
 # Environment: NO_ETCD=1 skips etcd.  PROFILE=1 also records the whole machine for 2 s
-#   (`perf record -a -g -F 2999`) during raftkv's run and prints each thread's CPU per write and
-#   (bench/lone_write.py) how the leader's tokio workers' CPU splits over tasks — build raftkv with
-#   RUSTFLAGS="-C force-frame-pointers=yes" for the split, or the stacks are cut short.
+#   (`perf record -a -g -F 2999`) during raftkv's run and prints (bench/lone_write.py) each
+#   thread's CPU per write, the functions the leader's samples land in most, and how the leader's
+#   tokio workers' CPU splits over tasks — build raftkv with RUSTFLAGS="-C
+#   force-frame-pointers=yes" for the split, or the stacks are cut short.
 #   RESULTS [bench/results/lone-write-<date>]
 # Needs perf (apt-get install linux-perf), run as root. Ports 127.0.0.1:25001-25003 (as
 # bench/ab.sh) and etcd's of bench/cluster.sh; every process started here is stopped by PID on exit.

@@ -2,9 +2,10 @@
 
 Arguments: PERF_DATA OPS_PER_S SECONDS LEADER_PID FOLLOWER_PID... — a `perf record -a -g -F 2999`
 of the whole machine for SECONDS while one client wrote at OPS_PER_S. Prints each thread's CPU
-µs per write (one sample = 1/2999 s of CPU), then how the leader's tokio workers' samples split
-over the tasks they ran, by the outermost known frame of each stack. Stacks need a frame-pointer
-build of raftkv; a stack cut short counts under "other".
+µs per write (one sample = 1/2999 s of CPU), the functions the leader's samples land in most
+(kernel ones included), then how the leader's tokio workers' samples split over the tasks they
+ran, by the outermost known frame of each stack. Stacks need a frame-pointer build of raftkv; a
+stack cut short counts under "other".
 """
 
 import collections
@@ -49,13 +50,19 @@ def main():
     writes = ops * secs
     per_thread = collections.Counter()
     split = collections.Counter()
+    leaves = collections.Counter()
+    leader_samples = 0
     worker_samples = 0
     for pid, tid, comm, frames in samples(path):
         role = roles.get(pid)
         if role is None:
             continue
         per_thread[(role, comm, tid)] += 1
-        if role != "leader" or comm != "tokio-rt-worker":
+        if role != "leader":
+            continue
+        leader_samples += 1
+        leaves[frames[0] if frames else "?"] += 1
+        if comm != "tokio-rt-worker":
             continue
         worker_samples += 1
         label = "other (tokio's scheduler, timers, cut stacks)"
@@ -73,6 +80,11 @@ def main():
     print("|---|---:|")
     for (role, comm, tid), n in sorted(per_thread.items(), key=lambda kv: (kv[0][0], -kv[1])):
         print(f"| {role} {comm} ({tid}) | {us(n):.0f} |")
+    print()
+    print("| the leader's samples land in | share |")
+    print("|---|---:|")
+    for leaf, n in leaves.most_common(8):
+        print(f"| `{leaf[:80]}` | {100 * n / max(leader_samples, 1):.1f} % |")
     print()
     print(f"leader's tokio workers: {us(worker_samples):.0f} µs per write")
     print("| task | CPU µs per write | share |")
