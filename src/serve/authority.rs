@@ -247,8 +247,7 @@ impl Filter {
         let result = self.frames(&mut at);
         self.input.drain(..at);
         if self.mode == Mode::Pass {
-            let rest = std::mem::take(&mut self.input);
-            self.out.extend_from_slice(&rest);
+            self.out.append(&mut self.input);
         }
         result
     }

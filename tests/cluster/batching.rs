@@ -11,8 +11,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use reqwest::Method;
-
 use std::time::Duration;
 
 use crate::harness::{
@@ -102,18 +100,6 @@ fn shared_entries(writes: &[Write]) -> usize {
     per_entry(writes).values().filter(|&&n| n > 1).count()
 }
 
-/// The counter `name` (with its `_total`) in node `i`'s `GET /metrics`.
-fn counter(c: &Cluster, i: usize, name: &str) -> u64 {
-    let r = c.request(i, Method::GET, "/metrics", None);
-    r.expect_status(200);
-    r.body
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in node {i}'s metrics"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 #[test]
 fn concurrent_writes_share_entries_not_revisions() {
     let c = Cluster::three_raftd("batching", "");
@@ -148,11 +134,11 @@ fn concurrent_writes_share_entries_not_revisions() {
         "with {WRITERS} concurrent writers some writes share a log entry"
     );
     assert_eq!(
-        counter(&c, leader, "raftkv_server_batched_writes_total"),
+        c.metric(leader, "raftkv_server_batched_writes_total"),
         shared as u64,
         "the leader's metrics count the writes it batched"
     );
-    let batches = counter(&c, leader, "raftkv_server_write_batches_total");
+    let batches = c.metric(leader, "raftkv_server_write_batches_total");
     assert_eq!(batches as usize, shared_entries(&writes));
 
     c.phase("the watcher sees one event per write, at the revision its writer was told");
@@ -185,7 +171,7 @@ fn without_write_batching_every_write_is_an_entry() {
     c.phase("concurrent writes to the leader and via a follower each get a log entry");
     let writes = write_concurrently(&c, &[leader, followers[0]], 8);
     assert_eq!(batched(&writes), 0, "no two writes share a log entry");
-    assert_eq!(counter(&c, leader, "raftkv_server_write_batches_total"), 0);
+    assert_eq!(c.metric(leader, "raftkv_server_write_batches_total"), 0);
     let revisions: HashSet<i64> = writes.iter().map(|w| w.2).collect();
     assert_eq!(revisions.len(), writes.len());
 }
@@ -218,7 +204,7 @@ fn the_leader_batches_only_once_every_member_reads_batches() {
         0,
         "no batches while a member cannot read them"
     );
-    assert_eq!(counter(&c, a, "raftkv_server_write_batches_total"), 0);
+    assert_eq!(c.metric(a, "raftkv_server_write_batches_total"), 0);
     let log = c.log_tail(a, 200);
     assert!(
         log.contains("a member has not said it reads batched log entries"),
@@ -306,7 +292,7 @@ fn closed_loop_writers_on_a_follower_are_gathered_into_one_forwarded_batch() {
     let writes = keep_alive_writers(&c, follower, 16, 40);
     let entries = per_entry(&writes);
     let mean = writes.len() as f64 / entries.len() as f64;
-    let filled = counter(&c, follower, "raftkv_server_write_holds_filled_total");
+    let filled = c.metric(follower, "raftkv_server_write_holds_filled_total");
     println!(
         "{} writes in {} log entries ({mean:.1} per entry); the follower's holds filled: {filled}",
         writes.len(),
@@ -381,8 +367,8 @@ fn gathering_resumes_when_writers_come_back_at_once_again() {
     let clients: Vec<reqwest::blocking::Client> = (0..WRITERS)
         .map(|_| reqwest::blocking::Client::new())
         .collect();
-    let expired = |c: &Cluster| counter(c, leader, "raftkv_server_write_holds_expired_total");
-    let filled = |c: &Cluster| counter(c, leader, "raftkv_server_write_holds_filled_total");
+    let expired = |c: &Cluster| c.metric(leader, "raftkv_server_write_holds_expired_total");
+    let filled = |c: &Cluster| c.metric(leader, "raftkv_server_write_holds_filled_total");
 
     c.phase("16 clients write at once, then all pause 40 ms: holds run out, holding pauses");
     let mut round = 0;

@@ -12,16 +12,8 @@ fn endpoints(c: &Cluster, nodes: &[usize]) -> Vec<String> {
     nodes.iter().map(|&i| c.node(i).http_addr()).collect()
 }
 
-/// `raftkv_raft_snapshot_index` from node `i`'s `/metrics` (0 before its first snapshot).
-fn snapshot_index(c: &Cluster, i: usize) -> u64 {
-    let r = c.request(i, reqwest::Method::GET, "/metrics", None);
-    r.expect_status(200);
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix("raftkv_raft_snapshot_index "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("node {i}: no raftkv_raft_snapshot_index in /metrics"))
-}
+/// The last index a member's newest snapshot covers (0 before its first).
+const SNAPSHOT_INDEX: &str = "raftkv_raft_snapshot_index";
 
 fn node_id(c: &Cluster, i: usize) -> u64 {
     c.status(i)["node_id"].as_u64().expect("node_id")
@@ -151,7 +143,7 @@ fn etcdctl_sees_the_raftkv_cluster() {
         })
         .collect();
     assert!(
-        (0..3).all(|i| snapshot_index(&c, i) < applied[i]),
+        (0..3).all(|i| c.metric(i, SNAPSHOT_INDEX) < applied[i]),
         "a snapshot already covers the log: nothing to check ({applied:?})"
     );
     let out = etcdctl::run(&all[..1], &["defrag", "--cluster"], None);
@@ -162,7 +154,7 @@ fn etcdctl_sees_the_raftkv_cluster() {
             c.node(i).ports.http
         );
         assert!(out.stdout.contains(&line), "no {line:?} in {out:?}");
-        let built = snapshot_index(&c, i);
+        let built = c.metric(i, SNAPSHOT_INDEX);
         assert!(
             built >= applied[i],
             "node {i}: snapshot {built} < {applied:?}"

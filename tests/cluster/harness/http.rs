@@ -264,4 +264,18 @@ impl Cluster {
         r.expect_status(200);
         r.json()
     }
+
+    /// The unlabelled sample `name` (a counter's with its `_total`) in node `i`'s
+    /// `GET /metrics`; panics if it is missing.
+    pub fn metric(&self, i: usize, name: &str) -> u64 {
+        let r = self.request(i, Method::GET, "/metrics", None);
+        r.expect_status(200);
+        r.body
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in node {i}'s metrics"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
 }
